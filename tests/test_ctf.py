@@ -5,26 +5,7 @@ import numpy as np
 import pytest
 
 from jaxcryo import ctf, fourier
-
-
-def relion_form_ctf(size, pixel, dfu, dfv, dfang, kv, cs, w, phase=0.0, bfac=0.0):
-    """RELION CTF::getCTF in float64: negative defocus, argument = K1 df u^2 + K2 u^4 - K5 - K3, -sin."""
-    volts = kv * 1e3
-    lam = 12.2643247 / np.sqrt(volts * (1 + volts * 0.978466e-6))
-    k1 = np.pi * lam
-    k2 = np.pi / 2 * cs * 1e7 * lam**3
-    k3 = np.arctan(w / np.sqrt(1 - w * w))
-    k4 = -bfac / 4.0
-    k5 = np.radians(phase)
-    defocus_average = -(dfu + dfv) * 0.5
-    defocus_deviation = -(dfu - dfv) * 0.5
-    idx = np.arange(size) - size // 2
-    ky, kx = np.meshgrid(idx / (size * pixel), idx / (size * pixel), indexing="ij")
-    u2 = kx**2 + ky**2
-    ang = np.arctan2(ky, kx)
-    deltaf = defocus_average + defocus_deviation * np.cos(2 * (ang - np.radians(dfang)))
-    argument = k1 * deltaf * u2 + k2 * u2 * u2 - k5 - k3
-    return -np.sin(argument) * np.exp(k4 * u2)
+from references import relion_form_ctf
 
 
 PARAMS = dict(

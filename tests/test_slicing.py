@@ -7,36 +7,9 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from jaxcryo import geometry, slicing
+from references import analytic_projection, blob_volume
 
 L = 64
-
-
-def gaussian_blobs():
-    """(centres (K, 3) as (x, y, z) px from the box centre, sigmas (K,), amplitudes (K,))."""
-    centres = np.array([[6.0, -3.0, 2.0], [-7.0, 4.0, -5.0], [2.0, 8.0, 6.0], [-2.0, -6.0, -8.0]])
-    return centres, np.array([2.0, 2.5, 3.0, 2.2]), np.array([1.0, 0.7, 0.5, 0.9])
-
-
-def blob_volume(size):
-    centres, sigmas, amps = gaussian_blobs()
-    c = np.arange(size) - size // 2
-    z, y, x = np.meshgrid(c, c, c, indexing="ij")
-    vol = np.zeros((size,) * 3)
-    for p, s, a in zip(centres, sigmas, amps):
-        vol += a * np.exp(-((x - p[0]) ** 2 + (y - p[1]) ** 2 + (z - p[2]) ** 2) / (2 * s**2))
-    return vol
-
-
-def analytic_projection(rot, size):
-    """Integral along z of the blobs: 2D Gaussians of the same sigma at (A p)_xy."""
-    centres, sigmas, amps = gaussian_blobs()
-    c = np.arange(size) - size // 2
-    y, x = np.meshgrid(c, c, indexing="ij")
-    img = np.zeros((size, size))
-    for p, s, a in zip(centres, sigmas, amps):
-        q = rot @ p
-        img += a * np.sqrt(2 * np.pi) * s * np.exp(-((x - q[0]) ** 2 + (y - q[1]) ** 2) / (2 * s**2))
-    return img
 
 
 def relion_rotations():

@@ -1,0 +1,85 @@
+"""Particle data in and out: one front door, ``read_particles``, for every supported format.
+
+* RELION ``.star`` (3.0 single block; 3.1/4/5 optics + particles) -> ``jaxcryo.io.star``
+* cryoSPARC ``.cs`` -> ``jaxcryo.io.cryosparc``
+* a bare ``.mrcs``/``.mrc`` stack, or a ``.txt`` listing stacks (one per line) -> no CTF: amplitude
+  contrast 1 and zero defocus make the CTF identically 1.
+Metadata never needs the stacks; ``check_stacks`` validates every referenced stack (exists, readable,
+not truncated, index in range, box size as the metadata says) and reports all problems in one line.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from jaxcryo.io.mrc import Stack, read_volume, write_mrc
+from jaxcryo.io.table import CTF_FIELDS, InputError, ParticleTable
+
+__all__ = ["read_particles", "check_stacks", "ParticleTable", "InputError", "Stack", "read_volume", "write_mrc", "CTF_FIELDS"]
+
+
+def _stacks_table(source: pathlib.Path, stack_paths: list[pathlib.Path]) -> ParticleTable:
+    paths, indices, names, pixel, sizes = [], [], [], [], []
+    for stack_path in stack_paths:
+        stack = Stack(stack_path)
+        n = len(stack)
+        paths += [str(stack_path.resolve())] * n
+        indices.append(np.arange(n, dtype=np.int64))
+        names += [f"{i + 1:06d}@{stack_path.name}" for i in range(n)]
+        pixel += [stack.voxel_size_angstrom if stack.voxel_size_angstrom > 0 else 1.0] * n
+        sizes += [stack.image_size] * n
+    n = len(paths)
+    zeros = np.zeros(n)
+    return ParticleTable(
+        source=str(source), image_path=np.array(paths), image_index=np.concatenate(indices),
+        image_name=np.array(names), pixel_size_angstrom=np.array(pixel), image_size=np.array(sizes, np.int64),
+        optics_group=np.ones(n, np.int64), defocus_u_angstrom=zeros, defocus_v_angstrom=zeros,
+        defocus_angle_deg=zeros, voltage_kv=np.full(n, 300.0), spherical_aberration_mm=zeros,
+        amplitude_contrast=np.ones(n), phase_shift_deg=zeros, b_factor_angstrom2=zeros,
+    )
+
+
+def read_particles(path, datadir: str | None = None, pixel_size_angstrom: float | None = None) -> ParticleTable:
+    """Read particle metadata from a .star, .cs, .mrcs/.mrc or .txt file (dispatch on the suffix)."""
+    from jaxcryo.io import cryosparc, star
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".star":
+        return star.read_star(path, datadir, pixel_size_angstrom)
+    if suffix == ".cs":
+        return cryosparc.read_cs(path, datadir)
+    if suffix in (".mrcs", ".mrc"):
+        return _stacks_table(path, [path])
+    if suffix == ".txt":
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not lines:
+            raise InputError(f"{path}: empty list of stacks")
+        base = pathlib.Path(datadir) if datadir else path.parent
+        return _stacks_table(path, [p if p.is_absolute() else base / p for p in map(pathlib.Path, lines)])
+    raise InputError(f"{path}: unknown particle file type {suffix!r} (expected .star, .cs, .mrcs, .mrc or .txt)")
+
+
+def check_stacks(table: ParticleTable) -> dict[str, Stack]:
+    """Open every referenced stack's header; raise one InputError line listing all problems."""
+    missing = table.missing_stacks()
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise InputError(f"{table.source}: {len(missing)} missing stack(s): {shown}")
+    stacks = {p: Stack(p) for p in table.stacks()}
+    for stack_path, stack in stacks.items():
+        rows = table.image_path == stack_path
+        top = int(table.image_index[rows].max())
+        if top >= len(stack):
+            raise InputError(f"{table.source}: image index {top + 1} beyond the {len(stack)} images of {stack_path}")
+        expected = np.unique(table.image_size[rows])
+        if np.any((expected != stack.image_size) & (expected != 0)):
+            raise InputError(
+                f"{table.source}: metadata says {expected.tolist()} px images but {stack_path} holds "
+                f"{stack.image_size} px images"
+            )
+    return stacks

@@ -1,0 +1,142 @@
+"""Streaming particle batches: memory-mapped reads on a background thread, seeded and resumable.
+
+* Order: epoch ``e`` visits particles in ``default_rng([seed, e]).permutation(N)``, so any position
+  (epoch, step) can be reproduced after a restart without saving the permutation.
+* Memory: at most ``prefetch + 1`` batches live on the host, whatever N is.
+* Images: read as stored, optionally contrast-inverted, Fourier-cropped to ``image_size`` (pixel size
+  scales by L_in / L_out) and normalised as ``(x - mean) / std`` with statistics measured once on a
+  seeded sample of images (``estimate_normalization``) so every batch is scaled alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+
+import numpy as np
+
+from jaxcryo.io.mrc import Stack
+from jaxcryo.io.table import InputError, ParticleTable
+
+
+def fourier_crop_numpy(images: np.ndarray, new_size: int) -> np.ndarray:
+    """(B, L, L) -> (B, l, l): numpy twin of ``jaxcryo.fourier.fourier_crop`` for the host thread."""
+    size = images.shape[-1]
+    if new_size == size:
+        return images
+    f = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(images, axes=(-2, -1))), axes=(-2, -1))
+    start = size // 2 - new_size // 2
+    f = f[..., start : start + new_size, start : start + new_size]
+    out = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(f, axes=(-2, -1))), axes=(-2, -1)).real
+    return (out * (new_size / size) ** 2).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    index: np.ndarray  # (B,) int64 rows of the particle table
+    images: np.ndarray  # (B, L, L) float32, normalised
+
+
+class ImageSource:
+    """Random access to the (processed) images of a table: ``source.read(rows)`` -> (B, L, L)."""
+
+    def __init__(self, table: ParticleTable, stacks: dict[str, Stack], image_size: int | None = None,
+                 invert_contrast: bool = False):
+        self.table = table
+        self.stacks = stacks
+        self.input_size = table.box_size
+        self.image_size = image_size or self.input_size
+        if self.image_size > self.input_size:
+            raise InputError(f"{table.source}: data.image_size {self.image_size} exceeds the box {self.input_size}")
+        self.sign = -1.0 if invert_contrast else 1.0
+        self.pixel_size_angstrom = table.common_pixel_size * self.input_size / self.image_size
+        self.mean, self.std = 0.0, 1.0
+
+    def read_raw(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), self.input_size, self.input_size), np.float32)
+        paths, idx = self.table.image_path[rows], self.table.image_index[rows]
+        for stack_path in np.unique(paths):
+            sel = np.nonzero(paths == stack_path)[0]
+            order = np.argsort(idx[sel])  # ascending offsets: sequential reads on disk
+            out[sel[order]] = self.stacks[stack_path][idx[sel][order]]
+        bad = ~np.isfinite(out).all(axis=(1, 2))
+        if bad.any():
+            names = ", ".join(self.table.image_name[rows[bad]][:5].tolist())
+            raise InputError(f"{self.table.source}: NaN/Inf pixels in {int(bad.sum())} particle(s): {names}")
+        return fourier_crop_numpy(self.sign * out, self.image_size)
+
+    def estimate_normalization(self, seed: int = 0, n_sample: int = 1000) -> tuple[float, float]:
+        """Mean and std of pixel values over a seeded sample of images; used by ``read``."""
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(len(self.table), size=min(n_sample, len(self.table)), replace=False))
+        sample = self.read_raw(rows)
+        self.mean, self.std = float(sample.mean()), float(sample.std())
+        if not self.std > 0:
+            raise InputError(f"{self.table.source}: images have zero variance")
+        return self.mean, self.std
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        return (self.read_raw(rows) - self.mean) / self.std
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Full batches only: every step has the same static shape (no recompilation)."""
+    if n < batch_size:
+        raise InputError(f"{n} particles is fewer than one batch of {batch_size}")
+    return n // batch_size
+
+
+def iterate_batches(source: ImageSource, batch_size: int, seed: int, epoch: int, start_step: int = 0,
+                    shuffle: bool = True, prefetch: int = 2, rows: np.ndarray | None = None):
+    """Yield (step, Batch) for one epoch from ``start_step`` on; reading runs on a background thread.
+
+    ``rows`` restricts the epoch to a subset of the table (e.g. a half set); default: all particles.
+    """
+    rows = np.arange(len(source.table)) if rows is None else np.asarray(rows)
+    order = rows[epoch_permutation(len(rows), seed, epoch, shuffle)]
+    n_steps = steps_per_epoch(len(rows), batch_size)
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for step in range(start_step, n_steps):
+                if stop.is_set():
+                    return
+                index = order[step * batch_size : (step + 1) * batch_size]
+                q.put((step, Batch(index=index, images=source.read(index))))
+            q.put(None)
+        except BaseException as exc:  # surfaced in the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # drain so the producer can finish its last put
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def half_set_labels(table: ParticleTable, seed: int) -> np.ndarray:
+    """(N,) labels in {1, 2}: the table's rlnRandomSubset when present, else a seeded even split."""
+    if table.random_subset is not None and set(np.unique(table.random_subset).tolist()) <= {1, 2}:
+        return np.asarray(table.random_subset, np.int64)
+    labels = np.ones(len(table), np.int64)
+    labels[np.random.default_rng([seed, 12]).permutation(len(table))[len(table) // 2 :]] = 2
+    return labels

@@ -1,0 +1,110 @@
+"""The particle table: typed, immutable per-particle metadata, whatever file it came from.
+
+Conventions
+-----------
+* Poses are RELION's: ``euler_deg`` (N, 3) = (rlnAngleRot, rlnAngleTilt, rlnAnglePsi), converted to
+  matrices by ``jaxcryo.geometry.euler_to_matrix``.
+* ``origin_angstrom`` (N, 2) = (rlnOriginXAngst, rlnOriginYAngst): the translation that centres the
+  particle, i.e. the particle's centre sits at (box centre - origin) in the image.
+* ``image_index`` is 0-based (RELION's ``N@stack`` is 1-based); ``image_name`` keeps the input's text.
+* Images are used as stored (RELION stacks: protein white). ``data.invert_contrast`` flips dark data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import numpy as np
+
+CTF_FIELDS = (
+    "defocus_u_angstrom",
+    "defocus_v_angstrom",
+    "defocus_angle_deg",
+    "voltage_kv",
+    "spherical_aberration_mm",
+    "amplitude_contrast",
+    "phase_shift_deg",
+    "b_factor_angstrom2",
+)
+
+
+class InputError(ValueError):
+    """Bad user input; the message is one line naming the file and the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ParticleTable:
+    """Per-particle metadata, all arrays of length N (read-only numpy arrays)."""
+
+    source: str
+    image_path: np.ndarray  # (N,) str, absolute or as repaired by datadir
+    image_index: np.ndarray  # (N,) int64, 0-based index in the stack
+    image_name: np.ndarray  # (N,) str, e.g. "000001@Particles/stack.mrcs" as in the input
+    pixel_size_angstrom: np.ndarray  # (N,) float64
+    image_size: np.ndarray  # (N,) int64
+    optics_group: np.ndarray  # (N,) int64
+    defocus_u_angstrom: np.ndarray
+    defocus_v_angstrom: np.ndarray
+    defocus_angle_deg: np.ndarray
+    voltage_kv: np.ndarray
+    spherical_aberration_mm: np.ndarray
+    amplitude_contrast: np.ndarray
+    phase_shift_deg: np.ndarray
+    b_factor_angstrom2: np.ndarray
+    euler_deg: np.ndarray | None = None  # (N, 3)
+    origin_angstrom: np.ndarray | None = None  # (N, 2)
+    random_subset: np.ndarray | None = None  # (N,) int64 in {1, 2}
+    # The input's own columns (RELION names, string-valued), kept so writers can preserve them.
+    extra_columns: dict = dataclasses.field(default_factory=dict, repr=False)
+    optics_table: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        n = len(self.image_index)
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, np.ndarray):
+                if len(value) != n:
+                    raise InputError(f"{self.source}: column {field.name} has {len(value)} rows, expected {n}")
+                value.setflags(write=False)
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+    def ctf_params(self, idx=slice(None)) -> dict[str, np.ndarray]:
+        """CTF parameters of the selected particles as a dict for ``jaxcryo.ctf.compute_ctf``."""
+        return {name: getattr(self, name)[idx] for name in CTF_FIELDS}
+
+    def subset(self, idx: np.ndarray) -> "ParticleTable":
+        """A new table with the selected rows (e.g. one half set)."""
+        changes = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, np.ndarray):
+                changes[field.name] = value[idx]
+        changes["extra_columns"] = {k: np.asarray(v)[idx] for k, v in self.extra_columns.items()}
+        return dataclasses.replace(self, **changes)
+
+    def with_poses(self, euler_deg: np.ndarray, origin_angstrom: np.ndarray | None = None) -> "ParticleTable":
+        return dataclasses.replace(self, euler_deg=np.asarray(euler_deg, np.float64), origin_angstrom=origin_angstrom)
+
+    @property
+    def box_size(self) -> int:
+        """The common image size; raises InputError when images differ in size."""
+        sizes = np.unique(self.image_size)
+        if len(sizes) != 1:
+            raise InputError(f"{self.source}: particles have different box sizes {sizes.tolist()}")
+        return int(sizes[0])
+
+    @property
+    def common_pixel_size(self) -> float:
+        sizes = np.unique(np.round(self.pixel_size_angstrom, 6))
+        if len(sizes) != 1:
+            raise InputError(f"{self.source}: particles have different pixel sizes {sizes.tolist()} A")
+        return float(sizes[0])
+
+    def stacks(self) -> list[str]:
+        return sorted(set(self.image_path.tolist()))
+
+    def missing_stacks(self) -> list[str]:
+        return [p for p in self.stacks() if not pathlib.Path(p).is_file()]

@@ -1,0 +1,229 @@
+"""Readers/writers round trips, bad input (one clear line each), streaming loader and downsampling."""
+
+import pathlib
+
+import mrcfile
+import numpy as np
+import pytest
+
+from jaxcryo.io import InputError, check_stacks, read_particles
+from jaxcryo.io.loader import ImageSource, epoch_permutation, half_set_labels, iterate_batches
+from jaxcryo.io.mrc import Stack, StackWriter, write_mrc
+from jaxcryo.io.preprocess import downsample_dataset
+from jaxcryo.io.star import write_particles_star
+
+STAR_31 = """
+data_optics
+
+loop_
+_rlnOpticsGroup #1
+_rlnOpticsGroupName #2
+_rlnVoltage #3
+_rlnSphericalAberration #4
+_rlnAmplitudeContrast #5
+_rlnImagePixelSize #6
+_rlnImageSize #7
+1 g1 300 2.7 0.1 2.5 16
+2 g2 200 2.0 0.07 2.5 16
+
+data_particles
+
+loop_
+_rlnImageName #1
+_rlnDefocusU #2
+_rlnDefocusV #3
+_rlnDefocusAngle #4
+_rlnOpticsGroup #5
+_rlnAngleRot #6
+_rlnAngleTilt #7
+_rlnAnglePsi #8
+_rlnOriginXAngst #9
+_rlnOriginYAngst #10
+_rlnMicrographName #11
+{rows}
+"""
+
+
+def make_dataset(tmp_path: pathlib.Path, n=6, size=16, groups=(1, 2), drop_column=None, nan_rows=()) -> pathlib.Path:
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(n, size, size)).astype(np.float32)
+    for r in nan_rows:
+        images[r, 3, 3] = np.nan
+    write_mrc(tmp_path / "stack.mrcs", images, 2.5, is_stack=True)
+    rows = "\n".join(
+        f"{i + 1:06d}@stack.mrcs {10000 + 100 * i} {9000 + 100 * i} {5 * i} {groups[i % len(groups)]} {10 * i} {20 + i} {-30 + i} {0.5 * i} {-0.25 * i} mic{i}.mrc"
+        for i in range(n)
+    )
+    text = STAR_31.format(rows=rows)
+    if drop_column:
+        lines = text.splitlines()
+        header = [ln for ln in lines if ln.startswith("_rln") and "#" in ln]
+        names = [h.split()[0] for h in header]
+        in_particles = names[7:]
+        col = in_particles.index(drop_column)
+        out, seen_particles = [], False
+        for ln in lines:
+            if ln.startswith("data_particles"):
+                seen_particles = True
+            if seen_particles and ln.startswith(drop_column):
+                continue
+            if seen_particles and "@stack" in ln:
+                parts = ln.split()
+                del parts[col]
+                ln = " ".join(parts)
+            out.append(ln)
+        text = "\n".join(out)
+    (tmp_path / "particles.star").write_text(text)
+    return tmp_path / "particles.star"
+
+
+def test_star_31_read_and_write_round_trip(tmp_path):
+    star = make_dataset(tmp_path)
+    t = read_particles(star)
+    assert len(t) == 6 and t.box_size == 16 and t.pixel_size_angstrom[0] == 2.5
+    assert t.voltage_kv.tolist() == [300, 200, 300, 200, 300, 200]
+    assert t.amplitude_contrast[1] == pytest.approx(0.07)
+    np.testing.assert_allclose(t.euler_deg[2], [20, 22, -28])
+    out = tmp_path / "out" / "poses.star"
+    out.parent.mkdir()
+    new_euler = t.euler_deg + 1.0
+    write_particles_star(out, t, euler_deg=new_euler, origin_angstrom=t.origin_angstrom * 2, random_subset=np.array([1, 2] * 3))
+    back = read_particles(out, datadir=str(tmp_path))
+    np.testing.assert_allclose(back.euler_deg, new_euler)
+    np.testing.assert_allclose(back.origin_angstrom, t.origin_angstrom * 2)
+    for field in ("defocus_u_angstrom", "defocus_v_angstrom", "defocus_angle_deg", "voltage_kv",
+                  "spherical_aberration_mm", "amplitude_contrast", "pixel_size_angstrom", "image_size"):
+        np.testing.assert_allclose(getattr(back, field), getattr(t, field), err_msg=field)
+    assert back.image_name.tolist() == t.image_name.tolist()
+    assert back.extra_columns["rlnMicrographName"].tolist() == [f"mic{i}.mrc" for i in range(6)]
+    assert back.random_subset.tolist() == [1, 2] * 3
+    assert back.image_path[0] == str((tmp_path / "stack.mrcs").resolve())  # repaired through datadir
+
+
+@pytest.mark.parametrize(
+    "case, pattern",
+    [
+        ("missing_file", r"nope\.star: file not found"),
+        ("missing_column", r"particles\.star: missing required column rlnDefocusU"),
+        ("unknown_optics", r"unknown optics group\(s\) \[3\]"),
+        ("empty", r"no data loop found|no particles"),
+        ("unknown_suffix", r"unknown particle file type '\.xyz'"),
+    ],
+)
+def test_bad_metadata_gives_one_clear_line(tmp_path, case, pattern):
+    if case == "missing_file":
+        path = tmp_path / "nope.star"
+    elif case == "missing_column":
+        path = make_dataset(tmp_path, drop_column="_rlnDefocusU")
+    elif case == "unknown_optics":
+        path = make_dataset(tmp_path, groups=(1, 3))
+    elif case == "empty":
+        path = tmp_path / "particles.star"
+        path.write_text("data_particles\n\nloop_\n_rlnImageName #1\n_rlnDefocusU #2\n")
+    else:
+        path = tmp_path / "x.xyz"
+        path.write_text("hello")
+    with pytest.raises(InputError, match=pattern) as info:
+        read_particles(path)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_stacks_give_one_clear_line(tmp_path):
+    star = make_dataset(tmp_path)
+    t = read_particles(star)
+    # index beyond the stack
+    write_mrc(tmp_path / "stack.mrcs", np.zeros((3, 16, 16), np.float32), 2.5, is_stack=True)
+    with pytest.raises(InputError, match=r"image index 6 beyond the 3 images of .*stack\.mrcs"):
+        check_stacks(t)
+    # truncated stack
+    write_mrc(tmp_path / "stack.mrcs", np.zeros((6, 16, 16), np.float32), 2.5, is_stack=True)
+    data = (tmp_path / "stack.mrcs").read_bytes()
+    (tmp_path / "stack.mrcs").write_bytes(data[:-100])
+    with pytest.raises(InputError, match=r"stack\.mrcs: truncated stack"):
+        check_stacks(t)
+    # non-square images
+    with mrcfile.new(tmp_path / "stack.mrcs", overwrite=True) as m:
+        m.set_data(np.zeros((6, 16, 18), np.float32))
+    with pytest.raises(InputError, match=r"images are not square \(18 x 16\)"):
+        check_stacks(t)
+    # not an MRC at all
+    (tmp_path / "stack.mrcs").write_bytes(b"garbage")
+    with pytest.raises(InputError, match=r"stack\.mrcs: not a readable MRC file"):
+        check_stacks(t)
+    # missing
+    (tmp_path / "stack.mrcs").unlink()
+    with pytest.raises(InputError, match=r"1 missing stack\(s\): .*stack\.mrcs"):
+        check_stacks(t)
+
+
+def test_nan_pixels_name_the_particles(tmp_path):
+    t = read_particles(make_dataset(tmp_path, nan_rows=(2, 4)))
+    source = ImageSource(t, check_stacks(t))
+    with pytest.raises(InputError, match=r"NaN/Inf pixels in 2 particle\(s\): 000003@stack\.mrcs, 000005@stack\.mrcs"):
+        source.read(np.arange(6))
+    np.testing.assert_array_equal(source.read(np.array([0, 1])).shape, (2, 16, 16))
+
+
+def test_never_unpickles(tmp_path):
+    path = tmp_path / "evil.cs"
+    with open(path, "wb") as f:  # np.save to a file object keeps the .cs name
+        np.save(f, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="evil.cs: not a readable cryoSPARC .cs file"):
+        read_particles(path)
+
+
+def test_stack_memmap_uses_int64_offsets(tmp_path):
+    n, size = 4, 8
+    writer = StackWriter(tmp_path / "s.mrcs", n, size, 1.5)
+    for i in range(n):
+        writer.write(np.full((1, size, size), i, np.float32))
+    writer.close()
+    stack = Stack(tmp_path / "s.mrcs")
+    assert stack.voxel_size_angstrom == 1.5 and len(stack) == 4
+    np.testing.assert_array_equal(stack[np.array([3, 1])][:, 0, 0], [3, 1])
+    # the offset arithmetic numpy's memmap does for image 700,000 of a 128 px stack exceeds 2^31
+    assert np.int64(700_000) * 128 * 128 * 4 > 2**31 and stack._data.strides[0] == size * size * 4
+
+
+def test_loader_is_seeded_resumable_and_covers_the_epoch(tmp_path):
+    t = read_particles(make_dataset(tmp_path, n=10))
+    source = ImageSource(t, check_stacks(t))
+    source.estimate_normalization(seed=0)
+    full = list(iterate_batches(source, batch_size=3, seed=5, epoch=1))
+    assert [s for s, _ in full] == [0, 1, 2]
+    seen = np.concatenate([b.index for _, b in full])
+    assert len(set(seen.tolist())) == 9  # 3 full batches; the last partial batch is dropped
+    np.testing.assert_array_equal(seen, epoch_permutation(10, 5, 1)[:9])
+    resumed = list(iterate_batches(source, batch_size=3, seed=5, epoch=1, start_step=2))
+    np.testing.assert_array_equal(resumed[0][1].images, full[2][1].images)
+    assert not np.array_equal(epoch_permutation(10, 5, 2), epoch_permutation(10, 5, 1))
+    all_images = source.read(np.arange(10))
+    assert abs(all_images.mean()) < 0.05 and abs(all_images.std() - 1) < 0.05
+    # breaking out early stops the background thread cleanly
+    for _ in iterate_batches(source, batch_size=2, seed=0, epoch=0):
+        break
+
+
+def test_half_sets_from_star_or_seeded(tmp_path):
+    t = read_particles(make_dataset(tmp_path, n=10))
+    labels = half_set_labels(t, seed=3)
+    assert sorted(np.bincount(labels)[1:].tolist()) == [5, 5]
+    np.testing.assert_array_equal(labels, half_set_labels(t, seed=3))
+    with_subset = t.__class__(**{**t.__dict__, "random_subset": np.array([2, 1] * 5)})
+    np.testing.assert_array_equal(half_set_labels(with_subset, seed=3), [2, 1] * 5)
+
+
+def test_downsample_writes_new_stack_and_pixel_size(tmp_path):
+    t = read_particles(make_dataset(tmp_path, n=6, size=16))
+    star = downsample_dataset(t, 8, tmp_path / "small", chunk_size=4)
+    small = read_particles(star)
+    assert small.box_size == 8 and small.pixel_size_angstrom[0] == 5.0
+    np.testing.assert_allclose(small.defocus_u_angstrom, t.defocus_u_angstrom)
+    np.testing.assert_allclose(small.euler_deg, t.euler_deg)
+    big = ImageSource(t, check_stacks(t)).read_raw(np.arange(6))
+    got = ImageSource(small, check_stacks(small)).read_raw(np.arange(6))
+    f = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(big, axes=(1, 2))), axes=(1, 2))[:, 4:12, 4:12]
+    expected = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(f, axes=(1, 2))), axes=(1, 2)).real / 4
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    with mrcfile.open(tmp_path / "small" / "particles.mrcs") as m:
+        assert m.voxel_size.x == pytest.approx(5.0)
