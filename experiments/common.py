@@ -23,3 +23,49 @@ def simulate_config(**overrides) -> ml_collections.ConfigDict:
     cfg.seed = 0
     cfg.update(overrides)
     return cfg
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The paper's reconstruction settings (CryoSPIN, synthetic datasets); configs override parts."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.progress_bar = True
+
+    config.data = ml_collections.ConfigDict()
+    config.data.particles = ""  # .star, .cs, .mrcs or .txt; empty = simulate into WORKDIR/data
+    config.data.datadir = ""  # where the stacks are, when the paths in the metadata are broken
+    config.data.image_size = 0  # Fourier-crop to this box on the fly (0 = as stored)
+    config.data.pixel_size_angstrom = 0.0  # override (0 = from the metadata)
+    config.data.invert_contrast = False  # set for dark-protein stacks
+
+    config.poses = ""  # a star with known poses: fit the volume only (the known-pose oracle)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.n_heads = 7
+    config.model.width = 1.0  # channel multiplier of the VGG backbone (1.0 = the paper)
+    config.model.volume_init_scale = 0.0  # mantissa ~ N(0, s^2) at start (0 = empty volume)
+    config.model.fully_amortized = False  # keep the encoder to the end (the paper's baseline)
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.kind = "gaussian"  # the paper's Gaussian NLL; 'l1_fourier' = the official code's loss
+    config.loss.radius_start = 1.0  # loss disc radius, fraction of Nyquist, at the start ...
+    config.loss.radius_end = 1.0  # ... and after radius_ramp_epochs of the amortized stage
+    config.loss.radius_ramp_epochs = 0.0
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 64
+    config.train.epochs_amortized = 7
+    config.train.epochs_autodecoding = 13
+    config.train.lr_encoder = 1e-4
+    config.train.lr_volume = 1e-2
+    config.train.lr_volume_autodecoding = 1e-3  # the decoder's learning rate is lowered at the switch
+    config.train.lr_pose = 0.05
+    config.train.pose_iters = 5
+    config.train.vol_iters = 1
+    config.train.log_every = 20
+    config.train.checkpoint_every_steps = 500
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.ground_truth = ""  # a map to compare against (FSC) after each epoch
+    config.eval.ground_truth_poses = ""  # a star with the true poses (pose error) after each epoch
+    return config

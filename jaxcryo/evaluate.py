@@ -1,0 +1,120 @@
+"""Map and pose evaluation: FSC, resolution crossings, global pose alignment (both hands), pose errors.
+
+Frames: a reconstruction is defined up to a global rotation Q and a mirror. If the map is
+V_est(p) = V_true(Q p), its poses are R_est = R_true Q (``jaxcryo.geometry`` convention); a mirrored
+map V_est(p) = W(M p), M = diag(1, 1, -1), has poses M R_W M. ``align_poses`` finds Q and the hand by
+robust least squares on SO(3); ``align_map`` applies them to the map (in Fourier space, on a 2x
+oversampled grid, so high frequencies are not blurred by real-space interpolation).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+from jaxcryo import fourier, geometry, slicing
+
+MIRROR = np.diag([1.0, 1.0, -1.0])
+
+
+def fsc(vol_a: np.ndarray, vol_b: np.ndarray) -> np.ndarray:
+    """(D, D, D) x 2 -> (D//2 + 1,) Fourier shell correlation at integer radii 0..Nyquist."""
+    fa = np.asarray(fourier.fft_centered(jnp.asarray(vol_a, jnp.float32), 3))
+    fb = np.asarray(fourier.fft_centered(jnp.asarray(vol_b, jnp.float32), 3))
+    size = vol_a.shape[-1]
+    r = np.round(np.asarray(fourier.radial_index_grid(size, 3))).astype(int).ravel()
+    n = size // 2 + 1
+    keep = r < n
+    cross = np.bincount(r[keep], (fa * np.conj(fb)).real.ravel()[keep], minlength=n)
+    pa = np.bincount(r[keep], (np.abs(fa) ** 2).ravel()[keep], minlength=n)
+    pb = np.bincount(r[keep], (np.abs(fb) ** 2).ravel()[keep], minlength=n)
+    return cross / np.sqrt(np.maximum(pa * pb, 1e-30))
+
+
+def resolution_at(curve: np.ndarray, threshold: float, pixel_size_angstrom: float) -> float:
+    """Resolution (A) where the FSC first falls below ``threshold``, linearly interpolated between
+    shells; a curve that never falls below reports Nyquist (2 x pixel size)."""
+    size = 2 * (len(curve) - 1)
+    below = np.nonzero(curve[1:] < threshold)[0]
+    if len(below) == 0:
+        return 2.0 * pixel_size_angstrom
+    i = below[0] + 1  # first shell below; shell i-1 is above
+    frac = (curve[i - 1] - threshold) / (curve[i - 1] - curve[i])
+    radius = (i - 1) + frac
+    return float(size * pixel_size_angstrom / max(radius, 1e-9))
+
+
+def _project_so3(m: np.ndarray) -> np.ndarray:
+    u, _, vt = np.linalg.svd(m)
+    d = np.sign(np.linalg.det(u @ vt))
+    return u @ np.diag([1.0, 1.0, d]) @ vt
+
+
+def _fit_global(r_true: np.ndarray, r_est: np.ndarray, iters: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Q minimising sum ||R_true Q - R_est||^2 over the best half of particles (re-selected each pass)."""
+    rel = np.swapaxes(r_true, 1, 2) @ r_est  # each ~ Q
+    keep = np.ones(len(rel), bool)
+    for _ in range(iters):
+        q = _project_so3(rel[keep].mean(axis=0))
+        err = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(r_true @ q), jnp.asarray(r_est)))
+        keep = err <= np.quantile(err, 0.5)
+    return q, err
+
+
+def align_poses(r_est: np.ndarray, r_true: np.ndarray) -> dict:
+    """Best global rotation and hand relating estimated to true poses, and the pose errors after it."""
+    best = None
+    for mirrored in (False, True):
+        est = MIRROR @ r_est @ MIRROR if mirrored else r_est
+        q, err = _fit_global(r_true, est)
+        if best is None or np.median(err) < np.median(best["rotation_error_deg"]):
+            view_true = (r_true @ q)[:, 2, :]
+            view_est = est[:, 2, :]
+            view_err = np.degrees(np.arccos(np.clip(np.sum(view_true * view_est, axis=1), -1, 1)))
+            best = {"q": q, "mirrored": mirrored, "rotation_error_deg": err, "view_error_deg": view_err}
+    return best
+
+
+def align_map(volume: np.ndarray, q: np.ndarray, mirrored: bool) -> np.ndarray:
+    """Bring a map with poses R_est into the true frame: undo the mirror, then V(p) <- V(Q^T p)."""
+    vol = jnp.asarray(volume, jnp.float32)
+    if mirrored:  # W(p) = V(M p): flip z about the centre index
+        vol = _flip_z(vol)
+    size = vol.shape[-1]
+    big = slicing.volume_to_hartley(vol, oversample=2)
+    c = (jnp.arange(size) - size // 2).astype(jnp.float32)
+    kz, ky, kx = jnp.meshgrid(c, c, c, indexing="ij")
+    k = jnp.stack([kx, ky, kz], -1).reshape(-1, 3)
+    src = k @ jnp.asarray(q, jnp.float32)  # rows (Q^T k)^T = k^T Q
+    coords = src[:, ::-1].T * 2 + size  # (z, y, x) indices on the 2x grid (origin at size)
+    h = jax.scipy.ndimage.map_coordinates(big, list(coords), order=1, mode="constant").reshape(size, size, size)
+    # the 2x grid's transform is of the padded map: its values at even indices equal the D grid's
+    return np.asarray(fourier.iht(h, 3))
+
+
+def _flip_z(vol: jax.Array) -> jax.Array:
+    size = vol.shape[0]
+    return jnp.roll(jnp.flip(vol, axis=0), 2 * (size // 2) - (size - 1), axis=0)
+
+
+def summarize(volume: np.ndarray, rotations: np.ndarray, pixel_size_angstrom: float,
+              ground_truth: str | None, ground_truth_poses: str | None) -> dict:
+    """Pose errors and FSC resolution against the ground truth, when one is given."""
+    if not ground_truth_poses:
+        return {}
+    from jaxcryo.io import read_particles, read_volume
+
+    truth = read_particles(ground_truth_poses)
+    r_true = np.asarray(geometry.euler_to_matrix(jnp.asarray(truth.euler_deg, jnp.float32)))
+    a = align_poses(np.asarray(rotations, np.float32), r_true)
+    out = {"pose_error_median_deg": float(np.median(a["rotation_error_deg"])),
+           "pose_error_mean_deg": float(np.mean(a["rotation_error_deg"])),
+           "view_error_median_deg": float(np.median(a["view_error_deg"])), "mirrored": bool(a["mirrored"])}
+    if ground_truth:
+        gt, _ = read_volume(ground_truth)
+        if gt.shape == volume.shape:
+            curve = fsc(align_map(volume, a["q"], a["mirrored"]), gt)
+            out["fsc05_angstrom"] = resolution_at(curve, 0.5, pixel_size_angstrom)
+            out["fsc0143_angstrom"] = resolution_at(curve, 0.143, pixel_size_angstrom)
+    return out

@@ -1,0 +1,289 @@
+"""``train_and_evaluate(config, workdir)``: both stages of semi-amortized reconstruction, resumable.
+
+Stage "amortized": encoder + volume, winner-takes-all over M heads (``steps.make_amortized_step``).
+Stage switch: every image's pose is initialised from its winning head (encoder in inference mode); the
+state pytree swaps encoder parameters for a per-image pose table.
+Stage "autodecoding": per-image pose refinement + volume steps (``steps.make_autodecoding_step``).
+Known poses (``config.poses``): skip the encoder; the volume is fitted with the poses held fixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from jaxcryo import evaluate, geometry, models, runio, steps
+from jaxcryo.io import InputError, check_stacks, read_particles
+from jaxcryo.io.loader import Batch, ImageSource, iterate_batches, steps_per_epoch
+from jaxcryo.io.table import CTF_FIELDS, ParticleTable
+
+AMORTIZED, AUTODECODING = "amortized", "autodecoding"
+
+
+@dataclasses.dataclass
+class Data:
+    table: ParticleTable
+    source: ImageSource
+    pixel_size_angstrom: float
+    image_size: int
+    ground_truth: str | None
+    ground_truth_poses: str | None
+
+
+def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
+    """Read (or, with no particles given, simulate into WORKDIR/data) and check the particle stack."""
+    particles, gt, gt_poses = config.data.particles, config.eval.ground_truth, config.eval.ground_truth_poses
+    if not particles:
+        if "simulate" not in config:
+            raise InputError("config: no data.particles given and no simulate section to make a dataset")
+        from jaxcryo.simulate import simulate_dataset
+
+        data_dir = workdir / "data"
+        if not (data_dir / "particles.star").exists():
+            simulate_dataset(config.simulate, data_dir, log=log)
+        particles = str(data_dir / "particles.star")
+        gt, gt_poses = gt or str(data_dir / "ground_truth.mrc"), gt_poses or str(data_dir / "ground_truth_poses.star")
+    table = read_particles(particles, config.data.datadir or None, config.data.pixel_size_angstrom or None)
+    source = ImageSource(table, check_stacks(table), config.data.image_size or None, config.data.invert_contrast)
+    source.estimate_normalization(seed=config.seed)
+    log(f"{len(table)} particles from {particles}: box {source.input_size} -> {source.image_size} px, "
+        f"{source.pixel_size_angstrom:.3f} A/px")
+    return Data(table, source, source.pixel_size_angstrom, source.image_size, gt or None, gt_poses or None)
+
+
+def radial_log_amplitude(source: ImageSource, n_images: int = 256, seed: int = 0) -> np.ndarray:
+    """log of the RMS Hartley amplitude of the (normalised) images per integer radius: the volume's
+    initial exponent, so the mantissa starts O(1) at every frequency."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(source.table), size=min(n_images, len(source.table)), replace=False))
+    from jaxcryo import fourier, losses
+
+    h = np.asarray(losses.images_to_hartley(jnp.asarray(source.read(rows))))
+    radius = np.round(np.asarray(fourier.radial_index_grid(source.image_size))).astype(int)
+    power = np.bincount(radius.ravel(), (h**2).mean(axis=0).ravel()) / np.maximum(np.bincount(radius.ravel()), 1)
+    return 0.5 * np.log(np.maximum(power, 1e-12))
+
+
+def radius_at(config, stage: str, epoch_progress: float) -> float:
+    """Loss-disc radius (fraction of Nyquist): ramps from radius_start to radius_end during the first
+    radius_ramp_epochs of the amortized stage (frequency marching); radius_end afterwards."""
+    lc = config.loss
+    if stage != AMORTIZED or lc.radius_ramp_epochs <= 0:
+        return float(lc.radius_end)
+    t = min(epoch_progress / lc.radius_ramp_epochs, 1.0)
+    return float(lc.radius_start + t * (lc.radius_end - lc.radius_start))
+
+
+def device_batch(batch, table: ParticleTable, sharding) -> dict:
+    out = {"images": batch.images, "index": batch.index.astype(np.int32)}
+    for key in CTF_FIELDS:
+        out[key] = getattr(table, key)[batch.index].astype(np.float32)
+    return jax.device_put(out, sharding)
+
+
+class Run:
+    """Holds the pieces of one reconstruction; ``run()`` executes or resumes it."""
+
+    def __init__(self, config, workdir: pathlib.Path):
+        self.config, self.workdir = config, workdir
+        self.data = prepare_data(config, workdir)
+        tc = config.train
+        self.mesh = steps.make_mesh()
+        n_dev = jax.local_device_count()
+        if tc.batch_size % n_dev:
+            raise InputError(f"config: train.batch_size {tc.batch_size} is not divisible by {n_dev} devices")
+        self.batch_sharding = jax.NamedSharding(self.mesh, jax.sharding.PartitionSpec(steps.AXIS))
+        self.replicated = jax.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self.n = len(self.data.table)
+        self.steps_per_epoch = steps_per_epoch(self.n, tc.batch_size)
+        self.known_poses = bool(config.poses)
+        self.encoder = models.PoseEncoder(config.model.n_heads, config.model.width, axis_name=steps.AXIS)
+        self.infer_encoder = models.PoseEncoder(config.model.n_heads, config.model.width)
+        px, lk = self.data.pixel_size_angstrom, config.loss.kind
+        self.enc_opt, self.vol_opt = optax.adam(tc.lr_encoder), optax.adam(tc.lr_volume)
+        self.vol_opt_ad = optax.adam(tc.lr_volume_autodecoding)
+        self.amortized_step = steps.make_amortized_step(self.encoder, self.enc_opt, self.vol_opt, px, lk, self.mesh)
+        self.encoder_inference = steps.make_encoder_inference(self.infer_encoder, px, lk, self.mesh)
+        pose_iters = 0 if self.known_poses else tc.pose_iters
+        self.autodecoding_step = steps.make_autodecoding_step(self.vol_opt_ad, px, lk, pose_iters, tc.vol_iters,
+                                                              tc.lr_pose, self.mesh)
+        self.checkpoints = runio.Checkpoints(workdir / "checkpoints")
+        self.start_time = time.perf_counter()
+
+    # ---- state construction -------------------------------------------------------------------
+    def init_amortized(self) -> dict:
+        key = jax.random.key(self.config.seed)
+        k_enc, k_vol = jax.random.split(key)
+        size = self.data.image_size
+        variables = self.infer_encoder.init(k_enc, jnp.zeros((2, size, size), jnp.float32), train=False)
+        vol = models.init_volume(size, radial_log_amplitude(self.data.source, seed=self.config.seed), k_vol,
+                                 self.config.model.volume_init_scale)
+        state = {"enc_params": variables["params"], "batch_stats": variables["batch_stats"],
+                 "enc_opt": self.enc_opt.init(variables["params"]), "vol_params": vol, "vol_opt": self.vol_opt.init(vol)}
+        return jax.device_put(state, self.replicated)
+
+    def init_autodecoding(self, vol_params, rotations: np.ndarray) -> dict:
+        state = {"vol_params": vol_params, "vol_opt": self.vol_opt_ad.init(vol_params),
+                 "rotations": jnp.asarray(rotations, jnp.float32), "pose_m": jnp.zeros((self.n, 3), jnp.float32),
+                 "pose_v": jnp.zeros((self.n, 3), jnp.float32), "pose_count": jnp.zeros((self.n,), jnp.int32)}
+        return jax.device_put(state, self.replicated)
+
+    def known_rotations(self) -> np.ndarray:
+        poses = read_particles(self.config.poses)
+        if len(poses) != self.n or poses.euler_deg is None:
+            raise InputError(f"{self.config.poses}: need {self.n} rows with rlnAngleRot/Tilt/Psi, got {len(poses)}")
+        return np.asarray(geometry.euler_to_matrix(jnp.asarray(poses.euler_deg, jnp.float32)))
+
+    def encoder_rotations(self, state, radius: float) -> tuple[np.ndarray, np.ndarray]:
+        """Winning-head rotation (N, 3, 3) and winner index (N,) of every image, in table order."""
+        bs = self.config.train.batch_size
+        rots, winners = np.zeros((self.n, 3, 3), np.float32), np.zeros(self.n, np.int64)
+        order = np.arange(self.n)
+        for start in range(0, self.n, bs):
+            idx = order[start : start + bs]
+            pad = bs - len(idx)
+            padded = np.concatenate([idx, np.repeat(idx[-1:], pad)])  # static batch shape
+            batch = device_batch(Batch(padded, self.data.source.read(padded)), self.data.table, self.batch_sharding)
+            r, w = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius)
+            rots[idx], winners[idx] = np.asarray(r)[: len(idx)], np.asarray(w)[: len(idx)]
+        return rots, winners
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self) -> dict:
+        config, tc = self.config, self.config.train
+        progress = self.checkpoints.latest_progress()
+        if progress is None:
+            if self.known_poses:
+                progress = {"stage": AUTODECODING, "epoch": 0, "step": 0, "global_step": 0}
+                vol = self.init_amortized()["vol_params"]
+                state = self.init_autodecoding(vol, self.known_rotations())
+            else:
+                progress = {"stage": AMORTIZED, "epoch": 0, "step": 0, "global_step": 0}
+                state = self.init_amortized()
+            self.elapsed_before = 0.0
+        else:
+            logging.info("resuming from %s", progress)
+            state = self.restore(progress)
+            self.elapsed_before = progress.get("elapsed_s", 0.0)
+        self.metrics = runio.MetricsWriter(self.workdir, progress["global_step"] if progress["global_step"] else None)
+        epochs = {AMORTIZED: 0 if self.known_poses else tc.epochs_amortized,
+                  AUTODECODING: tc.epochs_autodecoding + (tc.epochs_amortized if self.known_poses else 0)}
+        if config.model.fully_amortized:
+            epochs = {AMORTIZED: tc.epochs_amortized + tc.epochs_autodecoding, AUTODECODING: 0}
+        try:
+            for stage in (AMORTIZED, AUTODECODING):
+                if progress["stage"] != stage:
+                    continue
+                while progress["epoch"] < epochs[stage]:
+                    state, progress = self.run_epoch(stage, state, progress, epochs[stage])
+                if stage == AMORTIZED:
+                    rots, _ = self.encoder_rotations(state, radius_at(config, AMORTIZED, 1e9))
+                    state = self.init_autodecoding(state["vol_params"], rots)
+                    progress = dict(progress, stage=AUTODECODING, epoch=0, step=0)
+                    self.checkpoints.save(state, self.stamp(progress))
+            return self.finish(state, progress)
+        finally:
+            self.metrics.close()
+            self.checkpoints.close()
+
+    def stamp(self, progress: dict) -> dict:
+        return dict(progress, elapsed_s=self.elapsed())
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start_time
+
+    def restore(self, progress: dict):
+        if progress["stage"] == AMORTIZED:
+            abstract = jax.eval_shape(self.init_amortized)
+        else:
+            vol = jax.eval_shape(self.init_amortized)["vol_params"]
+            abstract = jax.eval_shape(lambda v: self.init_autodecoding(v, np.zeros((self.n, 3, 3), np.float32)), vol)
+        abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), abstract)
+        return self.checkpoints.restore_state(abstract)
+
+    def run_epoch(self, stage: str, state, progress: dict, n_epochs: int):
+        config, tc = self.config, self.config.train
+        epoch, start_step = progress["epoch"], progress["step"]
+        step_fn = self.amortized_step if stage == AMORTIZED else self.autodecoding_step
+        bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"{stage} {epoch + 1}/{n_epochs}",
+                   unit="step", leave=False, dynamic_ncols=True, disable=not config.progress_bar)
+        winners = np.zeros(config.model.n_heads, np.int64)
+        losses_seen, t0, images_seen = [], time.perf_counter(), 0
+        seed = config.seed + (0 if stage == AMORTIZED else 1000)
+        for step, batch in iterate_batches(self.data.source, tc.batch_size, seed, epoch, start_step):
+            radius = radius_at(config, stage, epoch + step / self.steps_per_epoch)
+            state, out = step_fn(state, device_batch(batch, self.data.table, self.batch_sharding), radius)
+            images_seen += tc.batch_size
+            bar.update(1)
+            progress = {"stage": stage, "epoch": epoch, "step": step + 1, "global_step": progress["global_step"] + 1}
+            if (step + 1) % tc.log_every == 0 or step + 1 == self.steps_per_epoch:
+                loss = float(out["loss"])
+                if not np.isfinite(loss):
+                    raise FloatingPointError(f"{stage} epoch {epoch + 1} step {step + 1}: loss is {loss}; stopping "
+                                             f"(the last good checkpoint in {self.workdir / 'checkpoints'} is kept)")
+                if "winner" in out:
+                    winners += np.bincount(np.asarray(out["winner"]), minlength=len(winners))
+                rate = images_seen / (time.perf_counter() - t0)
+                losses_seen.append(loss)
+                self.metrics.write({"stage": stage, "epoch": epoch + 1, "step": step + 1,
+                                    "global_step": progress["global_step"], "loss": loss, "radius": radius,
+                                    "elapsed_s": self.elapsed(), "images_per_s": rate})
+                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
+            if tc.checkpoint_every_steps and progress["global_step"] % tc.checkpoint_every_steps == 0:
+                self.checkpoints.save(state, self.stamp(progress))
+        bar.close()
+        progress = dict(progress, epoch=epoch + 1, step=0)
+        summary = self.end_of_epoch(stage, state, epoch + 1)
+        rate = images_seen / max(time.perf_counter() - t0, 1e-9)
+        hist = f" winners {winners.tolist()}" if stage == AMORTIZED else ""
+        logging.info("%s epoch %d/%d: loss %.5f, %.0f images/s%s%s", stage, epoch + 1, n_epochs,
+                     np.mean(losses_seen) if losses_seen else float("nan"), rate, hist,
+                     "".join(f", {k} {v:.3g}" for k, v in summary.items()))
+        self.metrics.write({"stage": stage, "epoch": epoch + 1, "step": self.steps_per_epoch,
+                            "global_step": progress["global_step"], "loss": float(np.mean(losses_seen or [np.nan])),
+                            "elapsed_s": self.elapsed(), "images_per_s": rate, "epoch_end": True,
+                            "winner_histogram": winners.tolist(), **summary})
+        self.checkpoints.save(state, self.stamp(progress))
+        return state, progress
+
+    def current_rotations(self, stage: str, state) -> np.ndarray:
+        if stage == AMORTIZED:
+            return self.encoder_rotations(state, radius_at(self.config, AMORTIZED, 1e9))[0]
+        return np.asarray(state["rotations"])
+
+    def end_of_epoch(self, stage: str, state, epoch: int) -> dict:
+        offset = self.config.train.epochs_amortized if stage == AUTODECODING and not self.known_poses else 0
+        out = self.workdir / f"epoch_{epoch + offset:03d}"
+        rots = self.current_rotations(stage, state)
+        volume = runio.write_map(out / "reconstruction.mrc", models.volume_hartley(state["vol_params"]),
+                                 self.data.pixel_size_angstrom)
+        runio.write_poses(out / "poses.star", self.data.table, rots)
+        return evaluate.summarize(volume, rots, self.data.pixel_size_angstrom, self.data.ground_truth,
+                                  self.data.ground_truth_poses)
+
+    def finish(self, state, progress: dict) -> dict:
+        rots = self.current_rotations(AUTODECODING if "rotations" in state else AMORTIZED, state)
+        volume = runio.write_map(self.workdir / "reconstruction.mrc", models.volume_hartley(state["vol_params"]),
+                                 self.data.pixel_size_angstrom)
+        runio.write_poses(self.workdir / "poses.star", self.data.table, rots)
+        summary = evaluate.summarize(volume, rots, self.data.pixel_size_angstrom, self.data.ground_truth,
+                                     self.data.ground_truth_poses)
+        summary.update(elapsed_s=self.elapsed(), n_particles=self.n)
+        runio.write_json(self.workdir / "summary.json", summary)
+        logging.info("finished: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})
+        return summary
+
+
+def train_and_evaluate(config, workdir) -> dict:
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    runio.write_json(workdir / "config.json", config.to_dict())
+    return Run(config, workdir).run()
