@@ -160,7 +160,7 @@ def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_ang
         if pose_iters > 0:
             tables, rot = refine(state["vol_params"], tables, batch, radius)
         else:
-            rot = state["rotations"].at[batch["index"]].get(out_sharding=P(AXIS))
+            rot = state["rotations"].at[batch["index"]].get(out_sharding=jax.NamedSharding(mesh, P(AXIS)))
         vol_params, vol_opt_state = state["vol_params"], state["vol_opt"]
         loss = None
         for _ in range(vol_iters):
