@@ -45,6 +45,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.width = 1.0  # channel multiplier of the VGG backbone (1.0 = the paper)
     config.model.volume_init_scale = 0.0  # mantissa ~ N(0, s^2) at start (0 = empty volume)
     config.model.fully_amortized = False  # keep the encoder to the end (the paper's baseline)
+    # Beyond the paper, for small compute budgets: this many random poses per step compete with the
+    # encoder's heads (scored by two matrix products); the encoder is taught by the winners.
+    config.model.search_candidates = 0
+    config.model.distill_weight = 0.1
 
     config.loss = ml_collections.ConfigDict()
     config.loss.kind = "gaussian"  # the paper's Gaussian NLL; 'l1_fourier' = the official code's loss
@@ -54,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 64
+    config.train.amortized_image_size = 0  # run the amortized stage on images Fourier-cropped to this box
     config.train.epochs_amortized = 7
     config.train.epochs_autodecoding = 13
     config.train.lr_encoder = 1e-4

@@ -9,6 +9,9 @@ def get_config() -> ml_collections.ConfigDict:
     config = common.base_config()
     config.simulate = common.simulate_config(n_images=5_000, image_size=64, pixel_size_angstrom=3.0)
     config.model.width = 0.125
+    config.model.search_candidates = 2048
+    config.train.amortized_image_size = 32
+    config.train.lr_encoder = 1e-3
     config.train.epochs_amortized = 4
     config.train.epochs_autodecoding = 4
     return config

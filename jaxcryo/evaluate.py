@@ -113,6 +113,8 @@ def summarize(volume: np.ndarray, rotations: np.ndarray, pixel_size_angstrom: fl
            "view_error_median_deg": float(np.median(a["view_error_deg"])), "mirrored": bool(a["mirrored"])}
     if ground_truth:
         gt, _ = read_volume(ground_truth)
+        if gt.shape[0] > volume.shape[0]:  # a coarser map (amortized stage): compare at its sampling
+            gt = np.asarray(fourier.fourier_crop(jnp.asarray(gt), volume.shape[0], 3))
         if gt.shape == volume.shape:
             curve = fsc(align_map(volume, a["q"], a["mirrored"]), gt)
             out["fsc05_angstrom"] = resolution_at(curve, 0.5, pixel_size_angstrom)

@@ -79,3 +79,22 @@ def winner_takes_all(volume_h, rotations, ctf, target, mask, kind="gaussian", sh
     best_shift = None if shifts_px is None else jnp.take_along_axis(shifts_px, winner[:, None, None], axis=1)[:, 0]
     loss = per_image_loss(predict(volume_h, best_rot, ctf, best_shift), target, mask, kind)
     return loss, winner, all_losses
+
+
+def search_losses(volume_h: jax.Array, rotations: jax.Array, ctf: jax.Array, target: jax.Array,
+                  mask: jax.Array) -> jax.Array:
+    """Gaussian losses of B images at G shared rotations, (G, 3, 3) -> (B, G), forward only.
+
+    The G slices do not depend on the image, so with w the mask weights the loss expands as
+    0.5 * [sum w y^2 - 2 (w y c) . s + (w c^2) . s^2]: two (B, P) x (P, G) matrix products instead
+    of B x G slices, which makes a global search over thousands of poses cheap.
+    """
+    size = ctf.shape[-1]
+    slices = slicing.extract_slices(jax.lax.stop_gradient(volume_h), rotations, size).reshape(rotations.shape[0], -1)
+    # materialise the slices: XLA:CPU otherwise fuses the gather into both products and redoes it (4x slower)
+    slices = jax.lax.optimization_barrier(slices)
+    w = (mask.astype(target.dtype) / jnp.sum(mask)).reshape(1, -1)
+    y, c = target.reshape(target.shape[0], -1), ctf.reshape(ctf.shape[0], -1)
+    cross = (w * y * c) @ slices.T
+    power = (w * c * c) @ (slices * slices).T
+    return 0.5 * (jnp.sum(w * y * y, axis=1, keepdims=True) - 2.0 * cross + power)

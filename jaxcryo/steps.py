@@ -54,52 +54,94 @@ def pose_adam(grad, m, v, count, lr, b1=0.9, b2=0.999, eps=1e-8):
 
 
 def make_amortized_step(encoder: models.PoseEncoder, enc_opt: optax.GradientTransformation,
-                        vol_opt: optax.GradientTransformation, pixel_size_angstrom: float, loss_kind: str, mesh):
-    """Encoder + volume step. state keys: enc_params, batch_stats, enc_opt, vol_params, vol_opt."""
+                        vol_opt: optax.GradientTransformation, pixel_size_angstrom: float, loss_kind: str, mesh,
+                        search_candidates: int = 0, distill_weight: float = 0.0, seed: int = 0):
+    """Encoder + volume step. state keys: enc_params, batch_stats, enc_opt, vol_params, vol_opt, step.
 
-    def core(enc_params, batch_stats, vol_params, batch, radius):
+    The paper's step (``search_candidates = 0``): M encoder heads compete (winner-takes-all).
+    Search-augmented step (beyond the paper, for small compute budgets): G random Haar rotations,
+    fresh each step and shared by the batch, compete with the heads; when a searched pose wins, the
+    volume learns from it and the encoder head closest to it is pulled towards it with weight
+    ``distill_weight`` (squared Frobenius distance), so the encoder is taught by the search.
+    """
+
+    def core(enc_params, batch_stats, vol_params, batch, radius, key):
         target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
+        if search_candidates:  # scored outside the differentiated function: it needs no gradient
+            grid = geometry.random_rotations(key, (search_candidates,), target.dtype)
+            grid_losses = losses.search_losses(models.volume_hartley(vol_params), grid, ctf, target, mask)
+            grid_best = jnp.argmin(grid_losses, axis=1)
+            grid_rot, grid_loss = grid[grid_best], jnp.min(grid_losses, axis=1)
 
         def loss_fn(enc_params, vol_params):
             six, updated = encoder.apply({"params": enc_params, "batch_stats": batch_stats}, batch["images"],
                                          train=True, mutable=["batch_stats"])
             rots = geometry.rotation_from_6d(six)
-            loss, winner, _ = losses.winner_takes_all(models.volume_hartley(vol_params), rots, ctf, target, mask, loss_kind)
-            return jnp.mean(loss), (updated["batch_stats"], winner)
+            vol_h = models.volume_hartley(vol_params)
+            if not search_candidates:
+                loss, winner, _ = losses.winner_takes_all(vol_h, rots, ctf, target, mask, loss_kind)
+                return jnp.mean(loss), (updated["batch_stats"], winner)
+            head_losses = jax.lax.stop_gradient(
+                losses.per_image_loss(losses.predict(jax.lax.stop_gradient(vol_h), jax.lax.stop_gradient(rots), ctf),
+                                      target, mask, loss_kind))
+            n_heads = rots.shape[1]
+            head_winner = jnp.argmin(head_losses, axis=1)
+            from_head = jnp.min(head_losses, axis=1) <= grid_loss
+            winner = jnp.where(from_head, head_winner, n_heads)  # index M: a searched pose won
+            head_rot = jnp.take_along_axis(rots, head_winner[:, None, None, None], axis=1)[:, 0]
+            best = jnp.where(from_head[:, None, None], head_rot, grid_rot)
+            loss = losses.per_image_loss(losses.predict(vol_h, best, ctf), target, mask, loss_kind)
+            gap = jnp.sum((rots - jax.lax.stop_gradient(best)[:, None]) ** 2, axis=(-2, -1))  # (B, M)
+            distill = jnp.where(from_head, 0.0, jnp.min(gap, axis=1))
+            return jnp.mean(loss + distill_weight * distill), (updated["batch_stats"], winner)
 
         (loss, (stats, winner)), (g_enc, g_vol) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
             enc_params, vol_params)
         g_enc, g_vol, loss = jax.lax.pmean((g_enc, g_vol, loss), AXIS)
         return g_enc, g_vol, loss, stats, winner
 
-    sharded = jax.shard_map(core, mesh=mesh, in_specs=(P(), P(), P(), P(AXIS), P()),
+    sharded = jax.shard_map(core, mesh=mesh, in_specs=(P(), P(), P(), P(AXIS), P(), P()),
                             out_specs=(P(), P(), P(), P(), P(AXIS)), check_vma=False)
 
     @functools.partial(jax.jit, donate_argnums=(0,))
     def step(state, batch, radius):
+        key = jax.random.fold_in(jax.random.key(seed), state["step"])
         g_enc, g_vol, loss, stats, winner = sharded(state["enc_params"], state["batch_stats"], state["vol_params"],
-                                                    batch, radius)
+                                                    batch, radius, key)
         enc_updates, enc_opt_state = enc_opt.update(g_enc, state["enc_opt"], state["enc_params"])
         vol_updates, vol_opt_state = vol_opt.update(g_vol, state["vol_opt"], state["vol_params"])
         new_state = dict(state, enc_params=optax.apply_updates(state["enc_params"], enc_updates), batch_stats=stats,
                          enc_opt=enc_opt_state, vol_params=optax.apply_updates(state["vol_params"], vol_updates),
-                         vol_opt=vol_opt_state)
+                         vol_opt=vol_opt_state, step=state["step"] + 1)
         return new_state, {"loss": loss, "winner": winner}
 
     return step
 
 
-def make_encoder_inference(encoder: models.PoseEncoder, pixel_size_angstrom: float, loss_kind: str, mesh):
-    """(enc_params, batch_stats, vol_params, batch, radius) -> winning rotations (B, 3, 3), winners (B,)."""
+def make_encoder_inference(encoder: models.PoseEncoder, pixel_size_angstrom: float, loss_kind: str, mesh,
+                           search_candidates: int = 0):
+    """(enc_params, batch_stats, vol_params, batch, radius, key) -> best rotations (B, 3, 3), winners (B,).
 
-    def core(enc_params, batch_stats, vol_params, batch, radius):
+    The winner is the best encoder head, or (with ``search_candidates``) the best of the heads and
+    that many random rotations drawn from ``key``; winner index M means "a searched pose".
+    """
+
+    def core(enc_params, batch_stats, vol_params, batch, radius, key):
         target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
         six = encoder.apply({"params": enc_params, "batch_stats": batch_stats}, batch["images"], train=False)
         rots = geometry.rotation_from_6d(six)
-        _, winner, _ = losses.winner_takes_all(models.volume_hartley(vol_params), rots, ctf, target, mask, loss_kind)
-        return jnp.take_along_axis(rots, winner[:, None, None, None], axis=1)[:, 0], winner
+        vol_h = models.volume_hartley(vol_params)
+        _, winner, head_losses = losses.winner_takes_all(vol_h, rots, ctf, target, mask, loss_kind)
+        best = jnp.take_along_axis(rots, winner[:, None, None, None], axis=1)[:, 0]
+        if search_candidates:
+            grid = geometry.random_rotations(key, (search_candidates,), rots.dtype)
+            grid_losses = losses.search_losses(vol_h, grid, ctf, target, mask)
+            use_grid = jnp.min(grid_losses, axis=1) < jnp.min(head_losses, axis=1)
+            best = jnp.where(use_grid[:, None, None], grid[jnp.argmin(grid_losses, axis=1)], best)
+            winner = jnp.where(use_grid, rots.shape[1], winner)
+        return best, winner
 
-    return jax.jit(jax.shard_map(core, mesh=mesh, in_specs=(P(), P(), P(), P(AXIS), P()),
+    return jax.jit(jax.shard_map(core, mesh=mesh, in_specs=(P(), P(), P(), P(AXIS), P(), P()),
                                  out_specs=(P(AXIS), P(AXIS)), check_vma=False))
 
 

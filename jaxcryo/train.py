@@ -31,11 +31,13 @@ AMORTIZED, AUTODECODING = "amortized", "autodecoding"
 @dataclasses.dataclass
 class Data:
     table: ParticleTable
-    source: ImageSource
-    pixel_size_angstrom: float
-    image_size: int
+    source: ImageSource  # images at the reconstruction's box
+    coarse: ImageSource  # images for the amortized stage (Fourier-cropped when amortized_image_size is set)
     ground_truth: str | None
     ground_truth_poses: str | None
+
+    def source_for(self, stage: str) -> ImageSource:
+        return self.coarse if stage == AMORTIZED else self.source
 
 
 def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
@@ -52,11 +54,16 @@ def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
         particles = str(data_dir / "particles.star")
         gt, gt_poses = gt or str(data_dir / "ground_truth.mrc"), gt_poses or str(data_dir / "ground_truth_poses.star")
     table = read_particles(particles, config.data.datadir or None, config.data.pixel_size_angstrom or None)
-    source = ImageSource(table, check_stacks(table), config.data.image_size or None, config.data.invert_contrast)
+    stacks = check_stacks(table)
+    source = ImageSource(table, stacks, config.data.image_size or None, config.data.invert_contrast)
     source.estimate_normalization(seed=config.seed)
+    coarse = source
+    if 0 < config.train.amortized_image_size < source.image_size:
+        coarse = ImageSource(table, stacks, config.train.amortized_image_size, config.data.invert_contrast)
+        coarse.mean, coarse.std = source.mean, source.std  # same scaling: the volume carries over
     log(f"{len(table)} particles from {particles}: box {source.input_size} -> {source.image_size} px, "
-        f"{source.pixel_size_angstrom:.3f} A/px")
-    return Data(table, source, source.pixel_size_angstrom, source.image_size, gt or None, gt_poses or None)
+        f"{source.pixel_size_angstrom:.3f} A/px (amortized stage at {coarse.image_size} px)")
+    return Data(table, source, coarse, gt or None, gt_poses or None)
 
 
 def radial_log_amplitude(source: ImageSource, n_images: int = 256, seed: int = 0) -> np.ndarray:
@@ -107,11 +114,15 @@ class Run:
         self.known_poses = bool(config.poses)
         self.encoder = models.PoseEncoder(config.model.n_heads, config.model.width, axis_name=steps.AXIS)
         self.infer_encoder = models.PoseEncoder(config.model.n_heads, config.model.width)
-        px, lk = self.data.pixel_size_angstrom, config.loss.kind
+        px, px_coarse, lk = self.data.source.pixel_size_angstrom, self.data.coarse.pixel_size_angstrom, config.loss.kind
         self.enc_opt, self.vol_opt = optax.adam(tc.lr_encoder), optax.adam(tc.lr_volume)
         self.vol_opt_ad = optax.adam(tc.lr_volume_autodecoding)
-        self.amortized_step = steps.make_amortized_step(self.encoder, self.enc_opt, self.vol_opt, px, lk, self.mesh)
-        self.encoder_inference = steps.make_encoder_inference(self.infer_encoder, px, lk, self.mesh)
+        search = config.model.search_candidates
+        if search and lk != "gaussian":
+            raise InputError("config: model.search_candidates needs loss.kind='gaussian'")
+        self.amortized_step = steps.make_amortized_step(self.encoder, self.enc_opt, self.vol_opt, px_coarse, lk, self.mesh,
+                                                        search, config.model.distill_weight, config.seed)
+        self.encoder_inference = steps.make_encoder_inference(self.infer_encoder, px_coarse, lk, self.mesh, search)
         pose_iters = 0 if self.known_poses else tc.pose_iters
         self.autodecoding_step = steps.make_autodecoding_step(self.vol_opt_ad, px, lk, pose_iters, tc.vol_iters,
                                                               tc.lr_pose, self.mesh)
@@ -122,13 +133,31 @@ class Run:
     def init_amortized(self) -> dict:
         key = jax.random.key(self.config.seed)
         k_enc, k_vol = jax.random.split(key)
-        size = self.data.image_size
+        source = self.data.source_for(AUTODECODING if self.known_poses else AMORTIZED)
+        size = source.image_size
         variables = self.infer_encoder.init(k_enc, jnp.zeros((2, size, size), jnp.float32), train=False)
-        vol = models.init_volume(size, radial_log_amplitude(self.data.source, seed=self.config.seed), k_vol,
+        vol = models.init_volume(size, radial_log_amplitude(source, seed=self.config.seed), k_vol,
                                  self.config.model.volume_init_scale)
         state = {"enc_params": variables["params"], "batch_stats": variables["batch_stats"],
-                 "enc_opt": self.enc_opt.init(variables["params"]), "vol_params": vol, "vol_opt": self.vol_opt.init(vol)}
+                 "enc_opt": self.enc_opt.init(variables["params"]), "vol_params": vol, "vol_opt": self.vol_opt.init(vol),
+                 "step": jnp.zeros((), jnp.int32)}
         return jax.device_put(state, self.replicated)
+
+    def upsample_volume(self, vol_params) -> dict:
+        """Carry the amortized stage's volume to the full box: zero-pad its Hartley transform.
+
+        Coefficients are in 1/L-scaled image units and Fourier cropping keeps pixel values, so the
+        same frequency has L_full / L_coarse times the value in the larger box.
+        """
+        small, full = self.data.coarse.image_size, self.data.source.image_size
+        if small == full:
+            return vol_params
+        from jaxcryo import fourier
+
+        h = fourier.pad_center(models.volume_hartley(vol_params), full, ndim=3) * (full / small)
+        exponent = models.init_volume(full, radial_log_amplitude(self.data.source, seed=self.config.seed),
+                                      jax.random.key(0))["exponent"]
+        return jax.device_put({"mantissa": h * jnp.exp(-exponent), "exponent": exponent}, self.replicated)
 
     def init_autodecoding(self, vol_params, rotations: np.ndarray) -> dict:
         state = {"vol_params": vol_params, "vol_opt": self.vol_opt_ad.init(vol_params),
@@ -147,12 +176,14 @@ class Run:
         bs = self.config.train.batch_size
         rots, winners = np.zeros((self.n, 3, 3), np.float32), np.zeros(self.n, np.int64)
         order = np.arange(self.n)
+        key = jax.random.key(self.config.seed + 7)
         for start in range(0, self.n, bs):
             idx = order[start : start + bs]
             pad = bs - len(idx)
             padded = np.concatenate([idx, np.repeat(idx[-1:], pad)])  # static batch shape
-            batch = device_batch(Batch(padded, self.data.source.read(padded)), self.data.table, self.batch_sharding)
-            r, w = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius)
+            batch = device_batch(Batch(padded, self.data.coarse.read(padded)), self.data.table, self.batch_sharding)
+            r, w = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius,
+                                          jax.random.fold_in(key, start))
             rots[idx], winners[idx] = np.asarray(r)[: len(idx)], np.asarray(w)[: len(idx)]
         return rots, winners
 
@@ -186,7 +217,7 @@ class Run:
                     state, progress = self.run_epoch(stage, state, progress, epochs[stage])
                 if stage == AMORTIZED:
                     rots, _ = self.encoder_rotations(state, radius_at(config, AMORTIZED, 1e9))
-                    state = self.init_autodecoding(state["vol_params"], rots)
+                    state = self.init_autodecoding(self.upsample_volume(state["vol_params"]), rots)
                     progress = dict(progress, stage=AUTODECODING, epoch=0, step=0)
                     self.checkpoints.save(state, self.stamp(progress))
             return self.finish(state, progress)
@@ -215,10 +246,10 @@ class Run:
         step_fn = self.amortized_step if stage == AMORTIZED else self.autodecoding_step
         bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"{stage} {epoch + 1}/{n_epochs}",
                    unit="step", leave=False, dynamic_ncols=True, disable=not config.progress_bar)
-        winners = np.zeros(config.model.n_heads, np.int64)
+        winners = np.zeros(config.model.n_heads + (1 if config.model.search_candidates else 0), np.int64)
         losses_seen, t0, images_seen = [], time.perf_counter(), 0
         seed = config.seed + (0 if stage == AMORTIZED else 1000)
-        for step, batch in iterate_batches(self.data.source, tc.batch_size, seed, epoch, start_step):
+        for step, batch in iterate_batches(self.data.source_for(stage), tc.batch_size, seed, epoch, start_step):
             radius = radius_at(config, stage, epoch + step / self.steps_per_epoch)
             state, out = step_fn(state, device_batch(batch, self.data.table, self.batch_sharding), radius)
             images_seen += tc.batch_size
@@ -263,18 +294,18 @@ class Run:
         offset = self.config.train.epochs_amortized if stage == AUTODECODING and not self.known_poses else 0
         out = self.workdir / f"epoch_{epoch + offset:03d}"
         rots = self.current_rotations(stage, state)
-        volume = runio.write_map(out / "reconstruction.mrc", models.volume_hartley(state["vol_params"]),
-                                 self.data.pixel_size_angstrom)
+        pixel = self.data.source_for(stage).pixel_size_angstrom
+        volume = runio.write_map(out / "reconstruction.mrc", models.volume_hartley(state["vol_params"]), pixel)
         runio.write_poses(out / "poses.star", self.data.table, rots)
-        return evaluate.summarize(volume, rots, self.data.pixel_size_angstrom, self.data.ground_truth,
+        return evaluate.summarize(volume, rots, pixel, self.data.ground_truth,
                                   self.data.ground_truth_poses)
 
     def finish(self, state, progress: dict) -> dict:
         rots = self.current_rotations(AUTODECODING if "rotations" in state else AMORTIZED, state)
-        volume = runio.write_map(self.workdir / "reconstruction.mrc", models.volume_hartley(state["vol_params"]),
-                                 self.data.pixel_size_angstrom)
+        pixel = self.data.source.pixel_size_angstrom
+        volume = runio.write_map(self.workdir / "reconstruction.mrc", models.volume_hartley(state["vol_params"]), pixel)
         runio.write_poses(self.workdir / "poses.star", self.data.table, rots)
-        summary = evaluate.summarize(volume, rots, self.data.pixel_size_angstrom, self.data.ground_truth,
+        summary = evaluate.summarize(volume, rots, pixel, self.data.ground_truth,
                                      self.data.ground_truth_poses)
         summary.update(elapsed_s=self.elapsed(), n_particles=self.n)
         runio.write_json(self.workdir / "summary.json", summary)
