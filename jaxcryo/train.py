@@ -127,6 +127,9 @@ class Run:
         self.autodecoding_step = steps.make_autodecoding_step(self.vol_opt_ad, px, lk, pose_iters, tc.vol_iters,
                                                               tc.lr_pose, self.mesh)
         self.checkpoints = runio.Checkpoints(workdir / "checkpoints")
+        # data spectra (host numpy, computed once): the volume's initial exponent at each box size
+        self.radial = {src.image_size: radial_log_amplitude(src, seed=config.seed)
+                       for src in (self.data.coarse, self.data.source)}
         self.start_time = time.perf_counter()
 
     # ---- state construction -------------------------------------------------------------------
@@ -136,8 +139,7 @@ class Run:
         source = self.data.source_for(AUTODECODING if self.known_poses else AMORTIZED)
         size = source.image_size
         variables = self.infer_encoder.init(k_enc, jnp.zeros((2, size, size), jnp.float32), train=False)
-        vol = models.init_volume(size, radial_log_amplitude(source, seed=self.config.seed), k_vol,
-                                 self.config.model.volume_init_scale)
+        vol = models.init_volume(size, self.radial[size], k_vol, self.config.model.volume_init_scale)
         state = {"enc_params": variables["params"], "batch_stats": variables["batch_stats"],
                  "enc_opt": self.enc_opt.init(variables["params"]), "vol_params": vol, "vol_opt": self.vol_opt.init(vol),
                  "step": jnp.zeros((), jnp.int32)}
@@ -155,8 +157,7 @@ class Run:
         from jaxcryo import fourier
 
         h = fourier.pad_center(models.volume_hartley(vol_params), full, ndim=3) * (full / small)
-        exponent = models.init_volume(full, radial_log_amplitude(self.data.source, seed=self.config.seed),
-                                      jax.random.key(0))["exponent"]
+        exponent = models.init_volume(full, self.radial[full], jax.random.key(0))["exponent"]
         return jax.device_put({"mantissa": h * jnp.exp(-exponent), "exponent": exponent}, self.replicated)
 
     def init_autodecoding(self, vol_params, rotations: np.ndarray) -> dict:
@@ -255,11 +256,14 @@ class Run:
             images_seen += tc.batch_size
             bar.update(1)
             progress = {"stage": stage, "epoch": epoch, "step": step + 1, "global_step": progress["global_step"] + 1}
-            if (step + 1) % tc.log_every == 0 or step + 1 == self.steps_per_epoch:
+            log_now = (step + 1) % tc.log_every == 0 or step + 1 == self.steps_per_epoch
+            save_now = bool(tc.checkpoint_every_steps) and progress["global_step"] % tc.checkpoint_every_steps == 0
+            if log_now or save_now:  # the only host syncs: a loss is checked before anything is kept
                 loss = float(out["loss"])
                 if not np.isfinite(loss):
                     raise FloatingPointError(f"{stage} epoch {epoch + 1} step {step + 1}: loss is {loss}; stopping "
                                              f"(the last good checkpoint in {self.workdir / 'checkpoints'} is kept)")
+            if log_now:
                 if "winner" in out:
                     winners += np.bincount(np.asarray(out["winner"]), minlength=len(winners))
                 rate = images_seen / (time.perf_counter() - t0)
@@ -268,7 +272,7 @@ class Run:
                                     "global_step": progress["global_step"], "loss": loss, "radius": radius,
                                     "elapsed_s": self.elapsed(), "images_per_s": rate})
                 bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
-            if tc.checkpoint_every_steps and progress["global_step"] % tc.checkpoint_every_steps == 0:
+            if save_now:
                 self.checkpoints.save(state, self.stamp(progress))
         bar.close()
         progress = dict(progress, epoch=epoch + 1, step=0)

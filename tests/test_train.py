@@ -1,0 +1,157 @@
+"""End-to-end runs on a tiny simulated dataset: outputs, resume equality, devices, NaN handling."""
+
+import json
+import os
+import re
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import mrcfile
+import numpy as np
+import pytest
+
+from experiments import quickstart
+from jaxcryo import train
+from jaxcryo.io import read_particles
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**train_overrides):
+    config = quickstart.get_config()
+    config.progress_bar = False
+    config.simulate.update(n_images=96, image_size=32, pixel_size_angstrom=6.0, chunk_size=96)
+    config.model.update(n_heads=2, width=1 / 16, search_candidates=64)
+    config.train.update(dict(dict(batch_size=16, epochs_amortized=1, epochs_autodecoding=1, amortized_image_size=0,
+                                  log_every=2, checkpoint_every_steps=2), **train_overrides))
+    return config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    summary = train.train_and_evaluate(tiny_config(), workdir)
+    return workdir, summary
+
+
+def test_workdir_contract(finished_run):
+    workdir, summary = finished_run
+    with mrcfile.open(workdir / "reconstruction.mrc") as m:
+        assert m.data.shape == (32, 32, 32) and m.voxel_size.x == pytest.approx(6.0)
+        assert np.isfinite(m.data).all() and m.data.std() > 0
+    particles = read_particles(workdir / "data" / "particles.star")
+    poses = read_particles(workdir / "poses.star")
+    assert len(poses) == 96 and poses.image_name.tolist() == particles.image_name.tolist()
+    assert poses.euler_deg is not None and np.isfinite(poses.euler_deg).all()
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    for key in ("stage", "epoch", "step", "loss", "elapsed_s", "images_per_s"):
+        assert all(key in r for r in records)
+    assert {r["stage"] for r in records} == {"amortized", "autodecoding"}
+    assert any(p.name.startswith("events.out.tfevents") for p in workdir.iterdir())
+    for epoch in ("epoch_001", "epoch_002"):
+        assert (workdir / epoch / "reconstruction.mrc").exists() and (workdir / epoch / "poses.star").exists()
+    assert json.loads((workdir / "config.json").read_text())["model"]["n_heads"] == 2
+    assert "pose_error_median_deg" in summary and "fsc05_angstrom" in summary
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(run: train.Run, attr: str, n_calls: int):
+    inner = getattr(run, attr)
+    count = {"n": 0}
+
+    def wrapped(*args):
+        count["n"] += 1
+        if count["n"] > n_calls:
+            raise Interrupt
+        return inner(*args)
+
+    setattr(run, attr, wrapped)
+
+
+@pytest.mark.parametrize("attr, n_calls", [("amortized_step", 3), ("autodecoding_step", 3)])
+def test_resume_mid_stage_gives_the_uninterrupted_result(finished_run, tmp_path, attr, n_calls):
+    reference, _ = finished_run
+    (tmp_path / "data").symlink_to(reference / "data")
+    config = tiny_config()
+    run = train.Run(config, tmp_path)
+    _interrupt_after(run, attr, n_calls)
+    with pytest.raises(Interrupt):
+        run.run()
+    assert any((tmp_path / "checkpoints").iterdir())
+    train.train_and_evaluate(config, tmp_path)  # resumes from the last checkpoint
+    a, b = mrcfile.read(reference / "reconstruction.mrc"), mrcfile.read(tmp_path / "reconstruction.mrc")
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+    pa, pb = read_particles(reference / "poses.star"), read_particles(tmp_path / "poses.star")
+    np.testing.assert_allclose(pb.euler_deg, pa.euler_deg, atol=1e-3)
+    steps = [json.loads(line)["global_step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # records past the checkpoint were dropped, none duplicated
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(finished_run, tmp_path):
+    reference, _ = finished_run
+    (tmp_path / "data").symlink_to(reference / "data")
+    config = tiny_config(lr_volume=1e30, checkpoint_every_steps=1, log_every=100)
+    with pytest.raises(FloatingPointError, match=r"amortized epoch 1 step (\d+): loss is (nan|inf)") as info:
+        train.train_and_evaluate(config, tmp_path)
+    failed_step = int(re.search(r"step (\d+)", str(info.value)).group(1))
+    from jaxcryo.runio import Checkpoints
+
+    kept = Checkpoints(tmp_path / "checkpoints").latest_progress()
+    assert kept is not None and kept["global_step"] == failed_step - 1
+
+
+def _run_cli(workdir: pathlib.Path, devices: int, extra=()):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    args = [sys.executable, "-m", "experiments.run", "--config=experiments/quickstart.py", f"--workdir={workdir}",
+            "--config.progress_bar=False", "--config.simulate.n_images=64", "--config.simulate.image_size=32",
+            "--config.simulate.pixel_size_angstrom=6.0", "--config.model.n_heads=2", "--config.model.width=0.0625",
+            "--config.model.search_candidates=64", "--config.train.batch_size=16", "--config.train.epochs_amortized=1",
+            "--config.train.epochs_autodecoding=1", "--config.train.amortized_image_size=0", "--config.train.log_every=1",
+            *extra]
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _losses(workdir):
+    return [(r["stage"], r["loss"]) for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+            if not r.get("epoch_end")]
+
+
+def test_two_devices_give_the_same_losses_as_one(tmp_path):
+    procs = [_run_cli(tmp_path / f"d{n}", n) for n in (1, 2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, out[-2000:]
+    one, two = _losses(tmp_path / "d1"), _losses(tmp_path / "d2")
+    assert [s for s, _ in one] == [s for s, _ in two] and len(one) == 8
+    np.testing.assert_allclose([v for _, v in two], [v for _, v in one], rtol=2e-4)
+
+
+def test_bad_config_is_one_line(tmp_path):
+    p = _run_cli(tmp_path, 1, ["--config.data.particles=/nonexistent/particles.star"])
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 2
+    assert out.strip().splitlines()[-1] == "error: /nonexistent/particles.star: file not found"
+
+
+@pytest.mark.slow
+def test_kill_minus_9_at_any_moment_still_resumes(tmp_path):
+    reference = tmp_path / "reference"
+    p = _run_cli(reference, 1)
+    p.communicate(timeout=600)
+    killed = tmp_path / "killed"
+    for delay in (25.0, 35.0):  # into the amortized stage, then into auto-decoding
+        p = _run_cli(killed, 1)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.communicate()
+    p = _run_cli(killed, 1)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-2000:]
+    np.testing.assert_allclose(mrcfile.read(killed / "reconstruction.mrc"), mrcfile.read(reference / "reconstruction.mrc"),
+                               rtol=1e-5, atol=1e-6)
