@@ -44,8 +44,9 @@ def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
     """Read (or, with no particles given, simulate into WORKDIR/data) and check the particle stack."""
     particles, gt, gt_poses = config.data.particles, config.eval.ground_truth, config.eval.ground_truth_poses
     if not particles:
-        if "simulate" not in config:
-            raise InputError("config: no data.particles given and no simulate section to make a dataset")
+        if "simulate" not in config or not config.simulate.volume:
+            raise InputError("config: give data.particles (a .star/.cs/.mrcs) or simulate.volume (a map or PDB "
+                             "model to simulate particles from)")
         from jaxcryo.simulate import simulate_dataset
 
         data_dir = workdir / "data"

@@ -1,0 +1,113 @@
+"""Throughput benchmarks (figures, not tests): training steps per stage, and the streaming loader.
+
+    python -m experiments.bench --what=steps --config=experiments/quickstart.py
+    python -m experiments.bench --what=steps --config=experiments/spike.py --steps=3
+    python -m experiments.bench --what=loader --particles=DIR/particles.star
+
+Steps run on random images (no disk) with the config's model and batch size; each stage is timed after
+its first (compiling) call. Peak RSS is the process's maximum resident set size.
+"""
+
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "experiments/quickstart.py", "Experiment config.")
+_WHAT = flags.DEFINE_enum("what", "steps", ["steps", "loader"], "What to time.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per stage (after one compiling step).")
+_PARTICLES = flags.DEFINE_string("particles", None, "Particle file for --what=loader.")
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _batch(size: int, batch_size: int, n: int, sharding, rng):
+    from jaxcryo.io.table import CTF_FIELDS
+
+    values = dict(defocus_u_angstrom=15000.0, defocus_v_angstrom=14000.0, defocus_angle_deg=10.0, voltage_kv=300.0,
+                  spherical_aberration_mm=2.7, amplitude_contrast=0.1, phase_shift_deg=0.0, b_factor_angstrom2=0.0)
+    out = {"images": rng.normal(size=(batch_size, size, size)).astype(np.float32),
+           "index": rng.choice(n, batch_size, replace=False).astype(np.int32)}
+    out.update({k: np.full(batch_size, values[k], np.float32) for k in CTF_FIELDS})
+    return jax.device_put(out, sharding)
+
+
+def _time(step, state, batches):
+    state, out = step(state, batches[0], 1.0)
+    jax.block_until_ready(out["loss"])
+    start = time.perf_counter()
+    for b in batches[1:]:
+        state, out = step(state, b, 1.0)
+    jax.block_until_ready(out["loss"])
+    return state, time.perf_counter() - start
+
+
+def bench_steps(config) -> None:
+    from jaxcryo import models, steps
+
+    tc, mc = config.train, config.model
+    size = config.simulate.image_size if "simulate" in config else config.data.image_size
+    coarse = tc.amortized_image_size or size
+    n, bs = 10_000, tc.batch_size
+    mesh = steps.make_mesh()
+    sharding = jax.NamedSharding(mesh, jax.sharding.PartitionSpec(steps.AXIS))
+    rng = np.random.default_rng(0)
+    px = 3.0
+    enc = models.PoseEncoder(mc.n_heads, mc.width, axis_name=steps.AXIS)
+    variables = models.PoseEncoder(mc.n_heads, mc.width).init(jax.random.key(0), jnp.zeros((2, coarse, coarse)))
+    eo, vo = optax.adam(tc.lr_encoder), optax.adam(tc.lr_volume)
+    vol = models.init_volume(coarse, np.zeros(coarse), jax.random.key(1), 0.1)
+    state = {"enc_params": variables["params"], "batch_stats": variables["batch_stats"],
+             "enc_opt": eo.init(variables["params"]), "vol_params": vol, "vol_opt": vo.init(vol),
+             "step": jnp.zeros((), jnp.int32)}
+    step = steps.make_amortized_step(enc, eo, vo, px, config.loss.kind, mesh, mc.search_candidates, mc.distill_weight)
+    batches = [_batch(coarse, bs, n, sharding, rng) for _ in range(_STEPS.value + 1)]
+    _, seconds = _time(step, state, batches)
+    print(f"amortized     {coarse:4d} px  M={mc.n_heads:2d}  width={mc.width:<6g} batch={bs}  search={mc.search_candidates:5d}: "
+          f"{_STEPS.value * bs / seconds:8.1f} images/s  (devices: {jax.local_device_count()})")
+    vol = models.init_volume(size, np.zeros(size), jax.random.key(1), 0.1)
+    state = {"vol_params": vol, "vol_opt": vo.init(vol),
+             "rotations": jnp.broadcast_to(jnp.eye(3), (n, 3, 3)), "pose_m": jnp.zeros((n, 3)),
+             "pose_v": jnp.zeros((n, 3)), "pose_count": jnp.zeros((n,), jnp.int32)}
+    step = steps.make_autodecoding_step(vo, px, config.loss.kind, tc.pose_iters, tc.vol_iters, tc.lr_pose, mesh)
+    batches = [_batch(size, bs, n, sharding, rng) for _ in range(_STEPS.value + 1)]
+    _, seconds = _time(step, state, batches)
+    print(f"autodecoding  {size:4d} px  pose_iters={tc.pose_iters} vol_iters={tc.vol_iters} batch={bs}: "
+          f"{_STEPS.value * bs / seconds:8.1f} images/s")
+    print(f"peak RSS {peak_rss_gib():.2f} GiB")
+
+
+def bench_loader(path: str) -> None:
+    from jaxcryo.io import check_stacks, read_particles
+    from jaxcryo.io.loader import ImageSource, iterate_batches
+
+    table = read_particles(path)
+    source = ImageSource(table, check_stacks(table))
+    source.estimate_normalization()
+    start, n = time.perf_counter(), 0
+    for _, batch in iterate_batches(source, 64, seed=0, epoch=0):
+        n += 1
+        if time.perf_counter() - start > 60:
+            break
+    seconds = time.perf_counter() - start
+    print(f"loader: {n / seconds:.1f} batches/s of 64 x {source.image_size}^2 ({n * 64 / seconds:.0f} images/s, "
+          f"shuffled over {len(table)} particles); peak RSS {peak_rss_gib():.2f} GiB")
+
+
+def main(argv):
+    del argv
+    if _WHAT.value == "loader":
+        bench_loader(_PARTICLES.value)
+    else:
+        bench_steps(_CONFIG.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
