@@ -28,6 +28,17 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def anon_rss_gib() -> float:
+    """Resident memory that is not file-backed (memory-mapped stack pages are the page cache's)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
+
+
 def _batch(size: int, batch_size: int, n: int, sharding, rng):
     from jaxcryo.io.table import CTF_FIELDS
 
@@ -39,7 +50,8 @@ def _batch(size: int, batch_size: int, n: int, sharding, rng):
     return jax.device_put(out, sharding)
 
 
-def _time(step, state, batches):
+def _time(step, state, batches, replicated):
+    state = jax.device_put(state, replicated)  # committed like a real run's state: no recompilation
     state, out = step(state, batches[0], 1.0)
     jax.block_until_ready(out["loss"])
     start = time.perf_counter()
@@ -58,6 +70,7 @@ def bench_steps(config) -> None:
     n, bs = 10_000, tc.batch_size
     mesh = steps.make_mesh()
     sharding = jax.NamedSharding(mesh, jax.sharding.PartitionSpec(steps.AXIS))
+    replicated = jax.NamedSharding(mesh, jax.sharding.PartitionSpec())
     rng = np.random.default_rng(0)
     px = 3.0
     enc = models.PoseEncoder(mc.n_heads, mc.width, axis_name=steps.AXIS)
@@ -69,7 +82,7 @@ def bench_steps(config) -> None:
              "step": jnp.zeros((), jnp.int32)}
     step = steps.make_amortized_step(enc, eo, vo, px, config.loss.kind, mesh, mc.search_candidates, mc.distill_weight)
     batches = [_batch(coarse, bs, n, sharding, rng) for _ in range(_STEPS.value + 1)]
-    _, seconds = _time(step, state, batches)
+    _, seconds = _time(step, state, batches, replicated)
     print(f"amortized     {coarse:4d} px  M={mc.n_heads:2d}  width={mc.width:<6g} batch={bs}  search={mc.search_candidates:5d}: "
           f"{_STEPS.value * bs / seconds:8.1f} images/s  (devices: {jax.local_device_count()})")
     vol = models.init_volume(size, np.zeros(size), jax.random.key(1), 0.1)
@@ -78,7 +91,7 @@ def bench_steps(config) -> None:
              "pose_v": jnp.zeros((n, 3)), "pose_count": jnp.zeros((n,), jnp.int32)}
     step = steps.make_autodecoding_step(vo, px, config.loss.kind, tc.pose_iters, tc.vol_iters, tc.lr_pose, mesh)
     batches = [_batch(size, bs, n, sharding, rng) for _ in range(_STEPS.value + 1)]
-    _, seconds = _time(step, state, batches)
+    _, seconds = _time(step, state, batches, replicated)
     print(f"autodecoding  {size:4d} px  pose_iters={tc.pose_iters} vol_iters={tc.vol_iters} batch={bs}: "
           f"{_STEPS.value * bs / seconds:8.1f} images/s")
     print(f"peak RSS {peak_rss_gib():.2f} GiB")
@@ -91,14 +104,17 @@ def bench_loader(path: str) -> None:
     table = read_particles(path)
     source = ImageSource(table, check_stacks(table))
     source.estimate_normalization()
-    start, n = time.perf_counter(), 0
+    start, n, anon = time.perf_counter(), 0, 0.0
     for _, batch in iterate_batches(source, 64, seed=0, epoch=0):
         n += 1
+        if n % 20 == 0:
+            anon = max(anon, anon_rss_gib())
         if time.perf_counter() - start > 60:
             break
     seconds = time.perf_counter() - start
     print(f"loader: {n / seconds:.1f} batches/s of 64 x {source.image_size}^2 ({n * 64 / seconds:.0f} images/s, "
-          f"shuffled over {len(table)} particles); peak RSS {peak_rss_gib():.2f} GiB")
+          f"shuffled over {len(table)} particles); peak RSS {peak_rss_gib():.2f} GiB (incl. mapped stack pages), "
+          f"peak anonymous RSS {anon:.2f} GiB")
 
 
 def main(argv):

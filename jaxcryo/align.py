@@ -109,11 +109,17 @@ def align_volumes(moving: np.ndarray, reference: np.ndarray, n_rotations: int = 
         if best is None or score > best[0]:
             best = (score, mirrored, q)
     score, mirrored, q = best
-    # translation at full size, sub-voxel
-    mov = _prepare(mirror(moving) if mirrored else moving, full, 1.0)
-    ref = _prepare(reference, full, 1.0)
-    cc = np.asarray(jnp.fft.ifftn(jnp.fft.fftn(ref) * jnp.conj(jnp.fft.fftn(rotate(mov, jnp.asarray(q))))).real)
-    return Alignment(rotation=np.asarray(q), shift_voxels=_subvoxel_shift(cc), mirrored=mirrored, score=score)
+    rotated = rotate(jnp.asarray(mirror(moving) if mirrored else moving, jnp.float32), jnp.asarray(q))
+    return Alignment(rotation=np.asarray(q), shift_voxels=align_translation(rotated, reference), mirrored=mirrored,
+                     score=score)
+
+
+def align_translation(moving: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Shift t (x, y, z voxels, sub-voxel) with moving(p - t) ~ reference(p): FFT cross-correlation peak."""
+    size = reference.shape[0]
+    mov, ref = _prepare(moving, size, 1.0), _prepare(reference, size, 1.0)
+    cc = np.asarray(jnp.fft.ifftn(jnp.fft.fftn(ref) * jnp.conj(jnp.fft.fftn(mov))).real)
+    return _subvoxel_shift(cc)
 
 
 def fourier_shift(volume: jax.Array, shift: jax.Array) -> jax.Array:

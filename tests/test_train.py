@@ -155,3 +155,21 @@ def test_kill_minus_9_at_any_moment_still_resumes(tmp_path):
     assert p.returncode == 0, out[-2000:]
     np.testing.assert_allclose(mrcfile.read(killed / "reconstruction.mrc"), mrcfile.read(reference / "reconstruction.mrc"),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_report_and_figures(finished_run):
+    pytest.importorskip("matplotlib")
+    from jaxcryo.report import evaluate_workdir
+
+    workdir, summary = finished_run
+    report = evaluate_workdir(workdir)
+    for key in ("pose_error_median_deg", "view_error_median_deg", "fsc05_unmasked_angstrom", "fsc05_masked_angstrom",
+                "fsc0143_masked_angstrom"):
+        assert key in report and np.isfinite(report[key])
+    assert report["pose_error_median_deg"] == pytest.approx(summary["pose_error_median_deg"], rel=1e-4)
+    assert 2 * 6.0 <= report["fsc05_unmasked_angstrom"] <= 32 * 6.0
+    for name in ("report.json", "fsc.csv", "aligned_map.mrc", "fsc.png", "map_views.png", "pose_error_per_epoch.png",
+                 "resolution_vs_time.png", "winner_histogram.png"):
+        assert (workdir / "eval" / name).exists(), name
+    csv = np.loadtxt(workdir / "eval" / "fsc.csv", delimiter=",", skiprows=1)
+    assert csv.shape == (17, 3) and csv[0, 1] > 0.9

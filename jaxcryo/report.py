@@ -1,0 +1,81 @@
+"""Evaluation report of a finished (or running) work directory: numbers, CSV curves and figures.
+
+``evaluate_workdir(workdir, ground_truth, ground_truth_poses)`` writes ``WORKDIR/eval/``:
+report.json, fsc.csv, and (with matplotlib, ``pip install 'jaxcryo[plots]'``) fsc.png, map_views.png,
+pose_error_per_epoch.png, resolution_vs_time.png, winner_histogram.png.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcryo import align, evaluate, geometry
+from jaxcryo.io import read_particles, read_volume, write_mrc
+
+
+def soft_sphere_mask(size: int, radius_fraction: float = 0.42, edge_fraction: float = 0.06) -> np.ndarray:
+    """(D, D, D) mask: 1 inside radius_fraction * D, cosine fall-off to 0 over edge_fraction * D."""
+    c = np.arange(size) - size // 2
+    r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2) / size
+    t = np.clip((r - radius_fraction) / edge_fraction, 0.0, 1.0)
+    return (0.5 * (1 + np.cos(np.pi * t))).astype(np.float32)
+
+
+def evaluate_workdir(workdir, ground_truth: str | None = None, ground_truth_poses: str | None = None) -> dict:
+    workdir = pathlib.Path(workdir)
+    out_dir = workdir / "eval"
+    out_dir.mkdir(exist_ok=True)
+    if ground_truth is None and (workdir / "data" / "ground_truth.mrc").exists():
+        ground_truth = str(workdir / "data" / "ground_truth.mrc")
+    if ground_truth_poses is None and (workdir / "data" / "ground_truth_poses.star").exists():
+        ground_truth_poses = str(workdir / "data" / "ground_truth_poses.star")
+    volume, pixel = read_volume(workdir / "reconstruction.mrc")
+    report: dict = {"workdir": str(workdir), "pixel_size_angstrom": pixel, "box": volume.shape[0]}
+    pose_alignment = None
+    if ground_truth_poses:
+        poses = read_particles(workdir / "poses.star")
+        truth = read_particles(ground_truth_poses)
+        r_est = np.asarray(geometry.euler_to_matrix(jnp.asarray(poses.euler_deg, jnp.float32)))
+        r_true = np.asarray(geometry.euler_to_matrix(jnp.asarray(truth.euler_deg, jnp.float32)))
+        pose_alignment = evaluate.align_poses(r_est, r_true)
+        err, view = pose_alignment["rotation_error_deg"], pose_alignment["view_error_deg"]
+        report.update(pose_error_median_deg=float(np.median(err)), pose_error_mean_deg=float(np.mean(err)),
+                      view_error_median_deg=float(np.median(view)), view_error_mean_deg=float(np.mean(view)),
+                      hand_mirrored=bool(pose_alignment["mirrored"]))
+    curves = {}
+    if ground_truth:
+        gt, _ = read_volume(ground_truth)
+        if pose_alignment is not None:  # the poses fix the rotation and hand; the FFT peak the shift
+            coarse = align.Alignment(pose_alignment["q"], np.zeros(3), pose_alignment["mirrored"], float("nan"))
+            rotated = align.apply_alignment(volume, coarse)
+            shift = align.align_translation(rotated, gt)
+            aligned = align.apply_alignment(volume, align.Alignment(coarse.rotation, shift, coarse.mirrored, float("nan")))
+        else:
+            result = align.align_volumes(volume, gt)
+            aligned = align.apply_alignment(volume, result)
+            report.update(hand_mirrored=bool(result.mirrored), alignment_score=result.score)
+        mask = soft_sphere_mask(gt.shape[0])
+        curves["unmasked"] = evaluate.fsc(aligned, gt)
+        curves["masked"] = evaluate.fsc(aligned * mask, gt * mask)
+        for name, curve in curves.items():
+            report[f"fsc05_{name}_angstrom"] = evaluate.resolution_at(curve, 0.5, pixel)
+            report[f"fsc0143_{name}_angstrom"] = evaluate.resolution_at(curve, 0.143, pixel)
+        np.savetxt(out_dir / "fsc.csv", np.column_stack([np.arange(len(curves["unmasked"])) / (gt.shape[0] * pixel),
+                                                         curves["unmasked"], curves["masked"]]),
+                   delimiter=",", header="frequency_inv_angstrom,fsc_unmasked,fsc_masked", comments="")
+        write_mrc(out_dir / "aligned_map.mrc", aligned, pixel)
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()] \
+        if (workdir / "metrics.jsonl").exists() else []
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    try:
+        from jaxcryo import figures
+    except ImportError:
+        report["figures"] = "matplotlib not installed: pip install 'jaxcryo[plots]'"
+    else:
+        report["figures"] = figures.write_all(out_dir, volume, pixel, curves, records)
+        (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    return report
