@@ -10,13 +10,19 @@ import ml_collections
 from experiments import common
 
 
-def synthetic_config(pixel_size_angstrom: float, volume: str = "") -> ml_collections.ConfigDict:
+def paper_training(n_heads: int, epochs_amortized: int, epochs_autodecoding: int) -> ml_collections.ConfigDict:
+    """The base config with the paper's model and schedule: full width, batch 64."""
     config = common.base_config()
-    config.simulate = common.simulate_config(volume=volume, n_images=50_000, image_size=128,
-                                             pixel_size_angstrom=pixel_size_angstrom)
-    config.model.n_heads = 7
+    config.model.n_heads = n_heads
     config.model.width = 1.0
     config.train.batch_size = 64
-    config.train.epochs_amortized = 7
-    config.train.epochs_autodecoding = 13
+    config.train.epochs_amortized = epochs_amortized
+    config.train.epochs_autodecoding = epochs_autodecoding
+    return config
+
+
+def synthetic_config(pixel_size_angstrom: float, volume: str = "") -> ml_collections.ConfigDict:
+    config = paper_training(n_heads=7, epochs_amortized=7, epochs_autodecoding=13)
+    config.simulate = common.simulate_config(volume=volume, n_images=50_000, image_size=128,
+                                             pixel_size_angstrom=pixel_size_angstrom)
     return config

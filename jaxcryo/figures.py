@@ -11,6 +11,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, path: pathlib.Path, dpi: int = 100) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def fsc_figure(path: pathlib.Path, curves: dict, pixel: float) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, curve in curves.items():
@@ -21,9 +27,7 @@ def fsc_figure(path: pathlib.Path, curves: dict, pixel: float) -> None:
         ax.text(0.0, level + 0.02, f"{level}", color="gray", fontsize=7)
     ax.set(xlabel="spatial frequency (1/A)", ylabel="FSC vs ground truth", ylim=(-0.1, 1.05))
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def map_views(path: pathlib.Path, volume: np.ndarray) -> None:
@@ -38,9 +42,7 @@ def map_views(path: pathlib.Path, volume: np.ndarray) -> None:
         axes[1, i].set_title(f"projection along {axis_name}", fontsize=8)
     for ax in axes.ravel():
         ax.set_axis_off()
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, path, dpi=80)
 
 
 def epoch_curves(out_dir: pathlib.Path, records: list[dict]) -> list[str]:
@@ -55,9 +57,7 @@ def epoch_curves(out_dir: pathlib.Path, records: list[dict]) -> list[str]:
         ax.axvline(n_amortized + 0.5, color="gray", ls="--", lw=0.8)
         ax.set(xlabel="epoch (dashed: stage switch)", ylabel="pose error (deg)", yscale="log")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out_dir / "pose_error_per_epoch.png", dpi=100)
-        plt.close(fig)
+        _save(fig, out_dir / "pose_error_per_epoch.png")
         written.append("pose_error_per_epoch.png")
     pts = [(r["elapsed_s"], r["fsc05_angstrom"]) for r in ends if "fsc05_angstrom" in r]
     if pts:
@@ -65,21 +65,14 @@ def epoch_curves(out_dir: pathlib.Path, records: list[dict]) -> list[str]:
         ax.plot(*zip(*pts), marker="o")
         ax.set(xscale="log", xlabel="wall time (s)", ylabel="resolution at FSC 0.5 (A)")
         ax.invert_yaxis()
-        fig.tight_layout()
-        fig.savefig(out_dir / "resolution_vs_time.png", dpi=100)
-        plt.close(fig)
+        _save(fig, out_dir / "resolution_vs_time.png")
         written.append("resolution_vs_time.png")
     hist = [r["winner_histogram"] for r in ends if r["stage"] == "amortized" and r.get("winner_histogram")]
     if hist:
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        labels = [f"head {i}" for i in range(len(hist[-1]))]
-        if len(hist[-1]) > 1 and len(labels) > 1:
-            labels[-1] = labels[-1] if len(hist[-1]) == len(hist[0]) else labels[-1]
         ax.bar(range(len(hist[-1])), hist[-1])
-        ax.set(xlabel="winning candidate (last bar = searched pose, when search is on)", ylabel="images (sampled)")
-        fig.tight_layout()
-        fig.savefig(out_dir / "winner_histogram.png", dpi=100)
-        plt.close(fig)
+        ax.set(xlabel="winning head (an extra last bar: a searched pose won)", ylabel="images (logged steps)")
+        _save(fig, out_dir / "winner_histogram.png")
         written.append("winner_histogram.png")
     return written
 

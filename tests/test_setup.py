@@ -19,3 +19,16 @@ def test_quickstart_config_loads():
 
     cfg = quickstart.get_config()
     assert cfg.simulate.image_size == 64 and cfg.simulate.pixel_size_angstrom == 3.0 and cfg.simulate.snr == 0.1
+
+
+def test_paper_configs_have_the_paper_settings():
+    from experiments import empiar10028, hsp, spike, spliceosome
+
+    for module in (hsp, spike, spliceosome):
+        cfg = module.get_config()
+        assert (cfg.simulate.n_images, cfg.simulate.image_size, cfg.simulate.snr) == (50_000, 128, 0.1)
+        assert (cfg.model.n_heads, cfg.model.width, cfg.train.batch_size) == (7, 1.0, 64)
+        assert (cfg.train.epochs_amortized, cfg.train.epochs_autodecoding) == (7, 13)
+        assert cfg.model.search_candidates == 0 and cfg.loss.kind == "gaussian"  # the paper's method
+    cfg = empiar10028.get_config()
+    assert (cfg.model.n_heads, cfg.train.epochs_amortized, cfg.train.epochs_autodecoding) == (15, 15, 15)
