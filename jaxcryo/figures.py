@@ -21,7 +21,7 @@ def fsc_figure(path: pathlib.Path, curves: dict, pixel: float) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, curve in curves.items():
         freq = np.arange(len(curve)) / (2 * (len(curve) - 1) * pixel)
-        ax.plot(freq, curve, label=name)
+        ax.plot(freq[1:], curve[1:], label=name)  # shell 0 is the single DC voxel: no correlation to speak of
     for level in (0.5, 0.143):
         ax.axhline(level, color="gray", lw=0.8, ls="--")
         ax.text(0.0, level + 0.02, f"{level}", color="gray", fontsize=7)
