@@ -168,10 +168,4 @@ def apply_alignment(volume: np.ndarray, alignment: Alignment) -> np.ndarray:
     from jaxcryo import evaluate
 
     rotated = evaluate.align_map(volume, alignment.rotation, alignment.mirrored)
-    size = rotated.shape[0]
-    f = np.asarray(fourier.fft_centered(jnp.asarray(rotated), 3))
-    k = (np.arange(size) - size // 2) / size
-    kz, ky, kx = np.meshgrid(k, k, k, indexing="ij")
-    t = alignment.shift_voxels
-    phase = np.exp(-2j * np.pi * (kx * t[0] + ky * t[1] + kz * t[2]))
-    return np.asarray(fourier.ifft_centered(jnp.asarray(f * phase), 3).real, np.float32)
+    return np.asarray(fourier_shift(jnp.asarray(rotated), jnp.asarray(alignment.shift_voxels, jnp.float32)), np.float32)

@@ -80,7 +80,9 @@ def align_map(volume: np.ndarray, q: np.ndarray, mirrored: bool) -> np.ndarray:
     """Bring a map with poses R_est into the true frame: undo the mirror, then V(p) <- V(Q^T p)."""
     vol = jnp.asarray(volume, jnp.float32)
     if mirrored:  # W(p) = V(M p): flip z about the centre index
-        vol = _flip_z(vol)
+        from jaxcryo.align import mirror
+
+        vol = mirror(vol)
     size = vol.shape[-1]
     big = slicing.volume_to_hartley(vol, oversample=2)
     c = (jnp.arange(size) - size // 2).astype(jnp.float32)
@@ -93,9 +95,17 @@ def align_map(volume: np.ndarray, q: np.ndarray, mirrored: bool) -> np.ndarray:
     return np.asarray(fourier.iht(h, 3))
 
 
-def _flip_z(vol: jax.Array) -> jax.Array:
-    size = vol.shape[0]
-    return jnp.roll(jnp.flip(vol, axis=0), 2 * (size // 2) - (size - 1), axis=0)
+def pose_errors(rotations: np.ndarray, ground_truth_poses: str) -> tuple[dict, dict]:
+    """Align (N, 3, 3) estimated poses to a star of true poses: (alignment, summary figures)."""
+    from jaxcryo.io import read_particles
+
+    truth = read_particles(ground_truth_poses)
+    r_true = np.asarray(geometry.euler_to_matrix(jnp.asarray(truth.euler_deg, jnp.float32)))
+    a = align_poses(np.asarray(rotations, np.float32), r_true)
+    err, view = a["rotation_error_deg"], a["view_error_deg"]
+    return a, {"pose_error_median_deg": float(np.median(err)), "pose_error_mean_deg": float(np.mean(err)),
+               "view_error_median_deg": float(np.median(view)), "view_error_mean_deg": float(np.mean(view)),
+               "mirrored": bool(a["mirrored"])}
 
 
 def summarize(volume: np.ndarray, rotations: np.ndarray, pixel_size_angstrom: float,
@@ -103,14 +113,9 @@ def summarize(volume: np.ndarray, rotations: np.ndarray, pixel_size_angstrom: fl
     """Pose errors and FSC resolution against the ground truth, when one is given."""
     if not ground_truth_poses:
         return {}
-    from jaxcryo.io import read_particles, read_volume
+    from jaxcryo.io import read_volume
 
-    truth = read_particles(ground_truth_poses)
-    r_true = np.asarray(geometry.euler_to_matrix(jnp.asarray(truth.euler_deg, jnp.float32)))
-    a = align_poses(np.asarray(rotations, np.float32), r_true)
-    out = {"pose_error_median_deg": float(np.median(a["rotation_error_deg"])),
-           "pose_error_mean_deg": float(np.mean(a["rotation_error_deg"])),
-           "view_error_median_deg": float(np.median(a["view_error_deg"])), "mirrored": bool(a["mirrored"])}
+    a, out = pose_errors(rotations, ground_truth_poses)
     if ground_truth:
         gt, _ = read_volume(ground_truth)
         if gt.shape[0] > volume.shape[0]:  # a coarser map (amortized stage): compare at its sampling

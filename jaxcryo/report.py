@@ -38,14 +38,10 @@ def evaluate_workdir(workdir, ground_truth: str | None = None, ground_truth_pose
     pose_alignment = None
     if ground_truth_poses:
         poses = read_particles(workdir / "poses.star")
-        truth = read_particles(ground_truth_poses)
         r_est = np.asarray(geometry.euler_to_matrix(jnp.asarray(poses.euler_deg, jnp.float32)))
-        r_true = np.asarray(geometry.euler_to_matrix(jnp.asarray(truth.euler_deg, jnp.float32)))
-        pose_alignment = evaluate.align_poses(r_est, r_true)
-        err, view = pose_alignment["rotation_error_deg"], pose_alignment["view_error_deg"]
-        report.update(pose_error_median_deg=float(np.median(err)), pose_error_mean_deg=float(np.mean(err)),
-                      view_error_median_deg=float(np.median(view)), view_error_mean_deg=float(np.mean(view)),
-                      hand_mirrored=bool(pose_alignment["mirrored"]))
+        pose_alignment, figures = evaluate.pose_errors(r_est, ground_truth_poses)
+        figures["hand_mirrored"] = figures.pop("mirrored")
+        report.update(figures)
     curves = {}
     if ground_truth:
         gt, _ = read_volume(ground_truth)

@@ -21,7 +21,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from jaxcryo import ctf as ctf_lib
-from jaxcryo import fourier, geometry, losses, models
+from jaxcryo import geometry, losses, models, slicing
 from jaxcryo.io.table import CTF_FIELDS
 
 AXIS = "data"
@@ -31,16 +31,12 @@ def make_mesh() -> jax.sharding.Mesh:
     return jax.make_mesh((jax.local_device_count(),), (AXIS,))
 
 
-def _frequency_mask(size: int, radius_fraction: jax.Array) -> jax.Array:
-    return fourier.radial_index_grid(size) <= radius_fraction * (size / 2)
-
-
 def _targets(batch: dict, pixel_size_angstrom: float, radius_fraction):
     """Hartley images, CTFs and the loss mask of a (per-device) batch."""
     images = batch["images"]
     size = images.shape[-1]
     ctf = ctf_lib.ctf_grid(size, pixel_size_angstrom, **{k: batch[k] for k in CTF_FIELDS}).astype(images.dtype)
-    return losses.images_to_hartley(images), ctf, _frequency_mask(size, radius_fraction)
+    return losses.images_to_hartley(images), ctf, slicing.frequency_mask(size, radius_fraction)
 
 
 def pose_adam(grad, m, v, count, lr, b1=0.9, b2=0.999, eps=1e-8):
