@@ -85,3 +85,44 @@ def write_all(out_dir: pathlib.Path, volume: np.ndarray, pixel: float, curves: d
     map_views(out_dir / "map_views.png", volume)
     written.append("map_views.png")
     return written + epoch_curves(out_dir, records)
+
+
+def _cell_coords(views: np.ndarray, n_z: int, n_phi: int):
+    """Continuous (phi, z) image coordinates of view directions on the equal-area grid."""
+    phi = (np.arctan2(views[..., 1], views[..., 0]) + np.pi) / (2 * np.pi) * n_phi - 0.5
+    z = (views[..., 2] + 1) / 2 * n_z - 0.5
+    return phi, z
+
+
+def head_error_figure(path: pathlib.Path, maps: np.ndarray) -> None:
+    """Mean rotation error of each head over the sphere of true view directions (paper Fig. 8)."""
+    n = maps.shape[0]
+    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.4), squeeze=False)
+    for m, ax in enumerate(axes[0]):
+        im = ax.imshow(maps[m], origin="lower", cmap="viridis", vmin=0, vmax=180, aspect="auto",
+                       extent=(-180, 180, -1, 1))
+        ax.set_title(f"head {m}", fontsize=8)
+        ax.set_xlabel("azimuth (deg)", fontsize=7)
+        if m == 0:
+            ax.set_ylabel("cos(tilt)", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mean error (deg)")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def posterior_figure(path: pathlib.Path, log_post: np.ndarray, head_views: np.ndarray, final_views: np.ndarray) -> None:
+    """Approximate log-posterior over view directions for a few particles, with the M heads' views
+    (white crosses) and the final pose's view (red circle) marked (paper Figs. 4-5)."""
+    b, n_z, n_phi = log_post.shape
+    fig, axes = plt.subplots(1, b, figsize=(3.2 * b, 2.6), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        ax.imshow(np.maximum(log_post[i], -200), origin="lower", cmap="magma", aspect="auto")
+        hx, hz = _cell_coords(head_views[i], n_z, n_phi)
+        ax.scatter(hx, hz, marker="x", color="white", s=25, label="heads")
+        fx, fz = _cell_coords(final_views[i], n_z, n_phi)
+        ax.scatter([fx], [fz], facecolors="none", edgecolors="red", s=60, label="final pose")
+        ax.set_title(f"particle {i}", fontsize=8)
+        ax.set_axis_off()
+    axes[0][0].legend(fontsize=6, loc="lower left")
+    _save(fig, path)

@@ -13,8 +13,9 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import align, evaluate, geometry
-from jaxcryo.io import read_particles, read_volume, write_mrc
+from jaxcryo import align, evaluate, fourier, geometry, posterior
+from jaxcryo.io import check_stacks, read_particles, read_volume, write_mrc
+from jaxcryo.io.loader import ImageSource
 
 
 def soft_sphere_mask(size: int, radius_fraction: float = 0.42, edge_fraction: float = 0.06) -> np.ndarray:
@@ -23,6 +24,35 @@ def soft_sphere_mask(size: int, radius_fraction: float = 0.42, edge_fraction: fl
     r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2) / size
     t = np.clip((r - radius_fraction) / edge_fraction, 0.0, 1.0)
     return (0.5 * (1 + np.cos(np.pi * t))).astype(np.float32)
+
+
+def _landscapes(workdir: pathlib.Path, volume: np.ndarray, pixel: float, pose_alignment, ground_truth_poses,
+                n_particles: int = 4) -> dict:
+    """Per-head errors over view directions (needs true poses) and view log-posteriors of a few
+    particles, from the heads saved at the stage switch (``amortized_heads.npz``)."""
+    path = workdir / "amortized_heads.npz"
+    if not path.exists():
+        return {}
+    saved = np.load(path, allow_pickle=False)
+    rows, heads = saved["rows"], saved["heads"]
+    out = {}
+    if pose_alignment is not None:
+        truth = read_particles(ground_truth_poses)
+        r_true = np.asarray(geometry.euler_to_matrix(jnp.asarray(truth.euler_deg[rows], jnp.float32)))
+        out["head_errors"] = posterior.per_head_error_maps(heads, r_true, pose_alignment["q"], pose_alignment["mirrored"])
+    config = json.loads((workdir / "config.json").read_text())
+    particles = config["data"]["particles"] or str(workdir / "data" / "particles.star")
+    table = read_particles(particles, config["data"]["datadir"] or None, config["data"]["pixel_size_angstrom"] or None)
+    source = ImageSource(table, check_stacks(table), volume.shape[0], config["data"]["invert_contrast"])
+    source.estimate_normalization(seed=config["seed"])  # the training run's scaling
+    pick = rows[:n_particles]
+    volume_h = fourier.ht(jnp.asarray(volume), 3) / volume.shape[0]  # inverse of runio.volume_to_real
+    ctf_params = {k: jnp.asarray(v, jnp.float32) for k, v in table.ctf_params(pick).items()}
+    out["log_posterior"] = posterior.view_log_posterior(volume_h, source.read(pick), ctf_params, source.pixel_size_angstrom)
+    out["head_views"] = heads[:n_particles, :, 2, :]
+    final = read_particles(workdir / "poses.star").euler_deg[pick]
+    out["final_views"] = np.asarray(geometry.euler_to_matrix(jnp.asarray(final, jnp.float32)))[:, 2, :]
+    return out
 
 
 def evaluate_workdir(workdir, ground_truth: str | None = None, ground_truth_poses: str | None = None) -> dict:
@@ -64,6 +94,7 @@ def evaluate_workdir(workdir, ground_truth: str | None = None, ground_truth_pose
                                                          curves["unmasked"], curves["masked"]]),
                    delimiter=",", header="frequency_inv_angstrom,fsc_unmasked,fsc_masked", comments="")
         write_mrc(out_dir / "aligned_map.mrc", aligned, pixel)
+    landscapes = _landscapes(workdir, volume, pixel, pose_alignment, ground_truth_poses)
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()] \
         if (workdir / "metrics.jsonl").exists() else []
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
@@ -73,5 +104,12 @@ def evaluate_workdir(workdir, ground_truth: str | None = None, ground_truth_pose
         report["figures"] = "matplotlib not installed: pip install 'jaxcryo[plots]'"
     else:
         report["figures"] = figures.write_all(out_dir, volume, pixel, curves, records)
+        if "head_errors" in landscapes:
+            figures.head_error_figure(out_dir / "head_error_sphere.png", landscapes["head_errors"])
+            report["figures"].append("head_error_sphere.png")
+        if "log_posterior" in landscapes:
+            figures.posterior_figure(out_dir / "view_posterior.png", landscapes["log_posterior"],
+                                     landscapes["head_views"], landscapes["final_views"])
+            report["figures"].append("view_posterior.png")
         (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report

@@ -116,7 +116,8 @@ def make_amortized_step(encoder: models.PoseEncoder, enc_opt: optax.GradientTran
 
 def make_encoder_inference(encoder: models.PoseEncoder, pixel_size_angstrom: float, loss_kind: str, mesh,
                            search_candidates: int = 0):
-    """(enc_params, batch_stats, vol_params, batch, radius, key) -> best rotations (B, 3, 3), winners (B,).
+    """(enc_params, batch_stats, vol_params, batch, radius, key) -> best rotations (B, 3, 3), winners (B,),
+    and every head's rotation (B, M, 3, 3).
 
     The winner is the best encoder head, or (with ``search_candidates``) the best of the heads and
     that many random rotations drawn from ``key``; winner index M means "a searched pose".
@@ -135,10 +136,10 @@ def make_encoder_inference(encoder: models.PoseEncoder, pixel_size_angstrom: flo
             use_grid = jnp.min(grid_losses, axis=1) < jnp.min(head_losses, axis=1)
             best = jnp.where(use_grid[:, None, None], grid[jnp.argmin(grid_losses, axis=1)], best)
             winner = jnp.where(use_grid, rots.shape[1], winner)
-        return best, winner
+        return best, winner, rots
 
     return jax.jit(jax.shard_map(core, mesh=mesh, in_specs=(P(), P(), P(), P(AXIS), P(), P()),
-                                 out_specs=(P(AXIS), P(AXIS)), check_vma=False))
+                                 out_specs=(P(AXIS), P(AXIS), P(AXIS)), check_vma=False))
 
 
 def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_angstrom: float, loss_kind: str,

@@ -173,10 +173,16 @@ class Run:
             raise InputError(f"{self.config.poses}: need {self.n} rows with rlnAngleRot/Tilt/Psi, got {len(poses)}")
         return np.asarray(geometry.euler_to_matrix(jnp.asarray(poses.euler_deg, jnp.float32)))
 
-    def encoder_rotations(self, state, radius: float) -> tuple[np.ndarray, np.ndarray]:
-        """Winning-head rotation (N, 3, 3) and winner index (N,) of every image, in table order."""
+    def encoder_rotations(self, state, radius: float, heads_for: np.ndarray | None = None):
+        """Winning-head rotation (N, 3, 3) and winner index (N,) of every image, in table order; with
+        ``heads_for`` (row indices) also every head's rotation for those rows, (len, M, 3, 3)."""
         bs = self.config.train.batch_size
         rots, winners = np.zeros((self.n, 3, 3), np.float32), np.zeros(self.n, np.int64)
+        heads = None
+        if heads_for is not None:  # only the sampled rows are kept: memory stays bounded for any N
+            position = np.full(self.n, -1)
+            position[heads_for] = np.arange(len(heads_for))
+            heads = np.zeros((len(heads_for), self.config.model.n_heads, 3, 3), np.float32)
         order = np.arange(self.n)
         key = jax.random.key(self.config.seed + 7)
         for start in range(0, self.n, bs):
@@ -184,10 +190,13 @@ class Run:
             pad = bs - len(idx)
             padded = np.concatenate([idx, np.repeat(idx[-1:], pad)])  # static batch shape
             batch = device_batch(Batch(padded, self.data.coarse.read(padded)), self.data.table, self.batch_sharding)
-            r, w = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius,
-                                          jax.random.fold_in(key, start))
+            r, w, all_heads = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"],
+                                                     batch, radius, jax.random.fold_in(key, start))
             rots[idx], winners[idx] = np.asarray(r)[: len(idx)], np.asarray(w)[: len(idx)]
-        return rots, winners
+            if heads is not None:
+                keep = position[idx] >= 0
+                heads[position[idx][keep]] = np.asarray(all_heads)[: len(idx)][keep]
+        return (rots, winners) if heads is None else (rots, winners, heads)
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> dict:
@@ -218,7 +227,11 @@ class Run:
                 while progress["epoch"] < epochs[stage]:
                     state, progress = self.run_epoch(stage, state, progress, epochs[stage])
                 if stage == AMORTIZED:
-                    rots, _ = self.encoder_rotations(state, radius_at(config, AMORTIZED, 1e9))
+                    # every head's pose for a sample of images, kept for the per-head figures
+                    sample = np.sort(np.random.default_rng(config.seed).permutation(self.n)[:20_000])
+                    rots, winners, heads = self.encoder_rotations(state, radius_at(config, AMORTIZED, 1e9), sample)
+                    np.savez_compressed(self.workdir / "amortized_heads.npz", rows=sample, heads=heads,
+                                        winners=winners[sample], chosen=rots[sample])
                     state = self.init_autodecoding(self.upsample_volume(state["vol_params"]), rots)
                     progress = dict(progress, stage=AUTODECODING, epoch=0, step=0)
                     self.checkpoints.save(state, self.stamp(progress))

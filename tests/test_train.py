@@ -169,7 +169,7 @@ def test_evaluate_report_and_figures(finished_run):
     assert report["pose_error_median_deg"] == pytest.approx(summary["pose_error_median_deg"], rel=1e-4)
     assert 2 * 6.0 <= report["fsc05_unmasked_angstrom"] <= 32 * 6.0
     for name in ("report.json", "fsc.csv", "aligned_map.mrc", "fsc.png", "map_views.png", "pose_error_per_epoch.png",
-                 "resolution_vs_time.png", "winner_histogram.png"):
+                 "resolution_vs_time.png", "winner_histogram.png", "head_error_sphere.png", "view_posterior.png"):
         assert (workdir / "eval" / name).exists(), name
     csv = np.loadtxt(workdir / "eval" / "fsc.csv", delimiter=",", skiprows=1)
     assert csv.shape == (17, 3) and csv[0, 1] > 0.9

@@ -1,0 +1,63 @@
+"""Pose landscapes for figures: per-head errors over view directions, and the approximate log-posterior
+of a particle's view direction (the paper's Figs. 4, 5 and 8).
+
+View directions d = A[2, :] (``geometry.view_directions``) are binned on an equal-area grid: uniform in
+z = cos(tilt) and in azimuth phi = rot, so every cell covers the same solid angle.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcryo import ctf as ctf_lib
+from jaxcryo import geometry, losses, slicing
+
+
+def equal_area_cell(views: np.ndarray, n_z: int, n_phi: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3) unit view directions -> (z bin, phi bin) indices of the equal-area grid."""
+    z_bin = np.clip(((views[:, 2] + 1) / 2 * n_z).astype(int), 0, n_z - 1)
+    phi = np.arctan2(views[:, 1], views[:, 0])
+    phi_bin = np.clip(((phi + np.pi) / (2 * np.pi) * n_phi).astype(int), 0, n_phi - 1)
+    return z_bin, phi_bin
+
+
+def per_head_error_maps(heads: np.ndarray, r_true: np.ndarray, q: np.ndarray, mirrored: bool,
+                        n_z: int = 12, n_phi: int = 24) -> np.ndarray:
+    """(S, M, 3, 3) head poses, (S, 3, 3) true poses, global alignment -> (M, n_z, n_phi) mean error (deg)."""
+    from jaxcryo.evaluate import MIRROR
+
+    if mirrored:
+        heads = MIRROR @ heads @ MIRROR
+    target = r_true @ q
+    z_bin, phi_bin = equal_area_cell(r_true[:, 2, :], n_z, n_phi)
+    maps = np.full((heads.shape[1], n_z, n_phi), np.nan)
+    for m in range(heads.shape[1]):
+        err = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(heads[:, m], jnp.float32), jnp.asarray(target, jnp.float32)))
+        total = np.zeros((n_z, n_phi))
+        count = np.zeros((n_z, n_phi))
+        np.add.at(total, (z_bin, phi_bin), err)
+        np.add.at(count, (z_bin, phi_bin), 1)
+        maps[m] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return maps
+
+
+def view_log_posterior(volume_h, images: np.ndarray, ctf_params: dict, pixel_size_angstrom: float,
+                       n_z: int = 16, n_phi: int = 32, n_psi: int = 24, chunk: int = 2048) -> np.ndarray:
+    """(B, L, L) normalised images -> (B, n_z, n_phi) log-likelihood of each view direction (max over
+    in-plane angle, unit noise variance per Hartley coefficient, uniform prior), minus its maximum."""
+    size = images.shape[-1]
+    z = -1 + (np.arange(n_z) + 0.5) * 2 / n_z
+    phi = -180 + (np.arange(n_phi) + 0.5) * 360 / n_phi
+    psi = np.arange(n_psi) * 360 / n_psi
+    zz, pp, ss = np.meshgrid(z, phi, psi, indexing="ij")
+    euler = np.stack([pp.ravel(), np.degrees(np.arccos(zz.ravel())), ss.ravel()], axis=1)
+    rotations = geometry.euler_to_matrix(jnp.asarray(euler, jnp.float32))
+    target = losses.images_to_hartley(jnp.asarray(images, jnp.float32))
+    ctf = ctf_lib.ctf_grid(size, pixel_size_angstrom, **ctf_params).astype(jnp.float32)
+    mask = slicing.frequency_mask(size, 1.0)
+    parts = [np.asarray(losses.search_losses(volume_h, rotations[i : i + chunk], ctf, target, mask))
+             for i in range(0, rotations.shape[0], chunk)]
+    log_lik = -np.concatenate(parts, axis=1) * float(mask.sum())  # the loss is a mean over the mask
+    log_lik = log_lik.reshape(len(images), n_z, n_phi, n_psi).max(axis=-1)
+    return log_lik - log_lik.max(axis=(1, 2), keepdims=True)
