@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.invert_contrast = False  # set for dark-protein stacks
 
     config.poses = ""  # a star with known poses: fit the volume only (the known-pose oracle)
+    config.halfsets = False  # two independent half-set runs, aligned; gold-standard FSC (WORKDIR/half1, half2)
 
     config.model = ml_collections.ConfigDict()
     config.model.n_heads = 7
@@ -59,7 +60,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 64
     config.train.amortized_image_size = 0  # run the amortized stage on images Fourier-cropped to this box
-    config.train.epochs_amortized = 7
+    config.train.epochs_amortized = 7  # with switch='auto': the most auto-encoding epochs
+    config.train.switch = "fixed"  # 'fixed': after epochs_amortized; 'auto': when poses stop moving
+    config.train.switch_threshold_deg = 2.0  # 'auto': median pose change between epochs below this
+    config.train.switch_min_epochs = 2
     config.train.epochs_autodecoding = 13
     config.train.lr_encoder = 1e-4
     config.train.lr_volume = 1e-2

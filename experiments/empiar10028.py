@@ -7,4 +7,5 @@ from experiments import paper
 def get_config():
     config = paper.paper_training(n_heads=15, epochs_amortized=15, epochs_autodecoding=15)
     config.data.image_size = 128
+    config.halfsets = True
     return config

@@ -90,6 +90,13 @@ def radius_at(config, stage: str, epoch_progress: float) -> float:
     return float(lc.radius_start + t * (lc.radius_end - lc.radius_start))
 
 
+def auto_switch_due(epochs_done: int, pose_change_median_deg: float | None, threshold_deg: float,
+                    min_epochs: int) -> bool:
+    """The automatic stage switch: poses have stopped moving (median change between the last two
+    epochs below threshold_deg) and at least min_epochs of auto-encoding are done."""
+    return epochs_done >= min_epochs and pose_change_median_deg is not None and pose_change_median_deg < threshold_deg
+
+
 def device_batch(batch, table: ParticleTable, sharding) -> dict:
     out = {"images": batch.images, "index": batch.index.astype(np.int32)}
     for key in CTF_FIELDS:
@@ -226,6 +233,8 @@ class Run:
                     continue
                 while progress["epoch"] < epochs[stage]:
                     state, progress = self.run_epoch(stage, state, progress, epochs[stage])
+                    if stage == AMORTIZED and self.should_switch(progress["epoch"]):
+                        break
                 if stage == AMORTIZED:
                     # every head's pose for a sample of images, kept for the per-head figures
                     sample = np.sort(np.random.default_rng(config.seed).permutation(self.n)[:20_000])
@@ -233,7 +242,7 @@ class Run:
                     np.savez_compressed(self.workdir / "amortized_heads.npz", rows=sample, heads=heads,
                                         winners=winners[sample], chosen=rots[sample])
                     state = self.init_autodecoding(self.upsample_volume(state["vol_params"]), rots)
-                    progress = dict(progress, stage=AUTODECODING, epoch=0, step=0)
+                    progress = dict(progress, stage=AUTODECODING, epoch=0, step=0, amortized_epochs=progress["epoch"])
                     self.checkpoints.save(state, self.stamp(progress))
             return self.finish(state, progress)
         finally:
@@ -269,7 +278,7 @@ class Run:
             state, out = step_fn(state, device_batch(batch, self.data.table, self.batch_sharding), radius)
             images_seen += tc.batch_size
             bar.update(1)
-            progress = {"stage": stage, "epoch": epoch, "step": step + 1, "global_step": progress["global_step"] + 1}
+            progress = dict(progress, stage=stage, epoch=epoch, step=step + 1, global_step=progress["global_step"] + 1)
             log_now = (step + 1) % tc.log_every == 0 or step + 1 == self.steps_per_epoch
             save_now = bool(tc.checkpoint_every_steps) and progress["global_step"] % tc.checkpoint_every_steps == 0
             if log_now or save_now:  # the only host syncs: a loss is checked before anything is kept
@@ -290,7 +299,7 @@ class Run:
                 self.checkpoints.save(state, self.stamp(progress))
         bar.close()
         progress = dict(progress, epoch=epoch + 1, step=0)
-        summary = self.end_of_epoch(stage, state, epoch + 1)
+        summary = self.end_of_epoch(stage, state, epoch + 1 + progress.get("amortized_epochs", 0))
         rate = images_seen / max(time.perf_counter() - t0, 1e-9)
         hist = f" winners {winners.tolist()}" if stage == AMORTIZED else ""
         logging.info("%s epoch %d/%d: loss %.5f, %.0f images/s%s%s", stage, epoch + 1, n_epochs,
@@ -309,14 +318,32 @@ class Run:
         return np.asarray(state["rotations"])
 
     def end_of_epoch(self, stage: str, state, epoch: int) -> dict:
-        offset = self.config.train.epochs_amortized if stage == AUTODECODING and not self.known_poses else 0
-        out = self.workdir / f"epoch_{epoch + offset:03d}"
+        """Write epoch_NNN/ (NNN counts both stages) and evaluate; in the amortized stage also the median
+        change of every image's pose since the previous epoch (what the automatic switch watches)."""
+        out = self.workdir / f"epoch_{epoch:03d}"
         rots = self.current_rotations(stage, state)
         pixel = self.data.source_for(stage).pixel_size_angstrom
         volume = runio.write_map(out / "reconstruction.mrc", models.volume_hartley(state["vol_params"]), pixel)
         runio.write_poses(out / "poses.star", self.data.table, rots)
-        return evaluate.summarize(volume, rots, pixel, self.data.ground_truth,
-                                  self.data.ground_truth_poses)
+        summary = evaluate.summarize(volume, rots, pixel, self.data.ground_truth, self.data.ground_truth_poses)
+        previous = self.workdir / f"epoch_{epoch - 1:03d}" / "poses.star"
+        if stage == AMORTIZED and previous.exists():  # read back from disk, so a resumed run sees it too
+            before = geometry.euler_to_matrix(jnp.asarray(read_particles(previous).euler_deg, jnp.float32))
+            change = geometry.geodesic_distance_deg(before, jnp.asarray(rots))
+            summary["pose_change_median_deg"] = float(jnp.median(change))
+        self.last_summary = summary
+        return summary
+
+    def should_switch(self, epochs_done: int) -> bool:
+        """train.switch='auto': leave auto-encoding once the images' poses stop moving (median change
+        between consecutive epochs below switch_threshold_deg), after at least switch_min_epochs."""
+        tc = self.config.train
+        change = getattr(self, "last_summary", {}).get("pose_change_median_deg")
+        if tc.switch != "auto" or not auto_switch_due(epochs_done, change, tc.switch_threshold_deg, tc.switch_min_epochs):
+            return False
+        logging.info("switching to auto-decoding after epoch %d: median pose change %.2f deg < %.2f deg",
+                     epochs_done, change, tc.switch_threshold_deg)
+        return True
 
     def finish(self, state, progress: dict) -> dict:
         rots = self.current_rotations(AUTODECODING if "rotations" in state else AMORTIZED, state)
@@ -325,7 +352,8 @@ class Run:
         runio.write_poses(self.workdir / "poses.star", self.data.table, rots)
         summary = evaluate.summarize(volume, rots, pixel, self.data.ground_truth,
                                      self.data.ground_truth_poses)
-        summary.update(elapsed_s=self.elapsed(), n_particles=self.n)
+        summary.update(elapsed_s=self.elapsed(), n_particles=self.n, switch_rule=self.config.train.switch,
+                       amortized_epochs_run=progress.get("amortized_epochs", 0))
         runio.write_json(self.workdir / "summary.json", summary)
         logging.info("finished: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})
         return summary
@@ -335,4 +363,8 @@ def train_and_evaluate(config, workdir) -> dict:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     runio.write_json(workdir / "config.json", config.to_dict())
+    if config.get("halfsets", False):
+        from jaxcryo import halfsets
+
+        return halfsets.run_halfsets(config, workdir, train_and_evaluate)
     return Run(config, workdir).run()

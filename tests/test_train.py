@@ -173,3 +173,40 @@ def test_evaluate_report_and_figures(finished_run):
         assert (workdir / "eval" / name).exists(), name
     csv = np.loadtxt(workdir / "eval" / "fsc.csv", delimiter=",", skiprows=1)
     assert csv.shape == (17, 3) and csv[0, 1] > 0.9
+
+
+def test_auto_switch_rule():
+    assert not train.auto_switch_due(1, 0.5, 2.0, min_epochs=2)  # too early
+    assert not train.auto_switch_due(3, None, 2.0, min_epochs=2)  # nothing to compare yet
+    assert not train.auto_switch_due(3, 2.5, 2.0, min_epochs=2)  # still moving
+    assert train.auto_switch_due(3, 1.9, 2.0, min_epochs=2)
+
+
+def test_auto_switch_end_to_end(finished_run, tmp_path):
+    reference, _ = finished_run
+    (tmp_path / "data").symlink_to(reference / "data")
+    config = tiny_config(epochs_amortized=4, switch="auto", switch_threshold_deg=180.0, switch_min_epochs=2)
+    summary = train.train_and_evaluate(config, tmp_path)
+    assert summary["amortized_epochs_run"] == 2 and summary["switch_rule"] == "auto"
+    ends = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    changes = [r["pose_change_median_deg"] for r in ends if r.get("epoch_end") and "pose_change_median_deg" in r]
+    assert len(changes) == 1 and 0 <= changes[0] < 180
+    assert (tmp_path / "epoch_003" / "poses.star").exists() and not (tmp_path / "epoch_004").exists()
+
+
+def test_half_sets_end_to_end(finished_run, tmp_path):
+    reference, _ = finished_run
+    (tmp_path / "data").symlink_to(reference / "data")
+    config = tiny_config()
+    config.halfsets = True
+    summary = train.train_and_evaluate(config, tmp_path)
+    labels = read_particles(tmp_path / "halfsets" / "half1.star")
+    assert len(labels) == 48 and len(read_particles(tmp_path / "halfsets" / "half2.star")) == 48
+    poses = read_particles(tmp_path / "poses.star")
+    assert len(poses) == 96 and sorted(np.bincount(poses.random_subset)[1:].tolist()) == [48, 48]
+    assert poses.image_name.tolist() == read_particles(reference / "data" / "particles.star").image_name.tolist()
+    with mrcfile.open(tmp_path / "reconstruction.mrc") as m:
+        assert m.data.shape == (32, 32, 32) and m.voxel_size.x == pytest.approx(6.0)
+    assert 2 * 6.0 <= summary["fsc0143_halfmaps_unmasked_angstrom"] <= 32 * 6.0
+    assert (tmp_path / "halfsets" / "fsc.csv").exists()
+    assert "pose_error_median_deg" in summary["half1"] and "pose_error_median_deg" in summary["half2"]
