@@ -32,6 +32,28 @@ def fsc(vol_a: np.ndarray, vol_b: np.ndarray) -> np.ndarray:
     return cross / np.sqrt(np.maximum(pa * pb, 1e-30))
 
 
+def soft_sphere_mask(size: int, radius_fraction: float = 0.42, edge_fraction: float = 0.06) -> np.ndarray:
+    """(D, D, D) mask: 1 inside radius_fraction * D, cosine fall-off to 0 over edge_fraction * D."""
+    c = np.arange(size) - size // 2
+    r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2) / size
+    t = np.clip((r - radius_fraction) / edge_fraction, 0.0, 1.0)
+    return (0.5 * (1 + np.cos(np.pi * t))).astype(np.float32)
+
+
+def fsc_curves(vol_a: np.ndarray, vol_b: np.ndarray) -> dict[str, np.ndarray]:
+    """FSC without and with the soft spherical mask: {"unmasked": ..., "masked": ...}."""
+    mask = soft_sphere_mask(vol_a.shape[0])
+    return {"unmasked": fsc(vol_a, vol_b), "masked": fsc(vol_a * mask, vol_b * mask)}
+
+
+def write_fsc_csv(path, curves: dict[str, np.ndarray], pixel_size_angstrom: float) -> None:
+    """Columns: frequency (1/A), unmasked FSC, masked FSC."""
+    n = len(curves["unmasked"])
+    freq = np.arange(n) / (2 * (n - 1) * pixel_size_angstrom)
+    np.savetxt(path, np.column_stack([freq, curves["unmasked"], curves["masked"]]), delimiter=",",
+               header="frequency_inv_angstrom,fsc_unmasked,fsc_masked", comments="")
+
+
 def resolution_at(curve: np.ndarray, threshold: float, pixel_size_angstrom: float) -> float:
     """Resolution (A) where the FSC first falls below ``threshold``, linearly interpolated between
     shells; a curve that never falls below reports Nyquist (2 x pixel size)."""

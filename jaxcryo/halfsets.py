@@ -25,7 +25,6 @@ from jaxcryo import align, evaluate, geometry, runio
 from jaxcryo.io import read_particles, read_volume, write_mrc
 from jaxcryo.io.loader import half_set_labels
 from jaxcryo.io.star import write_particles_star
-from jaxcryo.report import soft_sphere_mask
 
 
 def split(config, workdir: pathlib.Path, particles: str, gt_poses: str | None):
@@ -77,12 +76,8 @@ def combine(workdir: pathlib.Path, table, labels, halves, summaries, ground_trut
     map2, _ = read_volume(workdir / "half2" / "reconstruction.mrc")
     alignment = align.align_volumes(map2, map1)
     map2_aligned = align.apply_alignment(map2, alignment)
-    mask = soft_sphere_mask(map1.shape[0])
-    curves = {"unmasked": evaluate.fsc(map1, map2_aligned), "masked": evaluate.fsc(map1 * mask, map2_aligned * mask)}
-    np.savetxt(workdir / "halfsets" / "fsc.csv",
-               np.column_stack([np.arange(len(curves["unmasked"])) / (map1.shape[0] * pixel), curves["unmasked"],
-                                curves["masked"]]),
-               delimiter=",", header="frequency_inv_angstrom,fsc_unmasked,fsc_masked", comments="")
+    curves = evaluate.fsc_curves(map1, map2_aligned)
+    evaluate.write_fsc_csv(workdir / "halfsets" / "fsc.csv", curves, pixel)
     write_mrc(workdir / "reconstruction.mrc", 0.5 * (map1 + map2_aligned), pixel)
 
     rotations = np.zeros((len(table), 3, 3), np.float32)

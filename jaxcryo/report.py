@@ -18,14 +18,6 @@ from jaxcryo.io import check_stacks, read_particles, read_volume, write_mrc
 from jaxcryo.io.loader import ImageSource
 
 
-def soft_sphere_mask(size: int, radius_fraction: float = 0.42, edge_fraction: float = 0.06) -> np.ndarray:
-    """(D, D, D) mask: 1 inside radius_fraction * D, cosine fall-off to 0 over edge_fraction * D."""
-    c = np.arange(size) - size // 2
-    r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2) / size
-    t = np.clip((r - radius_fraction) / edge_fraction, 0.0, 1.0)
-    return (0.5 * (1 + np.cos(np.pi * t))).astype(np.float32)
-
-
 def _landscapes(workdir: pathlib.Path, volume: np.ndarray, pixel: float, pose_alignment, ground_truth_poses,
                 n_particles: int = 4) -> dict:
     """Per-head errors over view directions (needs true poses) and view log-posteriors of a few
@@ -84,15 +76,11 @@ def evaluate_workdir(workdir, ground_truth: str | None = None, ground_truth_pose
             result = align.align_volumes(volume, gt)
             aligned = align.apply_alignment(volume, result)
             report.update(hand_mirrored=bool(result.mirrored), alignment_score=result.score)
-        mask = soft_sphere_mask(gt.shape[0])
-        curves["unmasked"] = evaluate.fsc(aligned, gt)
-        curves["masked"] = evaluate.fsc(aligned * mask, gt * mask)
+        curves = evaluate.fsc_curves(aligned, gt)
         for name, curve in curves.items():
             report[f"fsc05_{name}_angstrom"] = evaluate.resolution_at(curve, 0.5, pixel)
             report[f"fsc0143_{name}_angstrom"] = evaluate.resolution_at(curve, 0.143, pixel)
-        np.savetxt(out_dir / "fsc.csv", np.column_stack([np.arange(len(curves["unmasked"])) / (gt.shape[0] * pixel),
-                                                         curves["unmasked"], curves["masked"]]),
-                   delimiter=",", header="frequency_inv_angstrom,fsc_unmasked,fsc_masked", comments="")
+        evaluate.write_fsc_csv(out_dir / "fsc.csv", curves, pixel)
         write_mrc(out_dir / "aligned_map.mrc", aligned, pixel)
     landscapes = _landscapes(workdir, volume, pixel, pose_alignment, ground_truth_poses)
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()] \

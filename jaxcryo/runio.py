@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxcryo import fourier, geometry
+from jaxcryo import geometry, slicing
 from jaxcryo.io.mrc import write_mrc
 from jaxcryo.io.star import write_particles_star
 from jaxcryo.io.table import ParticleTable
@@ -89,7 +89,7 @@ class MetricsWriter:
 
 def volume_to_real(volume_h: jax.Array) -> np.ndarray:
     """(D, D, D) Hartley coefficients (1/L-scaled image units) -> real-space map, float32."""
-    return np.asarray(fourier.iht(volume_h, ndim=3) * volume_h.shape[-1], np.float32)
+    return np.asarray(slicing.hartley_to_volume(volume_h) * volume_h.shape[-1], np.float32)
 
 
 def write_map(path: pathlib.Path, volume_h: jax.Array, pixel_size_angstrom: float) -> np.ndarray:
