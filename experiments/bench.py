@@ -73,26 +73,29 @@ def bench_steps(config) -> None:
     replicated = jax.NamedSharding(mesh, jax.sharding.PartitionSpec())
     rng = np.random.default_rng(0)
     px = 3.0
-    enc = models.PoseEncoder(mc.n_heads, mc.width, axis_name=steps.AXIS)
-    variables = models.PoseEncoder(mc.n_heads, mc.width).init(jax.random.key(0), jnp.zeros((2, coarse, coarse)))
+    shifts = bool(mc.estimate_shifts)
+    enc = models.PoseEncoder(mc.n_heads, mc.width, steps.AXIS, shifts)
+    variables = models.PoseEncoder(mc.n_heads, mc.width, None, shifts).init(jax.random.key(0), jnp.zeros((2, coarse, coarse)))
     eo, vo = optax.adam(tc.lr_encoder), optax.adam(tc.lr_volume)
     vol = models.init_volume(coarse, np.zeros(coarse), jax.random.key(1), 0.1)
     state = {"enc_params": variables["params"], "batch_stats": variables["batch_stats"],
              "enc_opt": eo.init(variables["params"]), "vol_params": vol, "vol_opt": vo.init(vol),
              "step": jnp.zeros((), jnp.int32)}
-    step = steps.make_amortized_step(enc, eo, vo, px, config.loss.kind, mesh, mc.search_candidates, mc.distill_weight)
+    step = steps.make_amortized_step(enc, eo, vo, px, config.loss.kind, mesh, mc.search_candidates, mc.distill_weight,
+                                     max_shift_fraction=mc.max_shift_fraction,
+                                     search_shift_radius_px=mc.search_shift_radius_px if shifts else 0)
     batches = [_batch(coarse, bs, n, sharding, rng) for _ in range(_STEPS.value + 1)]
     _, seconds = _time(step, state, batches, replicated)
-    print(f"amortized     {coarse:4d} px  M={mc.n_heads:2d}  width={mc.width:<6g} batch={bs}  search={mc.search_candidates:5d}: "
+    print(f"amortized     {coarse:4d} px  M={mc.n_heads:2d}  width={mc.width:<6g} batch={bs}  search={mc.search_candidates:5d} shifts={shifts}: "
           f"{_STEPS.value * bs / seconds:8.1f} images/s  (devices: {jax.local_device_count()})")
     vol = models.init_volume(size, np.zeros(size), jax.random.key(1), 0.1)
     state = {"vol_params": vol, "vol_opt": vo.init(vol),
-             "rotations": jnp.broadcast_to(jnp.eye(3), (n, 3, 3)), "pose_m": jnp.zeros((n, 3)),
-             "pose_v": jnp.zeros((n, 3)), "pose_count": jnp.zeros((n,), jnp.int32)}
-    step = steps.make_autodecoding_step(vo, px, config.loss.kind, tc.pose_iters, tc.vol_iters, tc.lr_pose, mesh)
+             **steps.init_pose_tables(jnp.broadcast_to(jnp.eye(3), (n, 3, 3)), jnp.zeros((n, 2)))}
+    step = steps.make_autodecoding_step(vo, px, config.loss.kind, tc.pose_iters, tc.vol_iters, tc.lr_pose, mesh,
+                                        tc.lr_shift if shifts else 0.0)
     batches = [_batch(size, bs, n, sharding, rng) for _ in range(_STEPS.value + 1)]
     _, seconds = _time(step, state, batches, replicated)
-    print(f"autodecoding  {size:4d} px  pose_iters={tc.pose_iters} vol_iters={tc.vol_iters} batch={bs}: "
+    print(f"autodecoding  {size:4d} px  pose_iters={tc.pose_iters} vol_iters={tc.vol_iters} batch={bs} shifts={shifts}: "
           f"{_STEPS.value * bs / seconds:8.1f} images/s")
     print(f"peak RSS {peak_rss_gib():.2f} GiB")
 

@@ -6,7 +6,7 @@ import ml_collections
 def simulate_config(**overrides) -> ml_collections.ConfigDict:
     """The paper's synthetic-data settings: 300 kV, Cs 2.7 mm, w 0.1, defocus log-normal around 2 um."""
     cfg = ml_collections.ConfigDict()
-    cfg.volume = "phantom"  # 'phantom', an .mrc map, or a PDB/mmCIF model (needs jaxcryo[atoms])
+    cfg.volume = "phantom"  # 'phantom', 'dimer_phantom' (near two-fold), an .mrc map, or a PDB/mmCIF model (needs jaxcryo[atoms])
     cfg.resolution_angstrom = 0.0  # atomic models / phantom: density resolution; 0 = 2.5 x pixel size
     cfg.n_images = 50_000
     cfg.image_size = 128
@@ -50,6 +50,12 @@ def base_config() -> ml_collections.ConfigDict:
     # encoder's heads (scored by two matrix products); the encoder is taught by the winners.
     config.model.search_candidates = 0
     config.model.distill_weight = 0.1
+    # Beyond the paper (its code never estimates shifts): each head also predicts an in-plane shift,
+    # bounded by +-max_shift_fraction of the box, refined per image in auto-decoding. Off for the
+    # paper's centred synthetic data; real-data configs turn it on.
+    config.model.estimate_shifts = False
+    config.model.max_shift_fraction = 0.15
+    config.model.search_shift_radius_px = 2  # with search_candidates: also try shifts +-this many (amortized) px
 
     config.loss = ml_collections.ConfigDict()
     config.loss.kind = "gaussian"  # the paper's Gaussian NLL; 'l1_fourier' = the official code's loss
@@ -69,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.lr_volume = 1e-2
     config.train.lr_volume_autodecoding = 1e-3  # the decoder's learning rate is lowered at the switch
     config.train.lr_pose = 0.05
+    config.train.lr_shift = 0.1  # per-image shift, pixels per Adam step (with model.estimate_shifts)
     config.train.pose_iters = 5
     config.train.vol_iters = 1
     config.train.log_every = 20

@@ -14,4 +14,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.lr_encoder = 1e-3
     config.train.epochs_amortized = 6  # on the phantom poses settle in 1-2 epochs: the rest is margin
     config.train.epochs_autodecoding = 6
+    config.model.estimate_shifts = False  # the simulated particles are centred; True for shifted data
     return config

@@ -117,33 +117,69 @@ def align_map(volume: np.ndarray, q: np.ndarray, mirrored: bool) -> np.ndarray:
     return np.asarray(fourier.iht(h, 3))
 
 
-def pose_errors(rotations: np.ndarray, ground_truth_poses: str) -> tuple[dict, dict]:
-    """Align (N, 3, 3) estimated poses to a star of true poses: (alignment, summary figures)."""
+def shift_errors(rotations: np.ndarray, shifts_est: np.ndarray, shifts_true: np.ndarray, iters: int = 4) -> dict:
+    """Per-image shift errors (N,) after removing the map's own translation; shifts (N, 2), any unit.
+
+    A map translated by d (its own frame) shows in image i as an extra shift (R_i d)_xy (the slice at
+    A = R_i has frequencies A^T k, so exp(-2 pi i (A^T k).d) = exp(-2 pi i k.(A d))). d is fitted by
+    least squares over the better half of the images, re-selected each pass, then removed.
+    """
+    a = np.asarray(rotations, np.float64)[:, :2, :]  # (N, 2, 3)
+    diff = np.asarray(shifts_est, np.float64) - np.asarray(shifts_true, np.float64)
+    keep = np.ones(len(diff), bool)
+    for _ in range(iters):
+        d = np.linalg.lstsq(a[keep].reshape(-1, 3), diff[keep].reshape(-1), rcond=None)[0]
+        err = np.linalg.norm(diff - a @ d, axis=1)
+        keep = err <= np.quantile(err, 0.5)
+    return {"shift_error": err, "map_translation": d}
+
+
+def pose_errors(rotations: np.ndarray, ground_truth_poses: str, shifts_angstrom: np.ndarray | None = None,
+                pixel_size_angstrom: float | None = None) -> tuple[dict, dict]:
+    """Align (N, 3, 3) estimated poses to a star of true poses: (alignment, summary figures).
+
+    With estimated shifts (N, 2) in A (the particle's displacement, i.e. minus RELION's origin) also
+    the shift errors (``shift_errors``), in A and in pixels of ``pixel_size_angstrom``."""
     from jaxcryo.io import read_particles
 
     truth = read_particles(ground_truth_poses)
     r_true = np.asarray(geometry.euler_to_matrix(jnp.asarray(truth.euler_deg, jnp.float32)))
     a = align_poses(np.asarray(rotations, np.float32), r_true)
     err, view = a["rotation_error_deg"], a["view_error_deg"]
-    return a, {"pose_error_median_deg": float(np.median(err)), "pose_error_mean_deg": float(np.mean(err)),
-               "view_error_median_deg": float(np.median(view)), "view_error_mean_deg": float(np.mean(view)),
-               "mirrored": bool(a["mirrored"])}
+    out = {"pose_error_median_deg": float(np.median(err)), "pose_error_mean_deg": float(np.mean(err)),
+           "view_error_median_deg": float(np.median(view)), "view_error_mean_deg": float(np.mean(view)),
+           "mirrored": bool(a["mirrored"])}
+    if shifts_angstrom is not None:
+        true_shifts = np.zeros((len(truth), 2)) if truth.origin_angstrom is None else -truth.origin_angstrom
+        s = shift_errors(rotations, shifts_angstrom, true_shifts)
+        out.update(shift_error_median_angstrom=float(np.median(s["shift_error"])),
+                   shift_error_mean_angstrom=float(np.mean(s["shift_error"])),
+                   map_translation_angstrom=[float(x) for x in s["map_translation"]])
+        if pixel_size_angstrom:
+            out["shift_error_median_px"] = out["shift_error_median_angstrom"] / pixel_size_angstrom
+    return a, out
 
 
 def summarize(volume: np.ndarray, rotations: np.ndarray, pixel_size_angstrom: float,
-              ground_truth: str | None, ground_truth_poses: str | None) -> dict:
-    """Pose errors and FSC resolution against the ground truth, when one is given."""
+              ground_truth: str | None, ground_truth_poses: str | None, shifts_angstrom: np.ndarray | None = None,
+              shift_pixel_angstrom: float | None = None) -> dict:
+    """Pose (and shift) errors and FSC resolution against the ground truth, when one is given. The map
+    is brought into the truth's frame by the poses' rotation and hand, then the FFT peak's translation
+    (a map is only defined up to a shift, which the images' shifts absorb)."""
     if not ground_truth_poses:
         return {}
+    from jaxcryo import align
     from jaxcryo.io import read_volume
 
-    a, out = pose_errors(rotations, ground_truth_poses)
+    a, out = pose_errors(rotations, ground_truth_poses, shifts_angstrom, shift_pixel_angstrom)
     if ground_truth:
         gt, _ = read_volume(ground_truth)
         if gt.shape[0] > volume.shape[0]:  # a coarser map (amortized stage): compare at its sampling
             gt = np.asarray(fourier.fourier_crop(jnp.asarray(gt), volume.shape[0], 3))
         if gt.shape == volume.shape:
-            curve = fsc(align_map(volume, a["q"], a["mirrored"]), gt)
+            rotated = align_map(volume, a["q"], a["mirrored"])
+            shift = align.align_translation(rotated, gt)
+            curve = fsc(np.asarray(align.fourier_shift(jnp.asarray(rotated), jnp.asarray(shift, jnp.float32))), gt)
             out["fsc05_angstrom"] = resolution_at(curve, 0.5, pixel_size_angstrom)
             out["fsc0143_angstrom"] = resolution_at(curve, 0.143, pixel_size_angstrom)
     return out

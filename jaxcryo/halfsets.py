@@ -9,7 +9,8 @@ WORKDIR/summary.json              resolution at FSC 0.143, the alignment, and ea
 
 Half 2's poses in half 1's frame: the alignment says aligned(p) = W(Q^T (p - t)) ~ V_1(p), with W = V_2
 or V_2 mirrored (poses M R M). Then R_1 = R_W Q^T, and the translation t moves each particle's
-projection by (R_1 t)_xy, written as rlnOriginXAngst/YAngst = (R_1 t)_xy * pixel size.
+projection by (R_1 t)_xy: (R_1 t)_xy * pixel size is added to the particle's own rlnOriginXAngst/YAngst
+(its estimated shift; a mirror leaves images, hence shifts, unchanged).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def split(config, workdir: pathlib.Path, particles: str, gt_poses: str | None):
 
 
 def run_halfsets(config, workdir: pathlib.Path, train_fn) -> dict:
-    from jaxcryo.train import prepare_data
+    from jaxcryo.dataset import prepare_data
 
     data = prepare_data(config, workdir)  # simulates into WORKDIR/data when no particles are given
     particles = config.data.particles or str(workdir / "data" / "particles.star")
@@ -85,11 +86,13 @@ def combine(workdir: pathlib.Path, table, labels, halves, summaries, ground_trut
     for half, entry in enumerate(halves, start=1):
         poses = read_particles(workdir / f"half{half}" / "poses.star", entry["datadir"])
         r = np.asarray(geometry.euler_to_matrix(jnp.asarray(poses.euler_deg, jnp.float32)))
+        if poses.origin_angstrom is not None:  # estimated per-image shifts
+            origins[entry["rows"]] = poses.origin_angstrom
         if half == 2:
             if alignment.mirrored:
                 r = evaluate.MIRROR @ r @ evaluate.MIRROR
             r = r @ alignment.rotation.T.astype(np.float32)
-            origins[entry["rows"]] = (r @ alignment.shift_voxels.astype(np.float32))[:, :2] * pixel
+            origins[entry["rows"]] += (r @ alignment.shift_voxels.astype(np.float32))[:, :2] * pixel
         rotations[entry["rows"]] = r
     euler = np.asarray(geometry.matrix_to_euler(jnp.asarray(rotations)), np.float64)
     write_particles_star(workdir / "poses.star", table, euler_deg=euler, origin_angstrom=origins, random_subset=labels)

@@ -49,6 +49,41 @@ def predict(volume_h: jax.Array, rotations: jax.Array, ctf: jax.Array, shifts_px
     return pred
 
 
+def best_shifts(pred: jax.Array, target: jax.Array, mask: jax.Array, max_shift_px: float,
+                prior_std_px: float | None = None) -> jax.Array:
+    """The in-plane shift (B, 2) as (x, y) pixels, |t_x|, |t_y| <= max_shift_px, maximising the posterior
+    of shift(pred, t) given (B, L, L) Hartley targets: Gaussian likelihood (unit noise variance per
+    coefficient) times a Gaussian prior N(0, prior_std_px^2) per axis (default max_shift_px / 2).
+
+    Only the cross term of the likelihood depends on t: sum_mask Re[F_y(k) conj(F_p(k)) exp(2 pi i k.t/L)],
+    an inverse DFT, so every integer shift is scored by one FFT; the peak is refined by a parabola. The
+    prior also settles ties: an empty prediction gives t = 0, not a corner of the box.
+    """
+    size = target.shape[-1]
+    g = fourier.hartley_to_fourier(target) * jnp.conj(fourier.hartley_to_fourier(pred)) * mask
+    # on the centred grid: index L//2 + t holds the log-likelihood of shift t (ifft2 divides by L^2)
+    cc = size**2 * jnp.fft.fftshift(jnp.fft.ifft2(jnp.fft.ifftshift(g, axes=(-2, -1))), axes=(-2, -1)).real
+    t = (jnp.arange(size) - size // 2).astype(cc.dtype)
+    sigma = prior_std_px or 0.5 * max_shift_px
+    log_prior = -(t[:, None] ** 2 + t[None, :] ** 2) / (2 * sigma**2)
+    allowed = jnp.abs(t) <= max_shift_px
+    cc = jnp.where(allowed[:, None] & allowed[None, :], cc + log_prior, -jnp.inf)
+    peak = jnp.argmax(cc.reshape(cc.shape[0], -1), axis=1)
+    iy, ix = peak // size, peak % size
+    rows = jnp.arange(cc.shape[0])
+
+    def vertex(minus, centre, plus):  # parabola through 3 points; none at the edge of the allowed box
+        ok = jnp.isfinite(minus) & jnp.isfinite(plus)
+        curvature = jnp.where(ok, minus - 2 * centre + plus, -1.0)
+        return jnp.where(ok & (curvature < 0), jnp.clip(0.5 * (minus - plus) / curvature, -0.5, 0.5), 0.0)
+
+    at = lambda y, x: cc[rows, jnp.clip(y, 0, size - 1), jnp.clip(x, 0, size - 1)]  # noqa: E731
+    centre = at(iy, ix)
+    dx = vertex(at(iy, ix - 1), centre, at(iy, ix + 1))
+    dy = vertex(at(iy - 1, ix), centre, at(iy + 1, ix))
+    return jnp.stack([ix - size // 2 + dx, iy - size // 2 + dy], axis=-1).astype(target.dtype)
+
+
 def per_image_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, kind: str = "gaussian") -> jax.Array:
     """(B, ..., L, L) predictions vs (B, L, L) targets over a (L, L) mask -> (B, ...) losses."""
     extra = pred.ndim - target.ndim
@@ -83,18 +118,21 @@ def winner_takes_all(volume_h, rotations, ctf, target, mask, kind="gaussian", sh
 
 def search_losses(volume_h: jax.Array, rotations: jax.Array, ctf: jax.Array, target: jax.Array,
                   mask: jax.Array) -> jax.Array:
-    """Gaussian losses of B images at G shared rotations, (G, 3, 3) -> (B, G), forward only.
+    """Gaussian losses of B images at G shared rotations, (G, 3, 3) -> (B, [S,] G), forward only.
 
-    The G slices do not depend on the image, so with w the mask weights the loss expands as
-    0.5 * [sum w y^2 - 2 (w y c) . s + (w c^2) . s^2]: two (B, P) x (P, G) matrix products instead
-    of B x G slices, which makes a global search over thousands of poses cheap.
+    ``target`` is (B, L, L), or (B, S, L, L) for S versions of each image (e.g. shifted copies, which
+    share the image's CTF (B, L, L)). The G slices do not depend on the image, so with w the mask
+    weights the loss expands as 0.5 * [sum w y^2 - 2 (w y c) . s + (w c^2) . s^2]: matrix products of
+    (B [S], P) x (P, G) instead of B x [S x] G slices, which makes a global search over thousands of
+    poses cheap.
     """
     size = ctf.shape[-1]
     slices = slicing.extract_slices(jax.lax.stop_gradient(volume_h), rotations, size).reshape(rotations.shape[0], -1)
     # materialise the slices: XLA:CPU otherwise fuses the gather into both products and redoes it (4x slower)
     slices = jax.lax.optimization_barrier(slices)
     w = (mask.astype(target.dtype) / jnp.sum(mask)).reshape(1, -1)
-    y, c = target.reshape(target.shape[0], -1), ctf.reshape(ctf.shape[0], -1)
-    cross = (w * y * c) @ slices.T
-    power = (w * c * c) @ (slices * slices).T
-    return 0.5 * (jnp.sum(w * y * y, axis=1, keepdims=True) - 2.0 * cross + power)
+    b, extra = target.shape[0], target.shape[1:-2]
+    y, c = target.reshape(b, -1, size * size), ctf.reshape(b, 1, -1)
+    cross = ((w * y * c) @ slices.T).reshape(b, *extra, -1)
+    power = ((w * c[:, 0] ** 2) @ (slices * slices).T).reshape(b, *(1,) * len(extra), -1)
+    return 0.5 * (jnp.sum(w * y * y, axis=-1).reshape(b, *extra, 1) - 2.0 * cross + power)

@@ -6,7 +6,9 @@ standardised; VGG16 blocks 1-3 (64, 128, 256 channels; 2, 2, 3 convs; max-pool) 
 more 256-channel blocks of 3 convs with average pooling and a final max-pool; every conv is
 BatchNorm + ReLU. ``width`` scales every channel count (1.0 = the paper; 1/8 fits a 2-core CPU).
 M independent heads (MLP 512 -> 256 -> 6) give M candidate poses per image in the 6D
-representation of ``jaxcryo.geometry.rotation_from_6d``.
+representation of ``jaxcryo.geometry.rotation_from_6d``. With ``estimate_shifts`` (beyond the paper,
+whose code never estimates shifts) each head also gives an in-plane shift, bounded as
+tanh(raw) * max_shift_fraction * box (``decode_poses``); those outputs start at exactly 0 (centred).
 
 Volume: an explicit (D, D, D) grid in Hartley space, H = mantissa * exp(exponent), on the centred grid
 of ``jaxcryo.fourier``. The exponent starts at the log of the data's radial amplitude so the mantissa
@@ -21,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxcryo import geometry
 
 PYRAMID_VARIANCES = tuple(0.01 * 10.0**c for c in range(5))
 PYRAMID_KERNEL = 11
@@ -67,19 +71,34 @@ class ConvBlock(nn.Module):
         return pool(x, (2, 2), strides=(2, 2))
 
 
+def _zero_last_columns(n_zero: int):
+    """lecun-normal (batched over heads) with the last n_zero output columns set to 0."""
+    base = nn.initializers.lecun_normal(batch_axis=(0,))
+
+    def init(key, shape, dtype=jnp.float32):
+        w = base(key, shape, dtype)
+        return w.at[..., shape[-1] - n_zero :].set(0.0) if n_zero else w
+
+    return init
+
+
 class MultiHead(nn.Module):
-    """M independent MLPs (in -> 512 -> 256 -> 6) evaluated together with batched weights."""
+    """M independent MLPs (in -> 512 -> 256 -> out) evaluated together with batched weights; the last
+    ``zero_outputs`` outputs start at 0 for every input (their weights and biases are 0)."""
 
     n_heads: int
     hidden: tuple[int, ...] = (512, 256)
     out: int = 6
+    zero_outputs: int = 0
 
     @nn.compact
-    def __call__(self, x):  # (B, F) -> (B, M, 6)
+    def __call__(self, x):  # (B, F) -> (B, M, out)
         h = jnp.broadcast_to(x[:, None, :], (x.shape[0], self.n_heads, x.shape[1]))
         dims = (x.shape[1],) + self.hidden + (self.out,)
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
-            w = self.param(f"kernel_{i}", nn.initializers.lecun_normal(batch_axis=(0,)), (self.n_heads, d_in, d_out))
+            last = i == len(dims) - 2
+            init = _zero_last_columns(self.zero_outputs if last else 0)
+            w = self.param(f"kernel_{i}", init, (self.n_heads, d_in, d_out))
             b = self.param(f"bias_{i}", nn.initializers.zeros, (self.n_heads, d_out))
             h = jnp.einsum("bmi,mio->bmo", h, w) + b
             if i < len(dims) - 2:
@@ -88,11 +107,13 @@ class MultiHead(nn.Module):
 
 
 class PoseEncoder(nn.Module):
-    """(B, L, L) images -> (B, M, 6) pose candidates."""
+    """(B, L, L) images -> (B, M, 6) pose candidates, or (B, M, 8) with ``estimate_shifts``
+    (6D rotation, then 2 raw shift outputs; see ``decode_poses``)."""
 
     n_heads: int = 7
     width: float = 1.0
     axis_name: str | None = None
+    estimate_shifts: bool = False
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -102,7 +123,21 @@ class PoseEncoder(nn.Module):
             x = ConvBlock(c(feats), n_convs, pool, self.axis_name)(x, train)
         if min(x.shape[1:3]) >= 2:
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        return MultiHead(self.n_heads)(x.reshape(x.shape[0], -1))
+        n_shift = 2 if self.estimate_shifts else 0
+        return MultiHead(self.n_heads, out=6 + n_shift, zero_outputs=n_shift)(x.reshape(x.shape[0], -1))
+
+
+def decode_poses(head_outputs: jax.Array, max_shift_fraction: float) -> tuple[jax.Array, jax.Array | None]:
+    """(B, M, 6 or 8) encoder outputs -> rotations (B, M, 3, 3) and shifts (B, M, 2) as (x, y) in
+    fractions of the box, tanh-bounded by ``max_shift_fraction`` (None without shift outputs).
+
+    Shifts in box fractions carry over unchanged between the Fourier-cropped amortized images and the
+    full box; pixels = fraction * box size.
+    """
+    rotations = geometry.rotation_from_6d(head_outputs[..., :6])
+    if head_outputs.shape[-1] == 6:
+        return rotations, None
+    return rotations, max_shift_fraction * jnp.tanh(head_outputs[..., 6:8])
 
 
 def count_params(tree: Any) -> int:

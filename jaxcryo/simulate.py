@@ -68,6 +68,22 @@ def _chain_in_sphere(rng, centre, radius, n, step=3.8):
     return pts
 
 
+def _domains(rng, centres: np.ndarray, sizes: np.ndarray, links) -> np.ndarray:
+    """Globular domains of random-walk chains (about one residue per 130 A^3, protein packing) joined
+    by helical linkers (5.4 A pitch): (P, 3) points in A."""
+    chains = [_chain_in_sphere(rng, c, r, int(4 / 3 * np.pi * r**3 / 130)) for c, r in zip(centres, sizes)]
+    linkers = []
+    for a, b in links:
+        t = np.linspace(0, 1, 40)[:, None]
+        axis = centres[b] - centres[a]
+        perp = np.cross(axis, [0.3, 0.5, 0.8])
+        perp /= np.linalg.norm(perp)
+        perp2 = np.cross(axis / np.linalg.norm(axis), perp)
+        turn = 2 * np.pi * t * np.linalg.norm(axis) / 5.4
+        linkers.append(centres[a] + t * axis + 2.3 * (np.cos(turn) * perp + np.sin(turn) * perp2))
+    return np.concatenate(chains + linkers)
+
+
 def protein_phantom(box_size: int = 64, voxel_size_angstrom: float = 3.0, resolution_angstrom: float | None = None,
                     seed: int = 0) -> np.ndarray:
     """A built-in asymmetric, protein-like density: four globular domains of different sizes made of
@@ -76,18 +92,26 @@ def protein_phantom(box_size: int = 64, voxel_size_angstrom: float = 3.0, resolu
     radius = 0.3 * box_size * voxel_size_angstrom
     centres = radius * np.array([[-0.35, -0.25, 0.1], [0.45, -0.1, -0.2], [0.0, 0.5, 0.25], [0.1, 0.05, -0.55]])
     sizes = radius * np.array([0.5, 0.42, 0.36, 0.3])
-    # protein packing: about one residue per 130 A^3
-    chains = [_chain_in_sphere(rng, c, r, int(4 / 3 * np.pi * r**3 / 130)) for c, r in zip(centres, sizes)]
-    linkers = []
-    for a, b in ((0, 1), (1, 2), (0, 3)):
-        t = np.linspace(0, 1, 40)[:, None]
-        axis = centres[b] - centres[a]
-        perp = np.cross(axis, [0.3, 0.5, 0.8])
-        perp /= np.linalg.norm(perp)
-        perp2 = np.cross(axis / np.linalg.norm(axis), perp)
-        turn = 2 * np.pi * t * np.linalg.norm(axis) / 5.4  # 5.4 A helix pitch
-        linkers.append(centres[a] + t * axis + 2.3 * (np.cos(turn) * perp + np.sin(turn) * perp2))
-    points = np.concatenate(chains + linkers)
+    points = _domains(rng, centres, sizes, ((0, 1), (1, 2), (0, 3)))
+    res = resolution_angstrom or 2.5 * voxel_size_angstrom
+    vol = render_points(points, np.ones(len(points)), box_size, voxel_size_angstrom, res)
+    return vol / vol.max()
+
+
+def dimer_phantom(box_size: int = 64, voxel_size_angstrom: float = 3.0, resolution_angstrom: float | None = None,
+                  seed: int = 0) -> np.ndarray:
+    """A near two-fold-symmetric density (the paper's HSP difficulty): a homodimer of two identical
+    two-domain subunits related by 180 deg about z, plus one small domain (~5 % of the mass) on one
+    subunit only, which is all that tells the true pose from its two-fold partner."""
+    rng = np.random.default_rng(104729 + seed)
+    radius = 0.3 * box_size * voxel_size_angstrom
+    centres = radius * np.array([[0.42, 0.12, 0.1], [0.4, -0.45, -0.25]])
+    subunit = _domains(rng, centres, radius * np.array([0.4, 0.3]), ((0, 1),))
+    partner = subunit * np.array([-1.0, -1.0, 1.0])  # the two-fold about z
+    bridge = _domains(rng, np.array([centres[0], centres[0] * [-1, -1, 1]]), np.zeros(2), ((0, 1),))
+    mark_centre = radius * np.array([[0.45, 0.35, 0.62]])
+    mark = _domains(rng, np.vstack([centres[:1], mark_centre]), np.array([0.0, 0.22 * radius]), ((0, 1),))
+    points = np.concatenate([subunit, partner, bridge, mark])
     res = resolution_angstrom or 2.5 * voxel_size_angstrom
     vol = render_points(points, np.ones(len(points)), box_size, voxel_size_angstrom, res)
     return vol / vol.max()
@@ -189,10 +213,11 @@ def simulate_chunk(volume_hartley, params: SimulatedParams, image_size: int, vox
 
 
 def load_volume(cfg, box_size: int, voxel_size_angstrom: float) -> np.ndarray:
-    """The ground-truth volume named by ``cfg.volume`` ('phantom', an .mrc map, or a PDB/mmCIF model)."""
+    """The ground-truth volume named by ``cfg.volume`` ('phantom', 'dimer_phantom', an .mrc map, or a PDB/mmCIF model)."""
     source = str(cfg.volume)
-    if source == "phantom":
-        return protein_phantom(box_size, voxel_size_angstrom, cfg.get("resolution_angstrom") or None, cfg.seed)
+    if source in ("phantom", "dimer_phantom"):
+        make = protein_phantom if source == "phantom" else dimer_phantom
+        return make(box_size, voxel_size_angstrom, cfg.get("resolution_angstrom") or None, cfg.seed)
     path = pathlib.Path(source)
     suffixes = "".join(path.suffixes).lower()
     if suffixes.endswith((".mrc", ".map", ".mrc.gz")):
@@ -202,7 +227,7 @@ def load_volume(cfg, box_size: int, voxel_size_angstrom: float) -> np.ndarray:
         return resample_volume(vol, voxel if voxel > 0 else voxel_size_angstrom, box_size, voxel_size_angstrom)
     if any(suffixes.endswith(s) for s in (".pdb", ".cif", ".ent", ".pdb.gz", ".cif.gz", ".ent.gz", ".mmcif")):
         return atomic_model_volume(path, box_size, voxel_size_angstrom, cfg.resolution_angstrom or 2.5 * voxel_size_angstrom)
-    raise InputError(f"{path}: unknown volume source (expected 'phantom', .mrc/.map or .pdb/.cif[.gz])")
+    raise InputError(f"{path}: unknown volume source (expected 'phantom', 'dimer_phantom', .mrc/.map or .pdb/.cif[.gz])")
 
 
 def simulate_dataset(cfg, outdir: str | pathlib.Path, log=print) -> dict:

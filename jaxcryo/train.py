@@ -9,7 +9,6 @@ Known poses (``config.poses``): skip the encoder; the volume is fitted with the 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import pathlib
 import time
@@ -21,63 +20,11 @@ import optax
 from tqdm import tqdm
 
 from jaxcryo import evaluate, geometry, models, runio, steps
-from jaxcryo.io import InputError, check_stacks, read_particles
-from jaxcryo.io.loader import Batch, ImageSource, iterate_batches, steps_per_epoch
-from jaxcryo.io.table import CTF_FIELDS, ParticleTable
+from jaxcryo.dataset import AMORTIZED, device_batch, prepare_data, radial_log_amplitude
+from jaxcryo.io import InputError, read_particles
+from jaxcryo.io.loader import Batch, iterate_batches, steps_per_epoch
 
-AMORTIZED, AUTODECODING = "amortized", "autodecoding"
-
-
-@dataclasses.dataclass
-class Data:
-    table: ParticleTable
-    source: ImageSource  # images at the reconstruction's box
-    coarse: ImageSource  # images for the amortized stage (Fourier-cropped when amortized_image_size is set)
-    ground_truth: str | None
-    ground_truth_poses: str | None
-
-    def source_for(self, stage: str) -> ImageSource:
-        return self.coarse if stage == AMORTIZED else self.source
-
-
-def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
-    """Read (or, with no particles given, simulate into WORKDIR/data) and check the particle stack."""
-    particles, gt, gt_poses = config.data.particles, config.eval.ground_truth, config.eval.ground_truth_poses
-    if not particles:
-        if "simulate" not in config or not config.simulate.volume:
-            raise InputError("config: give data.particles (a .star/.cs/.mrcs) or simulate.volume (a map or PDB "
-                             "model to simulate particles from)")
-        from jaxcryo.simulate import simulate_dataset
-
-        data_dir = workdir / "data"
-        if not (data_dir / "particles.star").exists():
-            simulate_dataset(config.simulate, data_dir, log=log)
-        particles = str(data_dir / "particles.star")
-        gt, gt_poses = gt or str(data_dir / "ground_truth.mrc"), gt_poses or str(data_dir / "ground_truth_poses.star")
-    table = read_particles(particles, config.data.datadir or None, config.data.pixel_size_angstrom or None)
-    stacks = check_stacks(table)
-    source = ImageSource(table, stacks, config.data.image_size or None, config.data.invert_contrast)
-    source.estimate_normalization(seed=config.seed)
-    coarse = source
-    if 0 < config.train.amortized_image_size < source.image_size:
-        coarse = ImageSource(table, stacks, config.train.amortized_image_size, config.data.invert_contrast)
-        coarse.mean, coarse.std = source.mean, source.std  # same scaling: the volume carries over
-    log(f"{len(table)} particles from {particles}: box {source.input_size} -> {source.image_size} px, "
-        f"{source.pixel_size_angstrom:.3f} A/px (amortized stage at {coarse.image_size} px)")
-    return Data(table, source, coarse, gt or None, gt_poses or None)
-
-
-def radial_log_amplitude(source: ImageSource, n_images: int = 256, seed: int = 0) -> np.ndarray:
-    """log of the RMS Hartley amplitude of the (normalised) images per integer radius: the volume's
-    initial exponent, so the mantissa starts O(1) at every frequency."""
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(len(source.table), size=min(n_images, len(source.table)), replace=False))
-    from jaxcryo import fourier, losses
-
-    h = np.asarray(losses.images_to_hartley(jnp.asarray(source.read(rows))))
-    radius = np.round(np.asarray(fourier.radial_index_grid(source.image_size))).astype(int)
-    power = np.bincount(radius.ravel(), (h**2).mean(axis=0).ravel()) / np.maximum(np.bincount(radius.ravel()), 1)
-    return 0.5 * np.log(np.maximum(power, 1e-12))
+AUTODECODING = "autodecoding"
 
 
 def radius_at(config, stage: str, epoch_progress: float) -> float:
@@ -97,13 +44,6 @@ def auto_switch_due(epochs_done: int, pose_change_median_deg: float | None, thre
     return epochs_done >= min_epochs and pose_change_median_deg is not None and pose_change_median_deg < threshold_deg
 
 
-def device_batch(batch, table: ParticleTable, sharding) -> dict:
-    out = {"images": batch.images, "index": batch.index.astype(np.int32)}
-    for key in CTF_FIELDS:
-        out[key] = getattr(table, key)[batch.index].astype(np.float32)
-    return jax.device_put(out, sharding)
-
-
 class Run:
     """Holds the pieces of one reconstruction; ``run()`` executes or resumes it."""
 
@@ -120,20 +60,30 @@ class Run:
         self.n = len(self.data.table)
         self.steps_per_epoch = steps_per_epoch(self.n, tc.batch_size)
         self.known_poses = bool(config.poses)
-        self.encoder = models.PoseEncoder(config.model.n_heads, config.model.width, axis_name=steps.AXIS)
-        self.infer_encoder = models.PoseEncoder(config.model.n_heads, config.model.width)
+        mc = config.model
+        self.estimate_shifts = bool(mc.estimate_shifts) and not self.known_poses
+        if self.estimate_shifts and not 0 < mc.max_shift_fraction < 0.5:
+            raise InputError(f"config: model.max_shift_fraction must be in (0, 0.5), got {mc.max_shift_fraction}")
+        self.encoder = models.PoseEncoder(mc.n_heads, mc.width, steps.AXIS, self.estimate_shifts)
+        self.infer_encoder = models.PoseEncoder(mc.n_heads, mc.width, None, self.estimate_shifts)
+        self.known = self.known_poses_from_file() if self.known_poses else None
         px, px_coarse, lk = self.data.source.pixel_size_angstrom, self.data.coarse.pixel_size_angstrom, config.loss.kind
         self.enc_opt, self.vol_opt = optax.adam(tc.lr_encoder), optax.adam(tc.lr_volume)
         self.vol_opt_ad = optax.adam(tc.lr_volume_autodecoding)
         search = config.model.search_candidates
         if search and lk != "gaussian":
             raise InputError("config: model.search_candidates needs loss.kind='gaussian'")
+        shift_radius = mc.search_shift_radius_px if self.estimate_shifts else 0
         self.amortized_step = steps.make_amortized_step(self.encoder, self.enc_opt, self.vol_opt, px_coarse, lk, self.mesh,
-                                                        search, config.model.distill_weight, config.seed)
-        self.encoder_inference = steps.make_encoder_inference(self.infer_encoder, px_coarse, lk, self.mesh, search)
+                                                        search, mc.distill_weight, config.seed, mc.max_shift_fraction,
+                                                        shift_radius)
+        self.encoder_inference = steps.make_encoder_inference(self.infer_encoder, px_coarse, lk, self.mesh, search,
+                                                              mc.max_shift_fraction, shift_radius)
         pose_iters = 0 if self.known_poses else tc.pose_iters
+        self.uses_shifts = self.estimate_shifts or (self.known is not None and bool(np.any(self.known[1])))
         self.autodecoding_step = steps.make_autodecoding_step(self.vol_opt_ad, px, lk, pose_iters, tc.vol_iters,
-                                                              tc.lr_pose, self.mesh)
+                                                              tc.lr_pose, self.mesh,
+                                                              tc.lr_shift if self.estimate_shifts else 0.0)
         self.checkpoints = runio.Checkpoints(workdir / "checkpoints")
         # data spectra (host numpy, computed once): the volume's initial exponent at each box size
         self.radial = {src.image_size: radial_log_amplitude(src, seed=config.seed)
@@ -168,23 +118,31 @@ class Run:
         exponent = models.init_volume(full, self.radial[full], jax.random.key(0))["exponent"]
         return jax.device_put({"mantissa": h * jnp.exp(-exponent), "exponent": exponent}, self.replicated)
 
-    def init_autodecoding(self, vol_params, rotations: np.ndarray) -> dict:
+    def init_autodecoding(self, vol_params, rotations: np.ndarray, shifts_px: np.ndarray) -> dict:
+        """Auto-decoding state: (N, 3, 3) rotations and (N, 2) shifts in pixels of the full box."""
         state = {"vol_params": vol_params, "vol_opt": self.vol_opt_ad.init(vol_params),
-                 "rotations": jnp.asarray(rotations, jnp.float32), "pose_m": jnp.zeros((self.n, 3), jnp.float32),
-                 "pose_v": jnp.zeros((self.n, 3), jnp.float32), "pose_count": jnp.zeros((self.n,), jnp.int32)}
+                 **steps.init_pose_tables(rotations, shifts_px)}
         return jax.device_put(state, self.replicated)
 
-    def known_rotations(self) -> np.ndarray:
+    def known_poses_from_file(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rotations (N, 3, 3) and shifts (N, 2, pixels) of config.poses; shifts from its origins."""
         poses = read_particles(self.config.poses)
         if len(poses) != self.n or poses.euler_deg is None:
             raise InputError(f"{self.config.poses}: need {self.n} rows with rlnAngleRot/Tilt/Psi, got {len(poses)}")
-        return np.asarray(geometry.euler_to_matrix(jnp.asarray(poses.euler_deg, jnp.float32)))
+        rots = np.asarray(geometry.euler_to_matrix(jnp.asarray(poses.euler_deg, jnp.float32)))
+        shifts = np.zeros((self.n, 2), np.float32)
+        if poses.origin_angstrom is not None:  # the particle sits at centre - origin (jaxcryo.io.table)
+            shifts = (-poses.origin_angstrom / self.data.source.pixel_size_angstrom).astype(np.float32)
+        return rots, shifts
 
     def encoder_rotations(self, state, radius: float, heads_for: np.ndarray | None = None):
-        """Winning-head rotation (N, 3, 3) and winner index (N,) of every image, in table order; with
-        ``heads_for`` (row indices) also every head's rotation for those rows, (len, M, 3, 3)."""
+        """Winning-head rotation (N, 3, 3), its shift (N, 2) in pixels of the full box and winner
+        index (N,) of every image, in table order; with ``heads_for`` (row indices) also every head's
+        rotation for those rows, (len, M, 3, 3)."""
         bs = self.config.train.batch_size
         rots, winners = np.zeros((self.n, 3, 3), np.float32), np.zeros(self.n, np.int64)
+        shifts = np.zeros((self.n, 2), np.float32)
+        to_full = self.data.source.image_size / self.data.coarse.image_size  # same shift in A, finer pixels
         heads = None
         if heads_for is not None:  # only the sampled rows are kept: memory stays bounded for any N
             position = np.full(self.n, -1)
@@ -197,13 +155,14 @@ class Run:
             pad = bs - len(idx)
             padded = np.concatenate([idx, np.repeat(idx[-1:], pad)])  # static batch shape
             batch = device_batch(Batch(padded, self.data.coarse.read(padded)), self.data.table, self.batch_sharding)
-            r, w, all_heads = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"],
-                                                     batch, radius, jax.random.fold_in(key, start))
+            r, t, w, all_heads = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"],
+                                                        batch, radius, jax.random.fold_in(key, start))
             rots[idx], winners[idx] = np.asarray(r)[: len(idx)], np.asarray(w)[: len(idx)]
+            shifts[idx] = np.asarray(t)[: len(idx)] * to_full
             if heads is not None:
                 keep = position[idx] >= 0
                 heads[position[idx][keep]] = np.asarray(all_heads)[: len(idx)][keep]
-        return (rots, winners) if heads is None else (rots, winners, heads)
+        return (rots, shifts, winners) if heads is None else (rots, shifts, winners, heads)
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> dict:
@@ -213,7 +172,7 @@ class Run:
             if self.known_poses:
                 progress = {"stage": AUTODECODING, "epoch": 0, "step": 0, "global_step": 0}
                 vol = self.init_amortized()["vol_params"]
-                state = self.init_autodecoding(vol, self.known_rotations())
+                state = self.init_autodecoding(vol, *self.known)
             else:
                 progress = {"stage": AMORTIZED, "epoch": 0, "step": 0, "global_step": 0}
                 state = self.init_amortized()
@@ -238,10 +197,10 @@ class Run:
                 if stage == AMORTIZED:
                     # every head's pose for a sample of images, kept for the per-head figures
                     sample = np.sort(np.random.default_rng(config.seed).permutation(self.n)[:20_000])
-                    rots, winners, heads = self.encoder_rotations(state, radius_at(config, AMORTIZED, 1e9), sample)
+                    rots, shifts, winners, heads = self.encoder_rotations(state, radius_at(config, AMORTIZED, 1e9), sample)
                     np.savez_compressed(self.workdir / "amortized_heads.npz", rows=sample, heads=heads,
                                         winners=winners[sample], chosen=rots[sample])
-                    state = self.init_autodecoding(self.upsample_volume(state["vol_params"]), rots)
+                    state = self.init_autodecoding(self.upsample_volume(state["vol_params"]), rots, shifts)
                     progress = dict(progress, stage=AUTODECODING, epoch=0, step=0, amortized_epochs=progress["epoch"])
                     self.checkpoints.save(state, self.stamp(progress))
             return self.finish(state, progress)
@@ -260,7 +219,8 @@ class Run:
             abstract = jax.eval_shape(self.init_amortized)
         else:
             vol = jax.eval_shape(self.init_amortized)["vol_params"]
-            abstract = jax.eval_shape(lambda v: self.init_autodecoding(v, np.zeros((self.n, 3, 3), np.float32)), vol)
+            abstract = jax.eval_shape(lambda v: self.init_autodecoding(
+                v, np.zeros((self.n, 3, 3), np.float32), np.zeros((self.n, 2), np.float32)), vol)
         abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), abstract)
         return self.checkpoints.restore_state(abstract)
 
@@ -304,7 +264,7 @@ class Run:
         hist = f" winners {winners.tolist()}" if stage == AMORTIZED else ""
         logging.info("%s epoch %d/%d: loss %.5f, %.0f images/s%s%s", stage, epoch + 1, n_epochs,
                      np.mean(losses_seen) if losses_seen else float("nan"), rate, hist,
-                     "".join(f", {k} {v:.3g}" for k, v in summary.items()))
+                     "".join(f", {k} {v:.3g}" for k, v in summary.items() if isinstance(v, float)))
         self.metrics.write({"stage": stage, "epoch": epoch + 1, "step": self.steps_per_epoch,
                             "global_step": progress["global_step"], "loss": float(np.mean(losses_seen or [np.nan])),
                             "elapsed_s": self.elapsed(), "images_per_s": rate, "epoch_end": True,
@@ -312,20 +272,30 @@ class Run:
         self.checkpoints.save(state, self.stamp(progress))
         return state, progress
 
-    def current_rotations(self, stage: str, state) -> np.ndarray:
+    def current_poses(self, stage: str, state) -> tuple[np.ndarray, np.ndarray]:
+        """Rotations (N, 3, 3) and shifts (N, 2) in pixels of the full box, in table order."""
         if stage == AMORTIZED:
-            return self.encoder_rotations(state, radius_at(self.config, AMORTIZED, 1e9))[0]
-        return np.asarray(state["rotations"])
+            return self.encoder_rotations(state, radius_at(self.config, AMORTIZED, 1e9))[:2]
+        return np.asarray(state["rotations"]), np.asarray(state["shifts"])
+
+    def write_outputs(self, stage: str, state, out: pathlib.Path) -> tuple[dict, np.ndarray]:
+        """reconstruction.mrc and poses.star into ``out``, and the evaluation against the ground truth
+        when one is known; returns (summary, rotations)."""
+        rots, shifts = self.current_poses(stage, state)
+        pixel = self.data.source_for(stage).pixel_size_angstrom
+        volume = runio.write_map(out / "reconstruction.mrc", models.volume_hartley(state["vol_params"]), pixel)
+        full_pixel = self.data.source.pixel_size_angstrom
+        shifts_angstrom = shifts * full_pixel if self.uses_shifts else None
+        # RELION's origin is the translation that centres the particle: minus its displacement
+        runio.write_poses(out / "poses.star", self.data.table, rots, None if shifts_angstrom is None else -shifts_angstrom)
+        summary = evaluate.summarize(volume, rots, pixel, self.data.ground_truth, self.data.ground_truth_poses,
+                                     shifts_angstrom, full_pixel)
+        return summary, rots
 
     def end_of_epoch(self, stage: str, state, epoch: int) -> dict:
         """Write epoch_NNN/ (NNN counts both stages) and evaluate; in the amortized stage also the median
         change of every image's pose since the previous epoch (what the automatic switch watches)."""
-        out = self.workdir / f"epoch_{epoch:03d}"
-        rots = self.current_rotations(stage, state)
-        pixel = self.data.source_for(stage).pixel_size_angstrom
-        volume = runio.write_map(out / "reconstruction.mrc", models.volume_hartley(state["vol_params"]), pixel)
-        runio.write_poses(out / "poses.star", self.data.table, rots)
-        summary = evaluate.summarize(volume, rots, pixel, self.data.ground_truth, self.data.ground_truth_poses)
+        summary, rots = self.write_outputs(stage, state, self.workdir / f"epoch_{epoch:03d}")
         previous = self.workdir / f"epoch_{epoch - 1:03d}" / "poses.star"
         if stage == AMORTIZED and previous.exists():  # read back from disk, so a resumed run sees it too
             before = geometry.euler_to_matrix(jnp.asarray(read_particles(previous).euler_deg, jnp.float32))
@@ -346,12 +316,7 @@ class Run:
         return True
 
     def finish(self, state, progress: dict) -> dict:
-        rots = self.current_rotations(AUTODECODING if "rotations" in state else AMORTIZED, state)
-        pixel = self.data.source.pixel_size_angstrom
-        volume = runio.write_map(self.workdir / "reconstruction.mrc", models.volume_hartley(state["vol_params"]), pixel)
-        runio.write_poses(self.workdir / "poses.star", self.data.table, rots)
-        summary = evaluate.summarize(volume, rots, pixel, self.data.ground_truth,
-                                     self.data.ground_truth_poses)
+        summary, _ = self.write_outputs(AUTODECODING if "rotations" in state else AMORTIZED, state, self.workdir)
         summary.update(elapsed_s=self.elapsed(), n_particles=self.n, switch_rule=self.config.train.switch,
                        amortized_epochs_run=progress.get("amortized_epochs", 0))
         runio.write_json(self.workdir / "summary.json", summary)

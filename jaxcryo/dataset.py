@@ -1,0 +1,75 @@
+"""The particle data a run trains on: read (or simulate), checked, normalised, batched onto devices."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcryo import fourier, losses
+from jaxcryo.io import InputError, check_stacks, read_particles
+from jaxcryo.io.loader import ImageSource
+from jaxcryo.io.table import CTF_FIELDS, ParticleTable
+
+AMORTIZED = "amortized"
+
+
+@dataclasses.dataclass
+class Data:
+    table: ParticleTable
+    source: ImageSource  # images at the reconstruction's box
+    coarse: ImageSource  # images for the amortized stage (Fourier-cropped when amortized_image_size is set)
+    ground_truth: str | None
+    ground_truth_poses: str | None
+
+    def source_for(self, stage: str) -> ImageSource:
+        return self.coarse if stage == AMORTIZED else self.source
+
+
+def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
+    """Read (or, with no particles given, simulate into WORKDIR/data) and check the particle stack."""
+    particles, gt, gt_poses = config.data.particles, config.eval.ground_truth, config.eval.ground_truth_poses
+    if not particles:
+        if "simulate" not in config or not config.simulate.volume:
+            raise InputError("config: give data.particles (a .star/.cs/.mrcs) or simulate.volume (a map or PDB "
+                             "model to simulate particles from)")
+        from jaxcryo.simulate import simulate_dataset
+
+        data_dir = workdir / "data"
+        if not (data_dir / "particles.star").exists():
+            simulate_dataset(config.simulate, data_dir, log=log)
+        particles = str(data_dir / "particles.star")
+        gt, gt_poses = gt or str(data_dir / "ground_truth.mrc"), gt_poses or str(data_dir / "ground_truth_poses.star")
+    table = read_particles(particles, config.data.datadir or None, config.data.pixel_size_angstrom or None)
+    stacks = check_stacks(table)
+    source = ImageSource(table, stacks, config.data.image_size or None, config.data.invert_contrast)
+    source.estimate_normalization(seed=config.seed)
+    coarse = source
+    if 0 < config.train.amortized_image_size < source.image_size:
+        coarse = ImageSource(table, stacks, config.train.amortized_image_size, config.data.invert_contrast)
+        coarse.mean, coarse.std = source.mean, source.std  # same scaling: the volume carries over
+    log(f"{len(table)} particles from {particles}: box {source.input_size} -> {source.image_size} px, "
+        f"{source.pixel_size_angstrom:.3f} A/px (amortized stage at {coarse.image_size} px)")
+    return Data(table, source, coarse, gt or None, gt_poses or None)
+
+
+def radial_log_amplitude(source: ImageSource, n_images: int = 256, seed: int = 0) -> np.ndarray:
+    """log of the RMS Hartley amplitude of the (normalised) images per integer radius: the volume's
+    initial exponent, so the mantissa starts O(1) at every frequency."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(source.table), size=min(n_images, len(source.table)), replace=False))
+    h = np.asarray(losses.images_to_hartley(jnp.asarray(source.read(rows))))
+    radius = np.round(np.asarray(fourier.radial_index_grid(source.image_size))).astype(int)
+    power = np.bincount(radius.ravel(), (h**2).mean(axis=0).ravel()) / np.maximum(np.bincount(radius.ravel()), 1)
+    return 0.5 * np.log(np.maximum(power, 1e-12))
+
+
+def device_batch(batch, table: ParticleTable, sharding) -> dict:
+    out = {"images": batch.images, "index": batch.index.astype(np.int32)}
+    for key in CTF_FIELDS:
+        out[key] = getattr(table, key)[batch.index].astype(np.float32)
+    return jax.device_put(out, sharding)
