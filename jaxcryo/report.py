@@ -61,7 +61,8 @@ def evaluate_workdir(workdir, ground_truth: str | None = None, ground_truth_pose
     if ground_truth_poses:
         poses = read_particles(workdir / "poses.star")
         r_est = np.asarray(geometry.euler_to_matrix(jnp.asarray(poses.euler_deg, jnp.float32)))
-        pose_alignment, figures = evaluate.pose_errors(r_est, ground_truth_poses)
+        shifts = None if poses.origin_angstrom is None else -poses.origin_angstrom  # estimated shifts, A
+        pose_alignment, figures = evaluate.pose_errors(r_est, ground_truth_poses, shifts, pixel)
         figures["hand_mirrored"] = figures.pop("mirrored")
         report.update(figures)
     curves = {}

@@ -101,7 +101,7 @@ def make_amortized_step(encoder: models.PoseEncoder, enc_opt: optax.GradientTran
     With shift heads (``encoder.estimate_shifts``): the paper's step trains each winning head's shift by
     the loss gradient; the search-augmented step scores the searched rotations at the best head's shift,
     then takes the best shift at the winning rotation (``losses.best_shifts``, one FFT per image) for
-    the volume's update and distils the head's shift towards it (in units of the largest shift).
+    the volume's update and distils the head's shift towards it (squared distance in pixels).
     ``search_shift_radius_px`` > 0 also tries every searched rotation at integer offsets up to that
     radius around the head's shift (``_search``): the rotation search then tolerates a head's shift
     that is a pixel or two off, as it is before the map has formed.
@@ -127,8 +127,8 @@ def make_amortized_step(encoder: models.PoseEncoder, enc_opt: optax.GradientTran
             head_winner = jnp.argmin(head_losses, axis=1)
             shift = None if shifts is None else _take(shifts, head_winner)
             grid = geometry.random_rotations(key, (search_candidates,), target.dtype)
-            grid_rot, grid_loss, _ = _search(sg(vol_h), grid, ctf, target, mask,
-                                                      None if shift is None else sg(shift), offsets)
+            grid_rot, grid_loss, _ = _search(sg(vol_h), grid, ctf, target, mask, None if shift is None else sg(shift),
+                                             offsets)
             from_head = jnp.min(head_losses, axis=1) <= grid_loss
             winner = jnp.where(from_head, head_winner, n_heads)  # index M: a searched pose won
             best = jnp.where(from_head[:, None, None], _take(rots, head_winner), grid_rot)
@@ -137,7 +137,7 @@ def make_amortized_step(encoder: models.PoseEncoder, enc_opt: optax.GradientTran
             if shift is not None:  # the best shift at the winning rotation; the winning head learns it
                 max_px = max_shift_fraction * size
                 shift_target = losses.best_shifts(sg(losses.predict(sg(vol_h), sg(best), ctf)), target, mask, max_px)
-                distill = distill + jnp.sum(((shift - shift_target) / max_px) ** 2, axis=-1)
+                distill = distill + jnp.sum((shift - shift_target) ** 2, axis=-1)
                 shift = shift_target
             loss = losses.per_image_loss(losses.predict(vol_h, best, ctf, shift), target, mask, loss_kind)
             return jnp.mean(loss + distill_weight * distill), (updated["batch_stats"], winner)

@@ -5,6 +5,11 @@ Stage switch: every image's pose is initialised from its winning head (encoder i
 state pytree swaps encoder parameters for a per-image pose table.
 Stage "autodecoding": per-image pose refinement + volume steps (``steps.make_autodecoding_step``).
 Known poses (``config.poses``): skip the encoder; the volume is fitted with the poses held fixed.
+
+Shifts (``model.estimate_shifts``): the heads also predict in-plane shifts, the switch takes each
+image's best shift at its winning rotation, and auto-decoding refines it per image. Shifts are kept
+in pixels of the full box; poses.star gets RELION's origins, -shift * pixel size (jaxcryo.io.table).
+Without estimation the particles are taken as centred (a known-pose star's origins are applied).
 """
 
 from __future__ import annotations

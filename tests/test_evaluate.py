@@ -49,6 +49,28 @@ def test_align_poses_recovers_global_rotation_and_hand(mirrored):
     assert np.median(a["rotation_error_deg"][30:]) < 2.5
 
 
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_align_poses_finds_a_mode_when_poses_split_between_two(mirrored):
+    """A near two-fold-symmetric map: 45 % of poses in the true frame, 45 % in the two-fold partner's
+    (R_true C2 Q), 10 % random. The alignment must land on a mode with the right hand, although the
+    median particle is in neither and the mean of all candidates lies between the modes."""
+    rng = np.random.default_rng(7)
+    r_true = Rotation.random(400, random_state=5).as_matrix()
+    q = Rotation.random(random_state=6).as_matrix()
+    c2 = np.diag([-1.0, -1.0, 1.0])
+    r_est = r_true @ q
+    r_est[180:360] = r_true[180:360] @ c2 @ q
+    r_est = r_est @ Rotation.from_rotvec(rng.normal(scale=np.radians(2.0), size=(400, 3))).as_matrix()
+    r_est[360:] = Rotation.random(40, random_state=8).as_matrix()
+    if mirrored:
+        r_est = evaluate.MIRROR @ r_est @ evaluate.MIRROR
+    a = evaluate.align_poses(r_est, r_true)
+    err = a["rotation_error_deg"]
+    assert a["mirrored"] == mirrored
+    in_mode = [np.mean(err[:180] < 10), np.mean(err[180:360] < 10)]
+    assert max(in_mode) > 0.95 and min(in_mode) < 0.05  # one mode aligned exactly, the other 180 deg off
+
+
 def test_align_map_undoes_rotation_and_mirror():
     size = 48
     vol = blob_volume(size)

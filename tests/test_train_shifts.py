@@ -83,3 +83,11 @@ def test_known_pose_oracle_applies_the_origins(shifted_run, tmp_path):
     assert with_origins["fsc05_angstrom"] < 0.8 * without["fsc05_angstrom"], (with_origins, without)
     with mrcfile.open(workdir / "reconstruction.mrc") as m:
         assert np.isfinite(m.data).all()
+
+
+def test_report_reads_the_shifts_back_from_poses_star(shifted_run):
+    from jaxcryo.report import evaluate_workdir
+
+    workdir, summary = shifted_run
+    report = evaluate_workdir(workdir)
+    assert report["shift_error_median_px"] == pytest.approx(summary["shift_error_median_px"], rel=1e-3, abs=1e-3)
