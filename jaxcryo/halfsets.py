@@ -1,7 +1,8 @@
 """Gold-standard half sets: two independent reconstructions, aligned, compared and combined.
 
 WORKDIR/halfsets/half{1,2}.star   the split (rlnRandomSubset when the input has it, else seeded) — saved
-WORKDIR/half1/, WORKDIR/half2/    two ordinary, independently resumable runs on the halves
+WORKDIR/half1/, WORKDIR/half2/    two ordinary, independently resumable runs on the halves (at the same
+                                  time on separate devices when there are two or more)
 WORKDIR/reconstruction.mrc        (half 1 + half 2 aligned onto half 1) / 2
 WORKDIR/poses.star                every particle's pose in half 1's frame, with rlnRandomSubset
 WORKDIR/halfsets/fsc.csv          FSC between the aligned half maps (unmasked, soft mask)
@@ -15,10 +16,12 @@ projection by (R_1 t)_xy: (R_1 t)_xy * pixel size is added to the particle's own
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import logging
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -54,21 +57,44 @@ def split(config, workdir: pathlib.Path, particles: str, gt_poses: str | None):
     return [dict(h, datadir=datadir) for h in halves], table, labels
 
 
-def run_halfsets(config, workdir: pathlib.Path, train_fn) -> dict:
+def device_groups(devices, n_groups: int = 2) -> list | None:
+    """Split devices into n_groups equal groups for concurrent runs; None when there are too few."""
+    devices = list(devices)
+    per_group = len(devices) // n_groups
+    if per_group == 0:
+        return None
+    return [devices[i * per_group : (i + 1) * per_group] for i in range(n_groups)]
+
+
+def run_halfsets(config, workdir: pathlib.Path, train_fn, devices=None) -> dict:
+    """Both half-set runs, then ``combine``. With two or more devices the halves run at the same
+    time, each on its own half of the devices; with one they run one after the other."""
     from jaxcryo.dataset import prepare_data
 
     data = prepare_data(config, workdir)  # simulates into WORKDIR/data when no particles are given
     particles = config.data.particles or str(workdir / "data" / "particles.star")
     halves, table, labels = split(config, workdir, particles, data.ground_truth_poses)
-    summaries = []
+    configs = []
     for half, entry in enumerate(halves, start=1):
         cfg = copy.deepcopy(config)
         cfg.halfsets = False
         cfg.data.particles, cfg.data.datadir = entry["particles"], entry["datadir"]
         cfg.eval.ground_truth = data.ground_truth or ""
         cfg.eval.ground_truth_poses = entry["gt_poses"]
-        logging.info("half set %d: %d particles", half, len(entry["rows"]))
-        summaries.append(train_fn(cfg, workdir / f"half{half}"))
+        configs.append(cfg)
+    groups = device_groups(devices if devices is not None else jax.local_devices())
+    if groups is None:
+        summaries = []
+        for half, cfg in enumerate(configs, start=1):
+            logging.info("half set %d: %d particles", half, len(halves[half - 1]["rows"]))
+            summaries.append(train_fn(cfg, workdir / f"half{half}", devices))
+    else:
+        logging.info("half sets 1 and 2 (%d, %d particles) run concurrently on devices %s and %s",
+                     len(halves[0]["rows"]), len(halves[1]["rows"]), *[[d.id for d in g] for g in groups])
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            futures = [pool.submit(train_fn, cfg, workdir / f"half{half}", group)
+                       for half, (cfg, group) in enumerate(zip(configs, groups), start=1)]
+            summaries = [f.result() for f in futures]
     return combine(workdir, table, labels, halves, summaries, data.ground_truth)
 
 

@@ -27,8 +27,10 @@ from jaxcryo.io.table import CTF_FIELDS
 AXIS = "data"
 
 
-def make_mesh() -> jax.sharding.Mesh:
-    return jax.make_mesh((jax.local_device_count(),), (AXIS,))
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D ``data`` mesh over ``devices`` (default: all local devices)."""
+    devices = list(devices) if devices is not None else jax.local_devices()
+    return jax.make_mesh((len(devices),), (AXIS,), devices=devices)
 
 
 def _targets(batch: dict, pixel_size_angstrom: float, radius_fraction):

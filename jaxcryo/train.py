@@ -52,12 +52,12 @@ def auto_switch_due(epochs_done: int, pose_change_median_deg: float | None, thre
 class Run:
     """Holds the pieces of one reconstruction; ``run()`` executes or resumes it."""
 
-    def __init__(self, config, workdir: pathlib.Path):
+    def __init__(self, config, workdir: pathlib.Path, devices=None):
         self.config, self.workdir = config, workdir
         self.data = prepare_data(config, workdir)
         tc = config.train
-        self.mesh = steps.make_mesh()
-        n_dev = jax.local_device_count()
+        self.mesh = steps.make_mesh(devices)
+        n_dev = self.mesh.devices.size
         if tc.batch_size % n_dev:
             raise InputError(f"config: train.batch_size {tc.batch_size} is not divisible by {n_dev} devices")
         self.batch_sharding = jax.NamedSharding(self.mesh, jax.sharding.PartitionSpec(steps.AXIS))
@@ -329,12 +329,13 @@ class Run:
         return summary
 
 
-def train_and_evaluate(config, workdir) -> dict:
+def train_and_evaluate(config, workdir, devices=None) -> dict:
+    """Run (or resume) a reconstruction in ``workdir`` on ``devices`` (default: all local devices)."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     runio.write_json(workdir / "config.json", config.to_dict())
     if config.get("halfsets", False):
         from jaxcryo import halfsets
 
-        return halfsets.run_halfsets(config, workdir, train_and_evaluate)
-    return Run(config, workdir).run()
+        return halfsets.run_halfsets(config, workdir, train_and_evaluate, devices)
+    return Run(config, workdir, devices).run()

@@ -132,6 +132,21 @@ def test_two_devices_give_the_same_losses_as_one(tmp_path):
     np.testing.assert_allclose([v for _, v in two], [v for _, v in one], rtol=2e-4)
 
 
+def test_half_sets_on_two_devices_run_concurrently_with_the_sequential_result(tmp_path):
+    procs = [_run_cli(tmp_path / f"d{n}", n, ["--config.halfsets=True"]) for n in (1, 2)]
+    outs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=900)
+        assert p.returncode == 0, out[-2000:]
+        outs.append(out)
+    assert "run concurrently on devices [0] and [1]" in outs[1] and "run concurrently" not in outs[0]
+    for half in ("half1", "half2"):  # each half alone on one device either way: the same numbers
+        a = mrcfile.read(tmp_path / "d1" / half / "reconstruction.mrc")
+        b = mrcfile.read(tmp_path / "d2" / half / "reconstruction.mrc")
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+    assert (tmp_path / "d2" / "reconstruction.mrc").exists() and (tmp_path / "d2" / "summary.json").exists()
+
+
 def test_bad_config_is_one_line(tmp_path):
     p = _run_cli(tmp_path, 1, ["--config.data.particles=/nonexistent/particles.star"])
     out, _ = p.communicate(timeout=300)
