@@ -70,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.switch = "fixed"  # 'fixed': after epochs_amortized; 'auto': when poses stop moving
     config.train.switch_threshold_deg = 2.0  # 'auto': median pose change between epochs below this
     config.train.switch_min_epochs = 2
+    config.train.switch_search_passes = 4  # with a search: poses at the switch = best of this many searches
     config.train.epochs_autodecoding = 13
     config.train.lr_encoder = 1e-4
     config.train.lr_volume = 1e-2

@@ -170,8 +170,8 @@ def make_amortized_step(encoder: models.PoseEncoder, enc_opt: optax.GradientTran
 def make_encoder_inference(encoder: models.PoseEncoder, pixel_size_angstrom: float, loss_kind: str, mesh,
                            search_candidates: int = 0, max_shift_fraction: float = 0.0, search_shift_radius_px: int = 0):
     """(enc_params, batch_stats, vol_params, batch, radius, key) -> best rotations (B, 3, 3), their
-    shifts (B, 2) in pixels of the batch's images (0 without shift heads), winners (B,), and every
-    head's rotation (B, M, 3, 3).
+    shifts (B, 2) in pixels of the batch's images (0 without shift heads), winners (B,), every
+    head's rotation (B, M, 3, 3), and the loss at the best pose (B,).
 
     The winner is the best encoder head, or (with ``search_candidates``) the best of the heads and
     that many random rotations drawn from ``key``; winner index M means "a searched pose" (scored at the
@@ -196,10 +196,12 @@ def make_encoder_inference(encoder: models.PoseEncoder, pixel_size_angstrom: flo
             winner = jnp.where(use_grid, rots.shape[1], winner)
         if shifts is not None:
             shift = losses.best_shifts(losses.predict(vol_h, best, ctf), target, mask, max_shift_fraction * target.shape[-1])
-        return best, shift, winner, rots
+        final_loss = losses.per_image_loss(losses.predict(vol_h, best, ctf, None if shifts is None else shift),
+                                           target, mask, loss_kind)
+        return best, shift, winner, rots, final_loss
 
     return jax.jit(jax.shard_map(core, mesh=mesh, in_specs=(P(), P(), P(), P(AXIS), P(), P()),
-                                 out_specs=(P(AXIS), P(AXIS), P(AXIS), P(AXIS)), check_vma=False))
+                                 out_specs=(P(AXIS), P(AXIS), P(AXIS), P(AXIS), P(AXIS)), check_vma=False))
 
 
 POSE_TABLES = ("rotations", "shifts", "pose_m", "pose_v", "shift_m", "shift_v", "pose_count")

@@ -140,10 +140,11 @@ class Run:
             shifts = (-poses.origin_angstrom / self.data.source.pixel_size_angstrom).astype(np.float32)
         return rots, shifts
 
-    def encoder_rotations(self, state, radius: float, heads_for: np.ndarray | None = None):
+    def encoder_rotations(self, state, radius: float, heads_for: np.ndarray | None = None, passes: int = 1):
         """Winning-head rotation (N, 3, 3), its shift (N, 2) in pixels of the full box and winner
         index (N,) of every image, in table order; with ``heads_for`` (row indices) also every head's
-        rotation for those rows, (len, M, 3, 3)."""
+        rotation for those rows, (len, M, 3, 3). With a search, ``passes`` > 1 draws that many sets of
+        random candidates and keeps each image's best pose of all of them."""
         bs = self.config.train.batch_size
         rots, winners = np.zeros((self.n, 3, 3), np.float32), np.zeros(self.n, np.int64)
         shifts = np.zeros((self.n, 2), np.float32)
@@ -153,20 +154,23 @@ class Run:
             position = np.full(self.n, -1)
             position[heads_for] = np.arange(len(heads_for))
             heads = np.zeros((len(heads_for), self.config.model.n_heads, 3, 3), np.float32)
-        order = np.arange(self.n)
         key = jax.random.key(self.config.seed + 7)
+        passes = passes if self.config.model.search_candidates else 1  # without a search every pass is the same
         for start in range(0, self.n, bs):
-            idx = order[start : start + bs]
-            pad = bs - len(idx)
-            padded = np.concatenate([idx, np.repeat(idx[-1:], pad)])  # static batch shape
+            idx = np.arange(start, min(start + bs, self.n))
+            padded = np.concatenate([idx, np.repeat(idx[-1:], bs - len(idx))])  # static batch shape
             batch = device_batch(Batch(padded, self.data.coarse.read(padded)), self.data.table, self.batch_sharding)
-            r, t, w, all_heads = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"],
-                                                        batch, radius, jax.random.fold_in(key, start))
-            rots[idx], winners[idx] = np.asarray(r)[: len(idx)], np.asarray(w)[: len(idx)]
-            shifts[idx] = np.asarray(t)[: len(idx)] * to_full
+            best_loss = np.full(len(idx), np.inf)
+            for p in range(passes):  # pass 0 uses the key of a single pass: passes=1 is unchanged
+                pass_key = jax.random.fold_in(key, start if p == 0 else self.n * p + start)
+                r, t, w, all_heads, loss = (np.asarray(x)[: len(idx)] for x in self.encoder_inference(
+                    state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius, pass_key))
+                better = loss < best_loss
+                best_loss = np.where(better, loss, best_loss)
+                rots[idx[better]], winners[idx[better]], shifts[idx[better]] = r[better], w[better], t[better] * to_full
             if heads is not None:
                 keep = position[idx] >= 0
-                heads[position[idx][keep]] = np.asarray(all_heads)[: len(idx)][keep]
+                heads[position[idx][keep]] = all_heads[keep]
         return (rots, shifts, winners) if heads is None else (rots, shifts, winners, heads)
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -202,7 +206,8 @@ class Run:
                 if stage == AMORTIZED:
                     # every head's pose for a sample of images, kept for the per-head figures
                     sample = np.sort(np.random.default_rng(config.seed).permutation(self.n)[:20_000])
-                    rots, shifts, winners, heads = self.encoder_rotations(state, radius_at(config, AMORTIZED, 1e9), sample)
+                    rots, shifts, winners, heads = self.encoder_rotations(state, radius_at(config, AMORTIZED, 1e9), sample,
+                                                                          tc.switch_search_passes)
                     np.savez_compressed(self.workdir / "amortized_heads.npz", rows=sample, heads=heads,
                                         winners=winners[sample], chosen=rots[sample])
                     state = self.init_autodecoding(self.upsample_volume(state["vol_params"]), rots, shifts)
