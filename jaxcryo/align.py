@@ -169,3 +169,13 @@ def apply_alignment(volume: np.ndarray, alignment: Alignment) -> np.ndarray:
 
     rotated = evaluate.align_map(volume, alignment.rotation, alignment.mirrored)
     return np.asarray(fourier_shift(jnp.asarray(rotated), jnp.asarray(alignment.shift_voxels, jnp.float32)), np.float32)
+
+
+def align_known_rotation(volume: np.ndarray, reference: np.ndarray, rotation: np.ndarray, mirrored: bool) -> np.ndarray:
+    """The map in the reference frame when its rotation and hand are known (e.g. from its poses):
+    rotated and un-mirrored, then moved by the FFT cross-correlation peak's translation."""
+    from jaxcryo import evaluate
+
+    rotated = evaluate.align_map(volume, rotation, mirrored)
+    shift = align_translation(rotated, reference)
+    return np.asarray(fourier_shift(jnp.asarray(rotated), jnp.asarray(shift, jnp.float32)), np.float32)

@@ -190,9 +190,7 @@ def summarize(volume: np.ndarray, rotations: np.ndarray, pixel_size_angstrom: fl
         if gt.shape[0] > volume.shape[0]:  # a coarser map (amortized stage): compare at its sampling
             gt = np.asarray(fourier.fourier_crop(jnp.asarray(gt), volume.shape[0], 3))
         if gt.shape == volume.shape:
-            rotated = align_map(volume, a["q"], a["mirrored"])
-            shift = align.align_translation(rotated, gt)
-            curve = fsc(np.asarray(align.fourier_shift(jnp.asarray(rotated), jnp.asarray(shift, jnp.float32))), gt)
+            curve = fsc(align.align_known_rotation(volume, gt, a["q"], a["mirrored"]), gt)
             out["fsc05_angstrom"] = resolution_at(curve, 0.5, pixel_size_angstrom)
             out["fsc0143_angstrom"] = resolution_at(curve, 0.143, pixel_size_angstrom)
     return out

@@ -69,10 +69,7 @@ def evaluate_workdir(workdir, ground_truth: str | None = None, ground_truth_pose
     if ground_truth:
         gt, _ = read_volume(ground_truth)
         if pose_alignment is not None:  # the poses fix the rotation and hand; the FFT peak the shift
-            coarse = align.Alignment(pose_alignment["q"], np.zeros(3), pose_alignment["mirrored"], float("nan"))
-            rotated = align.apply_alignment(volume, coarse)
-            shift = align.align_translation(rotated, gt)
-            aligned = align.apply_alignment(volume, align.Alignment(coarse.rotation, shift, coarse.mirrored, float("nan")))
+            aligned = align.align_known_rotation(volume, gt, pose_alignment["q"], pose_alignment["mirrored"])
         else:
             result = align.align_volumes(volume, gt)
             aligned = align.apply_alignment(volume, result)
