@@ -16,7 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
+
 from ml_collections import config_flags
+
+from experiments import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/quickstart.py", "Experiment config.")
 _WHAT = flags.DEFINE_enum("what", "steps", ["steps", "loader"], "What to time.")
@@ -129,4 +132,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

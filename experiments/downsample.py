@@ -1,10 +1,9 @@
 """Fourier-crop a particle stack: python -m experiments.downsample --particles=P.star --image_size=64 --outdir=DIR"""
 
-import sys
-
 from absl import app, flags
 
-from jaxcryo.io import InputError, read_particles
+from experiments import cli
+from jaxcryo.io import read_particles
 from jaxcryo.io.preprocess import downsample_dataset
 
 _PARTICLES = flags.DEFINE_string("particles", None, "Particles: .star, .cs, .mrcs or .txt.")
@@ -17,14 +16,11 @@ flags.mark_flags_as_required(["particles", "image_size", "outdir"])
 
 def main(argv):
     del argv
-    try:
+    with cli.exit_on_input_error():
         table = read_particles(_PARTICLES.value, _DATADIR.value)
         star = downsample_dataset(table, _SIZE.value, _OUTDIR.value, invert_contrast=_INVERT.value)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {star}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

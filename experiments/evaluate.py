@@ -4,10 +4,11 @@ Writes DIR/eval/report.json, fsc.csv, aligned_map.mrc and PNG figures; prints a 
 simulator's ground truth in DIR/data is used when no ground truth is given.
 """
 
-import sys
+import pathlib
 
 from absl import app, flags
 
+from experiments import cli
 from jaxcryo.io.table import InputError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's work directory.")
@@ -20,15 +21,14 @@ def main(argv):
     del argv
     from jaxcryo.report import evaluate_workdir
 
-    try:
+    with cli.exit_on_input_error():
+        if not pathlib.Path(_WORKDIR.value).is_dir():
+            raise InputError(f"{_WORKDIR.value}: no such work directory")
         report = evaluate_workdir(_WORKDIR.value, _GT.value, _GT_POSES.value)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
     for key, value in report.items():
         shown = f"{value:.3f}" if isinstance(value, float) else value
         print(f"{key:28s} {shown}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -4,10 +4,11 @@ Only parses flags (the flax-examples convention); the work is ``jaxcryo.train.tr
 """
 
 import logging
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from experiments import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (Python, get_config()).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: outputs, checkpoints; rerun to resume.")
@@ -21,18 +22,14 @@ def main(argv):
 
     if _MULTIHOST.value:
         jax.distributed.initialize()
-    from jaxcryo.io.table import InputError
     from jaxcryo.train import train_and_evaluate
 
     logging.getLogger().setLevel(logging.INFO)
     for handler in logging.getLogger().handlers:  # orbax logs every save step at INFO
         handler.addFilter(lambda record: "orbax" not in record.pathname or record.levelno >= logging.WARNING)
-    try:
+    with cli.exit_on_input_error():
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (InputError, FloatingPointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -3,12 +3,10 @@
 Uses the config's ``simulate`` section; override fields as --config.simulate.n_images=1000.
 """
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxcryo.io.table import InputError
+from experiments import cli
 from jaxcryo.simulate import simulate_dataset
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (Python, get_config()).")
@@ -18,12 +16,9 @@ flags.mark_flags_as_required(["config", "outdir"])
 
 def main(argv):
     del argv
-    try:
+    with cli.exit_on_input_error():
         simulate_dataset(_CONFIG.value.simulate, _OUTDIR.value)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

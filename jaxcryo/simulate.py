@@ -14,6 +14,7 @@ whole stack, as for a real detector).
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import time
 
@@ -21,105 +22,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import ctf, fourier, geometry, slicing
+from jaxcryo import ctf, fourier, geometry, phantoms, slicing
 from jaxcryo.io.table import InputError
 
 
-def gaussian_lowpass(volume: np.ndarray, sigma_angstrom: float, voxel_size_angstrom: float) -> np.ndarray:
-    """Convolve with an isotropic Gaussian of std sigma (A), exactly, in Fourier space."""
-    k = np.asarray(fourier.frequency_grid_3d(volume.shape[-1], voxel_size_angstrom))
-    k2 = np.sum(k**2, axis=-1)
-    f = np.asarray(fourier.fft_centered(jnp.asarray(volume), 3))
-    return np.asarray(fourier.ifft_centered(jnp.asarray(f * np.exp(-2 * np.pi**2 * sigma_angstrom**2 * k2)), 3).real)
+def shared_model_path() -> pathlib.Path:
+    """The 6VXX spike model of the project's shared data ($JAXCRYO_SHARED, else ../shared beside the repo)."""
+    root = os.environ.get("JAXCRYO_SHARED") or pathlib.Path(__file__).resolve().parents[2] / "shared"
+    return pathlib.Path(root) / "data" / "atomic_models" / "6vxx.pdb.gz"
 
 
-def render_points(points_angstrom: np.ndarray, weights: np.ndarray, box_size: int, voxel_size_angstrom: float,
-                  resolution_angstrom: float) -> np.ndarray:
-    """(P, 3) points (x, y, z) in A around the box centre -> (D, D, D) density at a resolution.
-
-    Points are splatted trilinearly, then blurred by a Gaussian of std 0.225 * resolution (Chimera's
-    molmap convention: the Fourier transform falls to 1/e^2... at 1/resolution, roughly).
-    """
-    grid = points_angstrom / voxel_size_angstrom + box_size // 2  # (x, y, z) voxel coordinates
-    base = np.floor(grid).astype(np.int64)
-    frac = grid - base
-    vol = np.zeros((box_size,) * 3, np.float64)
-    for corner in np.ndindex(2, 2, 2):
-        idx = base + np.array(corner)
-        w = weights * np.prod(np.where(np.array(corner), frac, 1 - frac), axis=1)
-        ok = np.all((idx >= 0) & (idx < box_size), axis=1)
-        np.add.at(vol, (idx[ok, 2], idx[ok, 1], idx[ok, 0]), w[ok])
-    return gaussian_lowpass(vol, 0.225 * resolution_angstrom, voxel_size_angstrom).astype(np.float32)
-
-
-def _chain_in_sphere(rng, centre, radius, n, step=3.8):
-    """A self-avoiding-ish random walk of n points confined to a sphere: a crude polypeptide."""
-    pts = np.empty((n, 3))
-    p = centre.copy()
-    for i in range(n):
-        for _ in range(20):
-            d = rng.normal(size=3)
-            q = p + step * d / np.linalg.norm(d)
-            if np.linalg.norm(q - centre) < radius:
-                break
-        else:
-            q = centre + (p - centre) * 0.9
-        pts[i] = p = q
-    return pts
-
-
-def _domains(rng, centres: np.ndarray, sizes: np.ndarray, links) -> np.ndarray:
-    """Globular domains of random-walk chains (about one residue per 130 A^3, protein packing) joined
-    by helical linkers (5.4 A pitch): (P, 3) points in A."""
-    chains = [_chain_in_sphere(rng, c, r, int(4 / 3 * np.pi * r**3 / 130)) for c, r in zip(centres, sizes)]
-    linkers = []
-    for a, b in links:
-        t = np.linspace(0, 1, 40)[:, None]
-        axis = centres[b] - centres[a]
-        perp = np.cross(axis, [0.3, 0.5, 0.8])
-        perp /= np.linalg.norm(perp)
-        perp2 = np.cross(axis / np.linalg.norm(axis), perp)
-        turn = 2 * np.pi * t * np.linalg.norm(axis) / 5.4
-        linkers.append(centres[a] + t * axis + 2.3 * (np.cos(turn) * perp + np.sin(turn) * perp2))
-    return np.concatenate(chains + linkers)
-
-
-def protein_phantom(box_size: int = 64, voxel_size_angstrom: float = 3.0, resolution_angstrom: float | None = None,
-                    seed: int = 0) -> np.ndarray:
-    """A built-in asymmetric, protein-like density: four globular domains of different sizes made of
-    random-walk chains, joined by helical linkers, in a molecule of radius ~0.3 box. Needs no files."""
-    rng = np.random.default_rng(7919 + seed)
-    radius = 0.3 * box_size * voxel_size_angstrom
-    centres = radius * np.array([[-0.35, -0.25, 0.1], [0.45, -0.1, -0.2], [0.0, 0.5, 0.25], [0.1, 0.05, -0.55]])
-    sizes = radius * np.array([0.5, 0.42, 0.36, 0.3])
-    points = _domains(rng, centres, sizes, ((0, 1), (1, 2), (0, 3)))
-    res = resolution_angstrom or 2.5 * voxel_size_angstrom
-    vol = render_points(points, np.ones(len(points)), box_size, voxel_size_angstrom, res)
-    return vol / vol.max()
-
-
-def dimer_phantom(box_size: int = 64, voxel_size_angstrom: float = 3.0, resolution_angstrom: float | None = None,
-                  seed: int = 0) -> np.ndarray:
-    """A near two-fold-symmetric density (the paper's HSP difficulty): a homodimer of two identical
-    two-domain subunits related by 180 deg about z, plus one small domain (~5 % of the mass) on one
-    subunit only, which is all that tells the true pose from its two-fold partner."""
-    rng = np.random.default_rng(104729 + seed)
-    radius = 0.3 * box_size * voxel_size_angstrom
-    centres = radius * np.array([[0.42, 0.12, 0.1], [0.4, -0.45, -0.25]])
-    subunit = _domains(rng, centres, radius * np.array([0.4, 0.3]), ((0, 1),))
-    partner = subunit * np.array([-1.0, -1.0, 1.0])  # the two-fold about z
-    bridge = _domains(rng, np.array([centres[0], centres[0] * [-1, -1, 1]]), np.zeros(2), ((0, 1),))
-    mark_centre = radius * np.array([[0.45, 0.35, 0.62]])
-    mark = _domains(rng, np.vstack([centres[:1], mark_centre]), np.array([0.0, 0.22 * radius]), ((0, 1),))
-    points = np.concatenate([subunit, partner, bridge, mark])
-    res = resolution_angstrom or 2.5 * voxel_size_angstrom
-    vol = render_points(points, np.ones(len(points)), box_size, voxel_size_angstrom, res)
-    return vol / vol.max()
-
-
-def atomic_model_volume(path: str | pathlib.Path, box_size: int, voxel_size_angstrom: float,
-                        resolution_angstrom: float) -> np.ndarray:
-    """Density of a PDB/mmCIF model (gemmi; .gz accepted), atoms weighted by atomic number, centred."""
+def read_atoms(path: str | pathlib.Path, chain: str | None = None, max_residue: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Atom positions (P, 3) in A, centred on the centre of mass, and atomic numbers (P,) of a PDB/mmCIF
+    model's first model (one chain and residues up to max_residue if given); gemmi reads it (.gz accepted)."""
     try:
         import gemmi
     except ImportError:
@@ -132,20 +47,30 @@ def atomic_model_volume(path: str | pathlib.Path, box_size: int, voxel_size_angs
     except Exception as exc:
         raise InputError(f"{path}: not a readable PDB/mmCIF file ({exc})") from None
     xyz, z = [], []
-    for chain in structure[0]:
-        for residue in chain:
+    for ch in structure[0]:
+        if chain is not None and ch.name != chain:
+            continue
+        for residue in ch:
+            if max_residue is not None and residue.seqid.num > max_residue:
+                continue
             for atom in residue:
                 xyz.append((atom.pos.x, atom.pos.y, atom.pos.z))
                 z.append(atom.element.atomic_number)
     if not xyz:
-        raise InputError(f"{path}: no atoms in the first model")
+        raise InputError(f"{path}: no atoms in the first model" + (f" (chain {chain})" if chain else ""))
     xyz, z = np.asarray(xyz), np.asarray(z, np.float64)
-    xyz -= np.average(xyz, axis=0, weights=z)
+    return xyz - np.average(xyz, axis=0, weights=z), z
+
+
+def atomic_model_volume(path: str | pathlib.Path, box_size: int, voxel_size_angstrom: float,
+                        resolution_angstrom: float) -> np.ndarray:
+    """Density of a PDB/mmCIF model (gemmi; .gz accepted), atoms weighted by atomic number, centred."""
+    xyz, z = read_atoms(path)
     extent = np.abs(xyz).max() * 2
     if extent > box_size * voxel_size_angstrom:
         raise InputError(f"{path}: molecule spans {extent:.0f} A, larger than the box "
                          f"{box_size} x {voxel_size_angstrom} A = {box_size * voxel_size_angstrom:.0f} A")
-    vol = render_points(xyz, z, box_size, voxel_size_angstrom, resolution_angstrom)
+    vol = phantoms.render_points(xyz, z, box_size, voxel_size_angstrom, resolution_angstrom)
     return vol / vol.max()
 
 
@@ -213,11 +138,19 @@ def simulate_chunk(volume_hartley, params: SimulatedParams, image_size: int, vox
 
 
 def load_volume(cfg, box_size: int, voxel_size_angstrom: float) -> np.ndarray:
-    """The ground-truth volume named by ``cfg.volume`` ('phantom', 'dimer_phantom', an .mrc map, or a PDB/mmCIF model)."""
+    """The ground-truth volume named by ``cfg.volume`` ('phantom', 'dimer_phantom',
+    'family:NAME:SEED' (``jaxcryo.phantoms``), an .mrc map, or a PDB/mmCIF model)."""
     source = str(cfg.volume)
+    res = cfg.get("resolution_angstrom") or None
     if source in ("phantom", "dimer_phantom"):
-        make = protein_phantom if source == "phantom" else dimer_phantom
-        return make(box_size, voxel_size_angstrom, cfg.get("resolution_angstrom") or None, cfg.seed)
+        make = phantoms.protein_phantom if source == "phantom" else phantoms.dimer_phantom
+        return make(box_size, voxel_size_angstrom, res, cfg.seed)
+    try:
+        member = phantoms.parse_family_source(source)
+    except KeyError as exc:
+        raise InputError(f"simulate.volume: {exc.args[0]}") from None
+    if member is not None:
+        return phantoms.family_member(*member, box_size, voxel_size_angstrom, res)
     path = pathlib.Path(source)
     suffixes = "".join(path.suffixes).lower()
     if suffixes.endswith((".mrc", ".map", ".mrc.gz")):
@@ -227,7 +160,8 @@ def load_volume(cfg, box_size: int, voxel_size_angstrom: float) -> np.ndarray:
         return resample_volume(vol, voxel if voxel > 0 else voxel_size_angstrom, box_size, voxel_size_angstrom)
     if any(suffixes.endswith(s) for s in (".pdb", ".cif", ".ent", ".pdb.gz", ".cif.gz", ".ent.gz", ".mmcif")):
         return atomic_model_volume(path, box_size, voxel_size_angstrom, cfg.resolution_angstrom or 2.5 * voxel_size_angstrom)
-    raise InputError(f"{path}: unknown volume source (expected 'phantom', 'dimer_phantom', .mrc/.map or .pdb/.cif[.gz])")
+    raise InputError(f"{path}: unknown volume source (expected 'phantom', 'dimer_phantom', "
+                     "'family:NAME:SEED', .mrc/.map or .pdb/.cif[.gz])")
 
 
 def simulate_dataset(cfg, outdir: str | pathlib.Path, log=print) -> dict:

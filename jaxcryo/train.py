@@ -14,7 +14,9 @@ Without estimation the particles are taken as centred (a known-pose star's origi
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import pathlib
 import time
 
@@ -24,10 +26,11 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from jaxcryo import evaluate, geometry, models, runio, steps
+from jaxcryo import configcheck, evaluate, geometry, inversion, models, runio, steps
 from jaxcryo.dataset import AMORTIZED, device_batch, prepare_data, radial_log_amplitude
 from jaxcryo.io import InputError, read_particles
-from jaxcryo.io.loader import Batch, iterate_batches, steps_per_epoch
+from jaxcryo.io.loader import Batch, half_set_labels, iterate_batches, steps_per_epoch
+from jaxcryo.io.mrc import write_mrc
 
 AUTODECODING = "autodecoding"
 
@@ -212,7 +215,7 @@ class Run:
                                         winners=winners[sample], chosen=rots[sample])
                     state = self.init_autodecoding(self.upsample_volume(state["vol_params"]), rots, shifts)
                     progress = dict(progress, stage=AUTODECODING, epoch=0, step=0, amortized_epochs=progress["epoch"])
-                    self.checkpoints.save(state, self.stamp(progress))
+                    self.save(state, progress, "the stage switch")
             return self.finish(state, progress)
         finally:
             self.metrics.close()
@@ -227,8 +230,9 @@ class Run:
     def restore(self, progress: dict):
         if progress["stage"] == AMORTIZED:
             abstract = jax.eval_shape(self.init_amortized)
-        else:
-            vol = jax.eval_shape(self.init_amortized)["vol_params"]
+        else:  # auto-decoding holds the full-box volume, whatever size the amortized stage ran at
+            full = self.data.source.image_size
+            vol = jax.eval_shape(lambda: models.init_volume(full, self.radial[full], jax.random.key(0)))
             abstract = jax.eval_shape(lambda v: self.init_autodecoding(
                 v, np.zeros((self.n, 3, 3), np.float32), np.zeros((self.n, 2), np.float32)), vol)
         abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), abstract)
@@ -254,8 +258,7 @@ class Run:
             if log_now or save_now:  # the only host syncs: a loss is checked before anything is kept
                 loss = float(out["loss"])
                 if not np.isfinite(loss):
-                    raise FloatingPointError(f"{stage} epoch {epoch + 1} step {step + 1}: loss is {loss}; stopping "
-                                             f"(the last good checkpoint in {self.workdir / 'checkpoints'} is kept)")
+                    self.stop(f"{stage} epoch {epoch + 1} step {step + 1}: loss is {loss}")
             if log_now:
                 if "winner" in out:
                     winners += np.bincount(np.asarray(out["winner"]), minlength=len(winners))
@@ -266,9 +269,10 @@ class Run:
                                     "elapsed_s": self.elapsed(), "images_per_s": rate})
                 bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
             if save_now:
-                self.checkpoints.save(state, self.stamp(progress))
+                self.save(state, progress, f"{stage} epoch {epoch + 1} step {step + 1}")
         bar.close()
         progress = dict(progress, epoch=epoch + 1, step=0)
+        self.check_finite(state, f"end of {stage} epoch {epoch + 1}")
         summary = self.end_of_epoch(stage, state, epoch + 1 + progress.get("amortized_epochs", 0))
         rate = images_seen / max(time.perf_counter() - t0, 1e-9)
         hist = f" winners {winners.tolist()}" if stage == AMORTIZED else ""
@@ -279,8 +283,25 @@ class Run:
                             "global_step": progress["global_step"], "loss": float(np.mean(losses_seen or [np.nan])),
                             "elapsed_s": self.elapsed(), "images_per_s": rate, "epoch_end": True,
                             "winner_histogram": winners.tolist(), **summary})
-        self.checkpoints.save(state, self.stamp(progress))
+        self.save(state, progress, f"end of {stage} epoch {epoch + 1}")
         return state, progress
+
+    def stop(self, what: str):
+        """Stop a diverged run; the checkpoints hold only states that were checked finite."""
+        latest = self.checkpoints.latest_progress()
+        kept = (f"the last good checkpoint (global step {latest['global_step']}) in {self.workdir / 'checkpoints'} "
+                "is kept" if latest else "no checkpoint had been written yet")
+        raise FloatingPointError(f"{what}; stopping ({kept}; lower the learning rates)")
+
+    def check_finite(self, state, what: str) -> None:
+        bad = sum(int(jnp.sum(~jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(state)
+                  if jnp.issubdtype(x.dtype, jnp.floating))
+        if bad:
+            self.stop(f"{what}: the model holds {bad} non-finite values")
+
+    def save(self, state, progress: dict, what: str) -> None:
+        self.check_finite(state, what)
+        self.checkpoints.save(state, self.stamp(progress))
 
     def current_poses(self, stage: str, state) -> tuple[np.ndarray, np.ndarray]:
         """Rotations (N, 3, 3) and shifts (N, 2) in pixels of the full box, in table order."""
@@ -326,21 +347,71 @@ class Run:
         return True
 
     def finish(self, state, progress: dict) -> dict:
-        summary, _ = self.write_outputs(AUTODECODING if "rotations" in state else AMORTIZED, state, self.workdir)
+        """Final outputs: the learned volume as decoder.mrc, poses.star, and reconstruction.mrc made by a
+        Wiener-filtered direct inversion of the images at the final poses (``jaxcryo.inversion``; the
+        filter's SNR comes from the two half sets, whose FSC is the run's own resolution estimate)."""
+        stage = AUTODECODING if "rotations" in state else AMORTIZED
+        decoder, rots = self.write_outputs(stage, state, self.workdir)
+        (self.workdir / "reconstruction.mrc").replace(self.workdir / "decoder.mrc")
+        summary = {f"decoder_{k}": v for k, v in decoder.items() if k.startswith("fsc")}
+        summary.update(self.final_map(rots, np.asarray(self.current_poses(stage, state)[1])))
         summary.update(elapsed_s=self.elapsed(), n_particles=self.n, switch_rule=self.config.train.switch,
                        amortized_epochs_run=progress.get("amortized_epochs", 0))
         runio.write_json(self.workdir / "summary.json", summary)
         logging.info("finished: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})
         return summary
 
+    def final_map(self, rotations: np.ndarray, shifts_px: np.ndarray) -> dict:
+        """Write reconstruction.mrc (direct inversion at the final poses) and evaluate it."""
+        source = self.data.source
+        labels = half_set_labels(self.data.table, self.config.seed)
+        rec = inversion.reconstruct(source, rotations, shifts_px if self.uses_shifts else np.zeros_like(shifts_px),
+                                    labels, self.config.train.batch_size)
+        pixel = source.pixel_size_angstrom
+        write_mrc(self.workdir / "reconstruction.mrc", rec["map"], pixel)
+        evaluate.write_fsc_csv(self.workdir / "fsc_halfmaps.csv", {"unmasked": rec["fsc_half"],
+                                                                    "masked": rec["fsc_half_masked"]}, pixel)
+        out = {"fsc0143_halfmaps_angstrom": evaluate.resolution_at(rec["fsc_half"], 0.143, pixel),
+               "fsc0143_halfmaps_masked_angstrom": evaluate.resolution_at(rec["fsc_half_masked"], 0.143, pixel)}
+        logging.info("final map by direct inversion: half-map FSC 0.143 at %.2f A (soft mask %.2f A)",
+                     out["fsc0143_halfmaps_angstrom"], out["fsc0143_halfmaps_masked_angstrom"])
+        shifts_angstrom = shifts_px * self.data.source.pixel_size_angstrom if self.uses_shifts else None
+        out.update(evaluate.summarize(rec["map"], rotations, pixel, self.data.ground_truth, self.data.ground_truth_poses,
+                                      shifts_angstrom, pixel))
+        return out
+
+
+def _open_workdir(config, workdir: pathlib.Path) -> None:
+    """Create the work directory, or check that the run it holds may be resumed with ``config``."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{workdir}: cannot create the work directory ({exc.strerror or exc})") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise InputError(f"{workdir}: the work directory is not writable")
+    stored = workdir / "config.json"
+    checkpoints = workdir / "checkpoints"
+    if stored.exists() and checkpoints.is_dir() and any(checkpoints.iterdir()):
+        try:
+            previous = json.loads(stored.read_text())
+        except ValueError:
+            raise InputError(f"{stored}: unreadable; this work directory holds a damaged run") from None
+        configcheck.check_resumable(previous, config, stored)
+
 
 def train_and_evaluate(config, workdir, devices=None) -> dict:
-    """Run (or resume) a reconstruction in ``workdir`` on ``devices`` (default: all local devices)."""
+    """Run (or resume) a reconstruction in ``workdir`` on ``devices`` (default: all local devices).
+
+    The config, the work directory and the data are all checked before anything is written, so a
+    rejected command leaves an existing work directory as it was."""
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    runio.write_json(workdir / "config.json", config.to_dict())
+    configcheck.validate(config)
+    _open_workdir(config, workdir)
     if config.get("halfsets", False):
         from jaxcryo import halfsets
 
+        runio.write_json(workdir / "config.json", config.to_dict())
         return halfsets.run_halfsets(config, workdir, train_and_evaluate, devices)
-    return Run(config, workdir, devices).run()
+    run = Run(config, workdir, devices)  # reads and checks the data
+    runio.write_json(workdir / "config.json", config.to_dict())
+    return run.run()

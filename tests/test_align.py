@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from jaxcryo import align, evaluate, fourier, geometry, simulate
+from jaxcryo import align, evaluate, fourier, geometry, phantoms
 
 
 def _shift(volume, t):
@@ -19,7 +19,7 @@ def _shift(volume, t):
 
 @pytest.mark.parametrize("mirrored", [False, True])
 def test_align_volumes_recovers_rotation_shift_and_hand(mirrored):
-    reference = simulate.protein_phantom(40, 4.0, resolution_angstrom=12.0, seed=1)
+    reference = phantoms.protein_phantom(40, 4.0, resolution_angstrom=12.0, seed=1)
     q = Rotation.from_euler("zyz", [123, 57, -40], degrees=True).as_matrix()
     t = np.array([2.3, -1.6, 0.8])
     moving = evaluate.align_map(_shift(reference, t), q.T, mirrored=False)  # W(r) = V(Q r + t)

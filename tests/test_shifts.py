@@ -8,11 +8,11 @@ import numpy as np
 import optax
 
 from jaxcryo import ctf as ctf_lib
-from jaxcryo import evaluate, geometry, losses, models, simulate, slicing, steps
+from jaxcryo import evaluate, geometry, losses, models, phantoms, simulate, slicing, steps
 
 
 def _clean_set(n=24, size=32, max_shift=4.0, seed=0):
-    vol = simulate.protein_phantom(size, 6.0)
+    vol = phantoms.protein_phantom(size, 6.0)
     vol_h = slicing.volume_to_hartley(jnp.asarray(vol))
     rots = geometry.random_rotations(jax.random.key(seed), (n,), jnp.float32)
     shifts = np.random.default_rng(seed).uniform(-max_shift, max_shift, size=(n, 2)).astype(np.float32)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import common
-from jaxcryo import geometry, simulate, slicing
+from jaxcryo import geometry, phantoms, simulate, slicing
 from jaxcryo.io import check_stacks, read_particles
 from jaxcryo.io.loader import ImageSource
 from references import analytic_projection, blob_volume, relion_form_ctf
@@ -39,7 +39,7 @@ def test_shift_moves_the_particle_centre_to_plus_t():
     size = 32
     vol = np.zeros((size,) * 3, np.float32)
     vol[size // 2, size // 2, size // 2] = 1.0
-    vol = simulate.gaussian_lowpass(vol, 1.5, 1.0)
+    vol = phantoms.gaussian_lowpass(vol, 1.5, 1.0)
     params = simulate.SimulatedParams(np.eye(3)[None], np.array([[5.0, -3.0]]), np.zeros(1), np.zeros(1), np.zeros(1))
     vol_h = slicing.volume_to_hartley(jnp.asarray(vol), oversample=2)
     img = simulate.simulate_chunk(vol_h, params, size, 1.0, 300.0, 0.0, 1.0)[0]  # CTF = 1
@@ -83,7 +83,7 @@ def test_noise_level_matches_snr(tmp_path):
 
 
 def test_phantom_is_asymmetric_and_resampling_keeps_it():
-    vol = simulate.protein_phantom(48, 4.0)
+    vol = phantoms.protein_phantom(48, 4.0)
     assert vol.shape == (48, 48, 48) and vol.max() == pytest.approx(1.0)
     for axes in ((0,), (1,), (2,)):  # no mirror symmetry
         assert np.linalg.norm(vol - np.flip(vol, axes)) > 0.3 * np.linalg.norm(vol)
@@ -118,7 +118,7 @@ def test_atomic_model_density(tmp_path):
 
 
 def test_dimer_phantom_is_near_two_fold_symmetric():
-    vol = simulate.dimer_phantom(48, 4.0)
+    vol = phantoms.dimer_phantom(48, 4.0)
 
     def ncc(a, b):
         a, b = a - a.mean(), b - b.mean()
@@ -128,7 +128,7 @@ def test_dimer_phantom_is_near_two_fold_symmetric():
     two_fold = np.roll(np.flip(vol, axis=(1, 2)), 1, axis=(1, 2))
     assert 0.85 < ncc(vol, two_fold) < 0.98  # nearly, but not exactly, symmetric
     # the phantom itself has no such symmetry: the same test on the asymmetric phantom scores low
-    mono = simulate.protein_phantom(48, 4.0)
+    mono = phantoms.protein_phantom(48, 4.0)
     assert ncc(mono, np.roll(np.flip(mono, axis=(1, 2)), 1, axis=(1, 2))) < 0.6
     # what breaks the symmetry sits on one side: the difference map is concentrated, not spread
     diff = np.abs(vol - two_fold)

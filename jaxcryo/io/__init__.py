@@ -10,12 +10,13 @@ not truncated, index in range, box size as the metadata says) and reports all pr
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import numpy as np
 
 from jaxcryo.io.mrc import Stack, read_volume, write_mrc
-from jaxcryo.io.table import CTF_FIELDS, InputError, ParticleTable
+from jaxcryo.io.table import CTF_FIELDS, InputError, ParticleTable, check_values
 
 __all__ = ["read_particles", "check_stacks", "ParticleTable", "InputError", "Stack", "read_volume", "write_mrc", "CTF_FIELDS"]
 
@@ -28,7 +29,7 @@ def _stacks_table(source: pathlib.Path, stack_paths: list[pathlib.Path]) -> Part
         paths += [str(stack_path.resolve())] * n
         indices.append(np.arange(n, dtype=np.int64))
         names += [f"{i + 1:06d}@{stack_path.name}" for i in range(n)]
-        pixel += [stack.voxel_size_angstrom if stack.voxel_size_angstrom > 0 else 1.0] * n
+        pixel += [stack.voxel_size_angstrom] * n  # 0 (unset) is refused unless data.pixel_size_angstrom is given
         sizes += [stack.image_size] * n
     n = len(paths)
     zeros = np.zeros(n)
@@ -50,18 +51,23 @@ def read_particles(path, datadir: str | None = None, pixel_size_angstrom: float 
         raise InputError(f"{path}: file not found")
     suffix = path.suffix.lower()
     if suffix == ".star":
-        return star.read_star(path, datadir, pixel_size_angstrom)
-    if suffix == ".cs":
-        return cryosparc.read_cs(path, datadir)
-    if suffix in (".mrcs", ".mrc"):
-        return _stacks_table(path, [path])
-    if suffix == ".txt":
+        table, kind = star.read_star(path, datadir, pixel_size_angstrom), "star"
+    elif suffix == ".cs":
+        table, kind = cryosparc.read_cs(path, datadir), "cs"
+    elif suffix in (".mrcs", ".mrc"):
+        table, kind = _stacks_table(path, [path]), "stack"
+    elif suffix == ".txt":
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         if not lines:
             raise InputError(f"{path}: empty list of stacks")
         base = pathlib.Path(datadir) if datadir else path.parent
-        return _stacks_table(path, [p if p.is_absolute() else base / p for p in map(pathlib.Path, lines)])
-    raise InputError(f"{path}: unknown particle file type {suffix!r} (expected .star, .cs, .mrcs, .mrc or .txt)")
+        table, kind = _stacks_table(path, [p if p.is_absolute() else base / p for p in map(pathlib.Path, lines)]), "stack"
+    else:
+        raise InputError(f"{path}: unknown particle file type {suffix!r} (expected .star, .cs, .mrcs, .mrc or .txt)")
+    if pixel_size_angstrom is not None:
+        table = dataclasses.replace(table, pixel_size_angstrom=np.full(len(table), float(pixel_size_angstrom)))
+    check_values(table, kind)
+    return table
 
 
 def check_stacks(table: ParticleTable) -> dict[str, Stack]:

@@ -33,6 +33,45 @@ class InputError(ValueError):
     """Bad user input; the message is one line naming the file and the problem."""
 
 
+# Physically possible ranges (inclusive) of the per-particle values, and their column names by format.
+VALUE_RANGES = {
+    "pixel_size_angstrom": (1e-3, 100.0, "A"),
+    "defocus_u_angstrom": (0.0, 1e5, "A"),
+    "defocus_v_angstrom": (0.0, 1e5, "A"),
+    "voltage_kv": (1.0, 3000.0, "kV"),
+    "spherical_aberration_mm": (0.0, 20.0, "mm"),
+    "amplitude_contrast": (0.0, 1.0, ""),
+}
+COLUMN_NAMES = {
+    "star": {"pixel_size_angstrom": "rlnImagePixelSize (or the stack header)", "defocus_u_angstrom": "rlnDefocusU",
+             "defocus_v_angstrom": "rlnDefocusV", "voltage_kv": "rlnVoltage",
+             "spherical_aberration_mm": "rlnSphericalAberration", "amplitude_contrast": "rlnAmplitudeContrast"},
+    "cs": {"pixel_size_angstrom": "blob/psize_A", "defocus_u_angstrom": "ctf/df1_A", "defocus_v_angstrom": "ctf/df2_A",
+           "voltage_kv": "ctf/accel_kv", "spherical_aberration_mm": "ctf/cs_mm", "amplitude_contrast": "ctf/amp_contrast"},
+    "stack": {"pixel_size_angstrom": "the stack header's pixel size"},
+}
+
+
+def check_values(table: "ParticleTable", kind: str) -> None:
+    """Refuse impossible metadata: one line naming the file, the column, the first bad row and value."""
+    names = COLUMN_NAMES[kind]
+    for field, (low, high, unit) in VALUE_RANGES.items():
+        if field not in names:
+            continue
+        values = np.asarray(getattr(table, field), np.float64)
+        bad = ~np.isfinite(values) | (values < low) | (values > high)
+        if np.any(bad):
+            row = int(np.argmax(bad))
+            hint = "; set data.pixel_size_angstrom" if field == "pixel_size_angstrom" else ""
+            raise InputError(f"{table.source}: {names[field]} is {values[row]:g} at particle {row + 1} "
+                             f"({int(bad.sum())} bad of {len(values)}); expected {low:g} to {high:g} {unit}{hint}")
+    for field, label in (("euler_deg", "angles"), ("origin_angstrom", "origins")):
+        values = getattr(table, field)
+        if values is not None and not np.all(np.isfinite(values)):
+            row = int(np.argmax(~np.all(np.isfinite(values), axis=1)))
+            raise InputError(f"{table.source}: non-finite {label} at particle {row + 1}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ParticleTable:
     """Per-particle metadata, all arrays of length N (read-only numpy arrays)."""

@@ -1,0 +1,77 @@
+"""Command-line plumbing shared by the experiments: flags that fail as one line, errors as one line.
+
+``app.run(main, flags_parser=cli.parse_flags)`` turns a mistyped flag or config key into
+``error: unknown config key train.epochs_amortised; did you mean train.epochs_amortized?`` (exit 2)
+instead of absl's traceback; ``cli.exit_on_input_error`` does the same for errors in the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib.util
+import sys
+
+from absl import flags
+
+
+def _config_keys(argv: list[str]) -> list[str]:
+    """Every dotted key of the config file named by --config= (empty if it cannot be loaded)."""
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if not path:
+        return []
+    try:
+        spec = importlib.util.spec_from_file_location("_config_for_keys", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config()
+    except Exception:
+        return []
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if hasattr(value, "items"):
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    return list(walk(config, ""))
+
+
+def _one_line(exc: Exception, argv: list[str]) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        key = arg[len("--config."):].split("=", 1)[0]
+        keys = _config_keys(argv)
+        if keys and key not in keys:
+            close = difflib.get_close_matches(key, keys, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            return f"unknown config key {key}{hint}"
+    return text
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with any failure reported as one line on stderr and exit status 2."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as exc:  # absl and ml_collections raise several types for bad flags and overrides
+        print(f"error: {_one_line(exc, argv[1:])}", file=sys.stderr)
+        sys.exit(2)
+
+
+@contextlib.contextmanager
+def exit_on_input_error():
+    """Report bad input (InputError, FloatingPointError, OSError) as 'error: ...' on stderr, exit 2."""
+    from jaxcryo.io.table import InputError
+
+    try:
+        yield
+    except (InputError, FloatingPointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        sys.exit(2)

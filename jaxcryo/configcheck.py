@@ -1,0 +1,76 @@
+"""Checks on a run's config before anything is written: impossible values, and whether a work directory
+that already holds a run may be resumed with this config.
+
+Resuming is allowed when only keys that do not change what the checkpoints mean differ
+(``RESUMABLE``): more or fewer epochs, logging, the progress bar, where the stacks are, evaluation
+inputs. Anything else (another model, other data, another seed) would silently mix two runs.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+from jaxcryo.io.table import InputError
+
+RESUMABLE = ("progress_bar", "train.epochs_amortized", "train.epochs_autodecoding", "train.log_every",
+             "train.checkpoint_every_steps", "data.datadir", "eval.")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _even_box(name: str, value: int) -> None:
+    if value and (value < 8 or value % 2):
+        lower, upper = max(8, value - value % 2), value + (value % 2)
+        options = f"{lower} or {upper}" if lower != upper else f"{upper}"
+        raise InputError(f"config: {name} = {value} must be an even box of at least 8 px (0 = as stored); "
+                         f"try {options}")
+
+
+def validate(config) -> None:
+    """Raise InputError (one line naming the key and value) for a config no run can use."""
+    flat = flatten(config.to_dict())
+
+    def need(key, ok, what):
+        if key in flat and not ok(flat[key]):
+            raise InputError(f"config: {key} = {flat[key]!r}; expected {what}")
+
+    finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+    _even_box("data.image_size", int(flat.get("data.image_size", 0)))
+    _even_box("train.amortized_image_size", int(flat.get("train.amortized_image_size", 0)))
+    need("data.pixel_size_angstrom", lambda v: finite(v) and v >= 0, "a pixel size > 0 in A (0 = from the metadata)")
+    for key in ("train.batch_size", "model.n_heads", "train.log_every"):
+        need(key, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+    for key in ("train.epochs_amortized", "train.epochs_autodecoding", "train.pose_iters", "train.vol_iters",
+                "model.search_candidates", "train.checkpoint_every_steps", "train.switch_search_passes"):
+        need(key, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+    for key in ("train.lr_encoder", "train.lr_volume", "train.lr_volume_autodecoding", "train.lr_pose", "model.width"):
+        need(key, lambda v: finite(v) and v > 0, "a number > 0")
+    for key in ("train.lr_shift", "model.distill_weight", "model.volume_init_scale"):
+        need(key, lambda v: finite(v) and v >= 0, "a number >= 0")
+    for key in ("loss.radius_start", "loss.radius_end"):
+        need(key, lambda v: finite(v) and 0 < v <= 1.5, "a fraction of Nyquist in (0, 1.5]")
+    need("loss.kind", lambda v: v in ("gaussian", "l1_fourier"), "'gaussian' or 'l1_fourier'")
+    need("train.switch", lambda v: v in ("fixed", "auto"), "'fixed' or 'auto'")
+
+
+def check_resumable(stored: dict, config, stored_path: pathlib.Path) -> None:
+    """Refuse (one line naming the differing keys) to resume a run stored with another config."""
+    old, new = flatten(stored), flatten(config.to_dict())
+    differing = sorted(k for k in set(old) | set(new)
+                       if old.get(k) != new.get(k) and not any(k == r or (r.endswith(".") and k.startswith(r))
+                                                               for r in RESUMABLE))
+    if differing:
+        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differing[:6])
+        more = f" and {len(differing) - 6} more" if len(differing) > 6 else ""
+        raise InputError(f"{stored_path}: this work directory holds a run with another config ({shown}{more}); "
+                         "use a new --workdir, or the same config to resume")

@@ -1,0 +1,143 @@
+"""A map from images and known poses: regularised direct Fourier inversion (a Wiener filter).
+
+The estimate at each 3D frequency k is
+    V(k) = sum_i CTF_i X_i(k) / (sum_i CTF_i(k)^2 + 1 / SNR(|k|) / <1 / sum_i CTF_i^2>_shell)
+where X_i is image i's transform placed on its central slice (trilinear insertion: the adjoint of
+``jaxcryo.slicing.extract_slices``, taken with ``jax.vjp`` so slicing and insertion cannot disagree)
+and SNR(|k|) comes from the FSC of the two half-set reconstructions, FSC_full = 2 FSC / (1 + FSC),
+SNR = FSC_full / (1 - FSC_full): where the halves agree the data decide, where they do not the map is
+shrunk to zero. This is how RELION regularises its reconstruction (tau^2 from the FSC). The noise
+variance cancels in the ratio, so the images need no noise estimate.
+
+``PAD`` > 1 zero-pads the images before the transform so inserted samples are denser (RELION's padding
+factor 2). Measured on a 5,000 x 64 px simulated set at the true poses: padding 1 gave FSC 0.5 against
+the truth 7.03 A in 16 s, padding 2 gave 7.48 A in 75 s, so the default is 1. Map values are in image
+units: projecting the map reproduces the (CTF-free) images.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcryo import ctf as ctf_lib
+from jaxcryo import evaluate, fourier, losses, slicing
+from jaxcryo.io.table import CTF_FIELDS
+
+PAD = 1
+
+
+@functools.partial(jax.jit, donate_argnums=(0, 1))
+def insert(numerator, weights, images, ctf_fields: dict, rotations, shifts_px, keep, pixel_size_angstrom):
+    """Add a batch to the accumulators.
+
+    Args:
+      numerator, weights: (P, P, P) Hartley-space sums of CTF * X and CTF^2 (P = PAD * L).
+      images: (B, L, L) real images; ctf_fields: the CTF_FIELDS of each image, (B,) each.
+      rotations: (B, 3, 3); shifts_px: (B, 2) particle displacements (x, y) in pixels.
+      keep: (B,) 1 for real rows, 0 for the rows that pad the last batch to a static shape.
+    """
+    size = numerator.shape[-1]
+    h = fourier.ht(fourier.pad_center(images, size))
+    h = losses.shift_hartley(h, -shifts_px)  # re-centre each particle
+    ctf = ctf_lib.ctf_grid(size, pixel_size_angstrom, **ctf_fields).astype(h.dtype) * keep[:, None, None]
+    _, adjoint = jax.vjp(lambda v: slicing.extract_slices(v, rotations, size), numerator)
+    return numerator + adjoint(h * ctf)[0], weights + adjoint(ctf**2)[0]
+
+
+def accumulate(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.ndarray,
+               batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of both half sets: (2, P, P, P) numerators and weights.
+
+    ``source``: an ImageSource (``source.read(rows)``, ``source.table``); ``rotations`` (N, 3, 3),
+    ``shifts_px`` (N, 2) in pixels of the source's box, ``labels`` (N,) half-set labels in {1, 2}.
+    """
+    size = PAD * source.image_size
+    out_num, out_w = [], []
+    fields = {k: np.asarray(getattr(source.table, k), np.float32) for k in CTF_FIELDS}
+    for half in (1, 2):
+        rows = np.nonzero(labels == half)[0]
+        num, w = jnp.zeros((size,) * 3, jnp.float32), jnp.zeros((size,) * 3, jnp.float32)
+        for start in range(0, len(rows), batch_size):
+            idx = rows[start:start + batch_size]
+            padded = np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))])  # static shapes
+            keep = (np.arange(batch_size) < len(idx)).astype(np.float32)
+            num, w = insert(num, w, jnp.asarray(source.read(padded)), {k: v[padded] for k, v in fields.items()},
+                            jnp.asarray(rotations[padded], jnp.float32), jnp.asarray(shifts_px[padded], jnp.float32),
+                            jnp.asarray(keep), float(source.pixel_size_angstrom))
+        out_num.append(np.asarray(num))
+        out_w.append(np.asarray(w))
+    return np.stack(out_num), np.stack(out_w)
+
+
+def _to_real(h: np.ndarray, box: int) -> np.ndarray:
+    return np.asarray(fourier.crop_center(fourier.iht(jnp.asarray(h), 3), box, 3), np.float32)
+
+
+def _shell_index(size: int, box: int) -> np.ndarray:
+    """Each voxel of the P-grid -> the integer radius on the box's frequency grid (P = PAD * box)."""
+    return np.round(np.asarray(fourier.radial_index_grid(size, 3)) * box / size).astype(int)
+
+
+def wiener_maps(numerators: np.ndarray, weights: np.ndarray, box: int) -> dict:
+    """Half maps, the FSC between them, and the Wiener-filtered full map, all (box,)^3 real space.
+
+    Returns {"map", "half1", "half2", "fsc_half" and "fsc_half_masked" (box//2 + 1,) (the latter inside
+    ``evaluate.soft_sphere_mask``), "ssnr" (box//2 + 1,)}.
+    """
+    size = numerators.shape[-1]
+    floor = 1e-3 * float(np.mean(weights[weights > 0])) if np.any(weights > 0) else 1.0
+    halves = [_to_real(n / (w + floor), box) for n, w in zip(numerators, weights)]
+    fsc_half = evaluate.fsc(*halves)
+    mask = evaluate.soft_sphere_mask(box)
+    fsc_half_masked = evaluate.fsc(halves[0] * mask, halves[1] * mask)
+    fsc_full = np.clip(2 * fsc_half / (1 + np.maximum(fsc_half, 0)), 1e-4, 0.9999)
+    ssnr = fsc_full / (1 - fsc_full)
+    num, w = numerators.sum(0), weights.sum(0)
+    shell = np.minimum(_shell_index(size, box), len(ssnr) - 1)
+    hit = w > floor
+    inv_w = np.bincount(shell[hit], 1.0 / w[hit], minlength=len(ssnr)) / np.maximum(
+        np.bincount(shell[hit], minlength=len(ssnr)), 1)
+    reg = 1.0 / (ssnr * np.maximum(inv_w, 1e-30))
+    full = np.where(hit, num / (w + reg[shell]), 0.0)
+    beyond = _shell_index(size, box) > box // 2  # corners beyond Nyquist carry no image data
+    full[beyond] = 0.0
+    return {"map": _to_real(full, box), "half1": halves[0], "half2": halves[1], "fsc_half": fsc_half,
+            "fsc_half_masked": fsc_half_masked, "ssnr": ssnr}
+
+
+def reconstruct(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.ndarray,
+                batch_size: int = 64) -> dict:
+    """Direct inversion of ``source``'s images at the given poses; see ``wiener_maps`` for the result."""
+    num, w = accumulate(source, rotations, shifts_px, labels, batch_size)
+    return wiener_maps(num, w, source.image_size)
+
+
+def reconstruct_from_star(particles, poses, seed: int = 0) -> dict:
+    """Direct inversion of a particle file at the poses (and origins) of a star with the same rows."""
+    from jaxcryo import geometry
+    from jaxcryo.io import check_stacks, read_particles
+    from jaxcryo.io.loader import ImageSource, half_set_labels
+
+    table = read_particles(particles)
+    source = ImageSource(table, check_stacks(table))
+    source.estimate_normalization(seed=seed)
+    known = read_particles(poses)
+    rotations = np.asarray(geometry.euler_to_matrix(jnp.asarray(known.euler_deg, jnp.float32)))
+    shifts = np.zeros((len(table), 2), np.float32)
+    if known.origin_angstrom is not None:  # RELION's origin re-centres the particle: minus its displacement
+        shifts = (-known.origin_angstrom / source.pixel_size_angstrom).astype(np.float32)
+    return reconstruct(source, rotations, shifts, half_set_labels(table, seed))
+
+
+def compare_with_truth(volume: np.ndarray, ground_truth) -> dict:
+    """FSC 0.5 / 0.143 (A) of a map against a ground-truth map in the same frame."""
+    from jaxcryo.io import read_volume
+
+    truth, pixel = read_volume(ground_truth)
+    curve = evaluate.fsc(volume, truth)
+    return {"fsc05_angstrom": evaluate.resolution_at(curve, 0.5, pixel),
+            "fsc0143_angstrom": evaluate.resolution_at(curve, 0.143, pixel)}
