@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
-
 from ml_collections import config_flags
 
 from experiments import cli
+from jaxcryo.search import SearchSettings
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/quickstart.py", "Experiment config.")
 _WHAT = flags.DEFINE_enum("what", "steps", ["steps", "loader"], "What to time.")
@@ -84,9 +84,8 @@ def bench_steps(config) -> None:
     state = {"enc_params": variables["params"], "batch_stats": variables["batch_stats"],
              "enc_opt": eo.init(variables["params"]), "vol_params": vol, "vol_opt": vo.init(vol),
              "step": jnp.zeros((), jnp.int32)}
-    step = steps.make_amortized_step(enc, eo, vo, px, config.loss.kind, mesh, mc.search_candidates, mc.distill_weight,
-                                     max_shift_fraction=mc.max_shift_fraction,
-                                     search_shift_radius_px=mc.search_shift_radius_px if shifts else 0)
+    step = steps.make_amortized_step(enc, eo, vo, px, config.loss.kind, mesh, SearchSettings.from_config(mc, shifts),
+                                     mc.distill_weight, max_shift_fraction=mc.max_shift_fraction)
     batches = [_batch(coarse, bs, n, sharding, rng) for _ in range(_STEPS.value + 1)]
     _, seconds = _time(step, state, batches, replicated)
     print(f"amortized     {coarse:4d} px  M={mc.n_heads:2d}  width={mc.width:<6g} batch={bs}  search={mc.search_candidates:5d} shifts={shifts}: "

@@ -76,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.lr_volume = 1e-2
     config.train.lr_volume_autodecoding = 1e-3  # the decoder's learning rate is lowered at the switch
     config.train.lr_pose = 0.05
+    config.train.lr_pose_final_fraction = 1.0  # cosine decay of lr_pose (and lr_shift) over auto-decoding to this
     config.train.lr_shift = 0.1  # per-image shift, pixels per Adam step (with model.estimate_shifts)
     config.train.pose_iters = 5
     config.train.vol_iters = 1

@@ -18,6 +18,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxcryo import fourier, geometry
 
@@ -124,11 +125,8 @@ def align_translation(moving: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def fourier_shift(volume: jax.Array, shift: jax.Array) -> jax.Array:
     """V(p - t) for a continuous t = (x, y, z) voxels (phase ramp; differentiable in t)."""
-    size = volume.shape[0]
-    k = jnp.fft.fftfreq(size)
-    kz, ky, kx = jnp.meshgrid(k, k, k, indexing="ij")
-    phase = jnp.exp(-2j * jnp.pi * (kx * shift[0] + ky * shift[1] + kz * shift[2]))
-    return jnp.fft.ifftn(jnp.fft.fftn(volume) * phase).real
+    angles = fourier.shift_angles(volume.shape[0], jnp.asarray(shift, jnp.float32), ndim=3)
+    return fourier.ifft_centered(fourier.fft_centered(volume, 3) * jnp.exp(-1j * angles), 3).real
 
 
 def _refine(mov, ref, ref_f, q0, steps: int, lr: float = 0.02):
@@ -143,22 +141,19 @@ def _refine(mov, ref, ref_f, q0, steps: int, lr: float = 0.02):
         moved = fourier_shift(rotate(mov, geometry.so3_exp(omega) @ q0), shift)
         return jnp.mean(moved * ref) / (jnp.std(moved) + 1e-12)
 
+    # the shift is optimised as shift / 10: Adam steps every parameter by about the learning rate, and a
+    # voxel is worth ~10x a radian here; the rate decays linearly (large moves first, then settle)
+    opt = optax.chain(optax.scale_by_adam(), optax.scale_by_schedule(lambda i: lr * (1.0 - i / steps) + 1e-4),
+                      optax.scale(-1.0))
+    loss_and_grad = jax.jit(jax.value_and_grad(lambda p: -ncc((p[0], 10.0 * p[1]))))
+    scaled = (params[0], params[1] / 10.0)
+    state = opt.init(scaled)
+    for _ in range(steps):
+        _, g = loss_and_grad(scaled)
+        updates, state = opt.update(g, state)
+        scaled = optax.apply_updates(scaled, updates)
+    params = (scaled[0], 10.0 * scaled[1])
     value_and_grad = jax.jit(jax.value_and_grad(ncc))
-    m = jax.tree_util.tree_map(jnp.zeros_like, params)
-    v = jax.tree_util.tree_map(jnp.zeros_like, params)
-    scale = (1.0, 10.0)  # radians vs voxels: a voxel step is worth ~10x a radian step here
-    for i in range(steps):
-        _, g = value_and_grad(params)
-        step_lr = lr * (1.0 - i / steps) + 1e-4  # linear decay: large moves first, then settle
-        new = []
-        for j in range(2):
-            m_j = 0.9 * m[j] - 0.1 * g[j]  # ascend
-            v_j = 0.999 * v[j] + 0.001 * g[j] ** 2
-            m = m[:j] + (m_j,) + m[j + 1 :]
-            v = v[:j] + (v_j,) + v[j + 1 :]
-            update = (m_j / (1 - 0.9 ** (i + 1))) / (jnp.sqrt(v_j / (1 - 0.999 ** (i + 1))) + 1e-8)
-            new.append(params[j] - scale[j] * step_lr * update)
-        params = tuple(new)
     score, _ = value_and_grad(params)
     return np.asarray(geometry.so3_exp(params[0]) @ q0), float(score)
 

@@ -95,6 +95,18 @@ def frequency_grid_3d(size: int, pixel_size_angstrom: float = 1.0) -> jnp.ndarra
     return jnp.stack([kx, ky, kz], axis=-1)
 
 
+def shift_angles(size: int, shifts: jax.Array, ndim: int = 2) -> jax.Array:
+    """Phase angles 2 pi k.t / L of a translation by t on the centred grid: f(x - t) <-> F(k) exp(-i angle).
+
+    ``shifts`` (..., ndim) as (x, y[, z]) in pixels/voxels -> (..., L, L[, L]) angles (arrays indexed
+    (y, x) / (z, y, x) as everywhere here). The one phase ramp behind every sub-pixel shift of the package.
+    """
+    k = (jnp.arange(size) - size // 2).astype(shifts.dtype)
+    grids = jnp.meshgrid(*([k] * ndim), indexing="ij")[::-1]  # (kx, ky[, kz])
+    expand = (slice(None),) * (shifts.ndim - 1) + (None,) * ndim
+    return 2 * jnp.pi * sum(g * shifts[(...,) + (i,)][expand] for i, g in enumerate(grids)) / size
+
+
 def radial_index_grid(size: int, ndim: int = 2) -> jnp.ndarray:
     """(size,)*ndim distance of each index from the origin, in index (pixel) units."""
     c = jnp.arange(size) - size // 2

@@ -31,10 +31,7 @@ def shift_hartley(h: jax.Array, shifts_px: jax.Array) -> jax.Array:
     f(x - t) <-> F(k) exp(-2 pi i k.t / L); in Hartley terms with c = cos, s = sin of 2 pi k.t / L:
     H'(k) = H(k) c + H(-k) s.
     """
-    size = h.shape[-1]
-    k = (jnp.arange(size) - size // 2).astype(h.dtype)
-    ky, kx = jnp.meshgrid(k, k, indexing="ij")
-    phase = 2 * jnp.pi * (kx * shifts_px[..., 0, None, None] + ky * shifts_px[..., 1, None, None]) / size
+    phase = fourier.shift_angles(h.shape[-1], shifts_px.astype(h.dtype))
     return h * jnp.cos(phase) + fourier.flip_frequencies(h) * jnp.sin(phase)
 
 

@@ -110,20 +110,12 @@ def draw_params(rng: np.random.Generator, key: jax.Array, n: int, max_shift_px: 
     return SimulatedParams(rot, shifts, df + astig / 2, df - astig / 2, angle)
 
 
-def shift_phase(image_size: int, shifts_px: jax.Array) -> jax.Array:
-    """(B, 2) displacements (x, y) in pixels -> (B, L, L) complex factors exp(-2 pi i k.t / L)."""
-    k = (jnp.arange(image_size) - image_size // 2).astype(jnp.float32)
-    ky, kx = jnp.meshgrid(k, k, indexing="ij")
-    phase = kx * shifts_px[:, 0, None, None] + ky * shifts_px[:, 1, None, None]
-    return jnp.exp(-2j * jnp.pi * phase / image_size)
-
-
 @jax.jit
 def clean_images(volume_hartley, rotations, shifts_px, ctf_values):
     """(B, 3, 3), (B, 2), (B, L, L) -> (B, L, L) noise-free images."""
     size = ctf_values.shape[-1]
     slices = slicing.extract_slices(volume_hartley, rotations, size)
-    f = fourier.hartley_to_fourier(slices) * ctf_values * shift_phase(size, shifts_px)
+    f = fourier.hartley_to_fourier(slices) * ctf_values * jnp.exp(-1j * fourier.shift_angles(size, shifts_px))
     return fourier.ifft_centered(f).real
 
 

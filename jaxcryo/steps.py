@@ -21,7 +21,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from jaxcryo import ctf as ctf_lib
-from jaxcryo import geometry, losses, models, slicing
+from jaxcryo import geometry, losses, models, search, slicing
 from jaxcryo.io.table import CTF_FIELDS
 
 AXIS = "data"
@@ -62,53 +62,27 @@ def _take(x, index):
     return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 1)), axis=1)[:, 0]
 
 
-def shift_offsets(radius_px: int) -> jnp.ndarray:
-    """(S, 2) integer offsets (x, y) in [-radius, radius]^2: the shifts tried around each image's own."""
-    r = jnp.arange(-radius_px, radius_px + 1, dtype=jnp.float32)
-    return jnp.stack(jnp.meshgrid(r, r, indexing="xy"), -1).reshape(-1, 2)
-
-
-def _search(vol_h, grid, ctf, target, mask, shift_px, offsets=None):
-    """Best of G shared rotations per image: (rotation (B, 3, 3), loss (B,), shift (B, 2) or None).
-
-    With a shift the target is moved back by it first: the loss is invariant to shifting image and
-    prediction together, so one search of centred slices serves every image's own shift. With
-    ``offsets`` (S, 2) each image is tried at its shift plus every offset (S shifted copies share
-    the slices; only the cross-term product grows), and the best (rotation, shift) pair wins.
-    """
-    if shift_px is None:
-        grid_losses = losses.search_losses(vol_h, grid, ctf, target, mask)
-        return grid[jnp.argmin(grid_losses, axis=1)], jnp.min(grid_losses, axis=1), None
-    if offsets is None:
-        offsets = jnp.zeros((1, 2), target.dtype)
-    tried = shift_px[:, None, :] + offsets[None]  # (B, S, 2)
-    copies = losses.shift_hartley(target[:, None], -tried)  # (B, S, L, L)
-    grid_losses = losses.search_losses(vol_h, grid, ctf, copies, mask).reshape(target.shape[0], -1)  # (B, S*G)
-    flat = jnp.argmin(grid_losses, axis=1)
-    best_shift = jnp.take_along_axis(tried, (flat // grid.shape[0])[:, None, None], axis=1)[:, 0]
-    return grid[flat % grid.shape[0]], jnp.min(grid_losses, axis=1), best_shift
-
-
 def make_amortized_step(encoder: models.PoseEncoder, enc_opt: optax.GradientTransformation,
                         vol_opt: optax.GradientTransformation, pixel_size_angstrom: float, loss_kind: str, mesh,
-                        search_candidates: int = 0, distill_weight: float = 0.0, seed: int = 0,
-                        max_shift_fraction: float = 0.0, search_shift_radius_px: int = 0):
+                        settings: search.SearchSettings = search.SearchSettings(), distill_weight: float = 0.0,
+                        seed: int = 0, max_shift_fraction: float = 0.0):
     """Encoder + volume step. state keys: enc_params, batch_stats, enc_opt, vol_params, vol_opt, step.
 
-    The paper's step (``search_candidates = 0``): M encoder heads compete (winner-takes-all).
-    Search-augmented step (beyond the paper, for small compute budgets): G random Haar rotations,
-    fresh each step and shared by the batch, compete with the heads; when a searched pose wins, the
+    The paper's step (``settings.n_global = 0``): M encoder heads compete (winner-takes-all).
+    Search-augmented step (beyond the paper, for small compute budgets): a pose search
+    (``jaxcryo.search``: G random rotations fresh each step, optionally refined locally) competes
+    with the heads; when a searched pose wins, the
     volume learns from it and the encoder head closest to it is pulled towards it with weight
     ``distill_weight`` (squared Frobenius distance), so the encoder is taught by the search.
     With shift heads (``encoder.estimate_shifts``): the paper's step trains each winning head's shift by
     the loss gradient; the search-augmented step scores the searched rotations at the best head's shift,
     then takes the best shift at the winning rotation (``losses.best_shifts``, one FFT per image) for
     the volume's update and distils the head's shift towards it (squared distance in pixels).
-    ``search_shift_radius_px`` > 0 also tries every searched rotation at integer offsets up to that
-    radius around the head's shift (``_search``): the rotation search then tolerates a head's shift
-    that is a pixel or two off, as it is before the map has formed.
+    ``settings.shift_radius_px`` > 0 also tries every searched rotation at integer offsets up to that
+    radius around the head's shift: the rotation search then tolerates a head's shift that is a pixel
+    or two off, as it is before the map has formed.
     """
-    offsets = shift_offsets(search_shift_radius_px) if search_shift_radius_px else None
+    search_candidates = settings.n_global
 
     def core(enc_params, batch_stats, vol_params, batch, radius, key):
         target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
@@ -128,9 +102,8 @@ def make_amortized_step(encoder: models.PoseEncoder, enc_opt: optax.GradientTran
             n_heads = rots.shape[1]
             head_winner = jnp.argmin(head_losses, axis=1)
             shift = None if shifts is None else _take(shifts, head_winner)
-            grid = geometry.random_rotations(key, (search_candidates,), target.dtype)
-            grid_rot, grid_loss, _ = _search(sg(vol_h), grid, ctf, target, mask, None if shift is None else sg(shift),
-                                             offsets)
+            grid_rot, grid_loss, _ = search.search_poses(sg(vol_h), ctf, target, mask, key, settings,
+                                                         None if shift is None else sg(shift), loss_kind)
             from_head = jnp.min(head_losses, axis=1) <= grid_loss
             winner = jnp.where(from_head, head_winner, n_heads)  # index M: a searched pose won
             best = jnp.where(from_head[:, None, None], _take(rots, head_winner), grid_rot)
@@ -168,17 +141,17 @@ def make_amortized_step(encoder: models.PoseEncoder, enc_opt: optax.GradientTran
 
 
 def make_encoder_inference(encoder: models.PoseEncoder, pixel_size_angstrom: float, loss_kind: str, mesh,
-                           search_candidates: int = 0, max_shift_fraction: float = 0.0, search_shift_radius_px: int = 0):
+                           settings: search.SearchSettings = search.SearchSettings(), max_shift_fraction: float = 0.0):
     """(enc_params, batch_stats, vol_params, batch, radius, key) -> best rotations (B, 3, 3), their
     shifts (B, 2) in pixels of the batch's images (0 without shift heads), winners (B,), every
     head's rotation (B, M, 3, 3), and the loss at the best pose (B,).
 
-    The winner is the best encoder head, or (with ``search_candidates``) the best of the heads and
-    that many random rotations drawn from ``key``; winner index M means "a searched pose" (scored at the
-    best head's shift). With shift heads the shift returned is the best at the winning rotation
-    (``losses.best_shifts``).
+    The winner is the best encoder head, or (with a search, ``settings.n_global`` > 0) the best of the
+    heads and the poses ``jaxcryo.search`` finds from ``key``; winner index M means "a searched pose"
+    (scored at the best head's shift). With shift heads the shift returned is the best at the winning
+    rotation (``losses.best_shifts``).
     """
-    offsets = shift_offsets(search_shift_radius_px) if search_shift_radius_px else None
+    search_candidates = settings.n_global
 
     def core(enc_params, batch_stats, vol_params, batch, radius, key):
         target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
@@ -189,8 +162,8 @@ def make_encoder_inference(encoder: models.PoseEncoder, pixel_size_angstrom: flo
         best = _take(rots, winner)
         shift = jnp.zeros(best.shape[:1] + (2,), best.dtype) if shifts is None else _take(shifts, winner)
         if search_candidates:
-            grid = geometry.random_rotations(key, (search_candidates,), rots.dtype)
-            grid_rot, grid_loss, _ = _search(vol_h, grid, ctf, target, mask, None if shifts is None else shift, offsets)
+            grid_rot, grid_loss, _ = search.search_poses(vol_h, ctf, target, mask, key, settings,
+                                                         None if shifts is None else shift, loss_kind)
             use_grid = grid_loss < jnp.min(head_losses, axis=1)
             best = jnp.where(use_grid[:, None, None], grid_rot, best)
             winner = jnp.where(use_grid, rots.shape[1], winner)
@@ -226,7 +199,8 @@ def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_ang
     (volume frozen), is folded in (R <- Exp(omega) R) and reset; with ``shift_lr`` > 0 each image's
     shift also takes the same Adam steps beside omega (learning rate in pixels), otherwise the shifts
     stay as given (0, or a star's origins). Then ``vol_iters`` volume steps use the refined poses.
-    ``pose_iters = 0`` keeps poses fixed (the known-pose oracle).
+    ``pose_iters = 0`` keeps poses fixed (the known-pose oracle). ``step(state, batch, radius, lr_scale)``
+    multiplies the pose and shift learning rates by ``lr_scale`` (the cosine schedule to ``train.lr_pose_final_fraction``).
 
     The shift is applied even when it is 0 and fixed: XLA:CPU compiles the pose gradient of
     ``map_coordinates`` about 3.5x faster with the phase ramp in the graph than without it (measured
@@ -234,7 +208,7 @@ def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_ang
     """
     refine_shifts = shift_lr > 0
 
-    def refine_poses(vol_params, tables, batch, radius):
+    def refine_poses(vol_params, tables, batch, radius, lr_scale):
         """Tables are replicated: gather this device's rows, refine them, all-gather the updated rows
         of every device and scatter them, so every replica of the table stays identical."""
         idx = batch["index"]
@@ -250,11 +224,11 @@ def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_ang
             omega, shift, m, v, sm, sv, count = carry
             if refine_shifts:
                 g_omega, g_shift = jax.grad(pose_loss, argnums=(0, 1))(omega, shift)
-                shift_update, sm, sv, _ = pose_adam(g_shift, sm, sv, count, shift_lr)
+                shift_update, sm, sv, _ = pose_adam(g_shift, sm, sv, count, shift_lr * lr_scale)
                 shift = shift + shift_update
             else:
                 g_omega = jax.grad(pose_loss)(omega, shift)
-            update, m, v, new_count = pose_adam(g_omega, m, v, count, pose_lr)
+            update, m, v, new_count = pose_adam(g_omega, m, v, count, pose_lr * lr_scale)
             return (omega + update, shift, m, v, sm, sv, new_count), None
 
         omega0 = jnp.zeros(rot.shape[:-2] + (3,), rot.dtype)
@@ -276,16 +250,16 @@ def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_ang
         loss, g_vol = jax.value_and_grad(vol_loss)(vol_params)
         return jax.lax.pmean((g_vol, loss), AXIS)
 
-    refine = jax.shard_map(refine_poses, mesh=mesh, in_specs=(P(), P(), P(AXIS), P()),
+    refine = jax.shard_map(refine_poses, mesh=mesh, in_specs=(P(), P(), P(AXIS), P(), P()),
                            out_specs=(P(), P(AXIS), P(AXIS)), check_vma=False)
     vol_grad = jax.shard_map(volume_grad, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS), P()),
                              out_specs=(P(), P()), check_vma=False)
 
     @functools.partial(jax.jit, donate_argnums=(0,))
-    def step(state, batch, radius):
+    def step(state, batch, radius, lr_scale=1.0):
         tables = tuple(state[k] for k in POSE_TABLES)
         if pose_iters > 0:
-            tables, rot, shift = refine(state["vol_params"], tables, batch, radius)
+            tables, rot, shift = refine(state["vol_params"], tables, batch, radius, jnp.asarray(lr_scale, jnp.float32))
         else:
             rows = jax.NamedSharding(mesh, P(AXIS))
             rot = state["rotations"].at[batch["index"]].get(out_sharding=rows)

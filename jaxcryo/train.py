@@ -31,6 +31,7 @@ from jaxcryo.dataset import AMORTIZED, device_batch, prepare_data, radial_log_am
 from jaxcryo.io import InputError, read_particles
 from jaxcryo.io.loader import Batch, half_set_labels, iterate_batches, steps_per_epoch
 from jaxcryo.io.mrc import write_mrc
+from jaxcryo.search import SearchSettings
 
 AUTODECODING = "autodecoding"
 
@@ -43,6 +44,16 @@ def radius_at(config, stage: str, epoch_progress: float) -> float:
         return float(lc.radius_end)
     t = min(epoch_progress / lc.radius_ramp_epochs, 1.0)
     return float(lc.radius_start + t * (lc.radius_end - lc.radius_start))
+
+
+def pose_lr_scale(train_config, stage_progress: float) -> float:
+    """Factor on the per-image pose and shift learning rates at a fraction of the auto-decoding stage:
+    cosine from 1 down to ``train.lr_pose_final_fraction`` (1 = constant, the paper's). Adam moves a
+    pose by about the learning rate per step whatever its gradient, so a constant rate leaves every
+    pose jittering by that much around its optimum; decaying it lets poses settle."""
+    final = float(train_config.get("lr_pose_final_fraction", 1.0))
+    t = min(max(stage_progress, 0.0), 1.0)
+    return final + (1.0 - final) * 0.5 * (1.0 + float(np.cos(np.pi * t)))
 
 
 def auto_switch_due(epochs_done: int, pose_change_median_deg: float | None, threshold_deg: float,
@@ -81,12 +92,11 @@ class Run:
         search = config.model.search_candidates
         if search and lk != "gaussian":
             raise InputError("config: model.search_candidates needs loss.kind='gaussian'")
-        shift_radius = mc.search_shift_radius_px if self.estimate_shifts else 0
+        settings = SearchSettings.from_config(mc, self.estimate_shifts)
         self.amortized_step = steps.make_amortized_step(self.encoder, self.enc_opt, self.vol_opt, px_coarse, lk, self.mesh,
-                                                        search, mc.distill_weight, config.seed, mc.max_shift_fraction,
-                                                        shift_radius)
-        self.encoder_inference = steps.make_encoder_inference(self.infer_encoder, px_coarse, lk, self.mesh, search,
-                                                              mc.max_shift_fraction, shift_radius)
+                                                        settings, mc.distill_weight, config.seed, mc.max_shift_fraction)
+        self.encoder_inference = steps.make_encoder_inference(self.infer_encoder, px_coarse, lk, self.mesh, settings,
+                                                              mc.max_shift_fraction)
         pose_iters = 0 if self.known_poses else tc.pose_iters
         self.uses_shifts = self.estimate_shifts or (self.known is not None and bool(np.any(self.known[1])))
         self.autodecoding_step = steps.make_autodecoding_step(self.vol_opt_ad, px, lk, pose_iters, tc.vol_iters,
@@ -249,7 +259,8 @@ class Run:
         seed = config.seed + (0 if stage == AMORTIZED else 1000)
         for step, batch in iterate_batches(self.data.source_for(stage), tc.batch_size, seed, epoch, start_step):
             radius = radius_at(config, stage, epoch + step / self.steps_per_epoch)
-            state, out = step_fn(state, device_batch(batch, self.data.table, self.batch_sharding), radius)
+            extra = () if stage == AMORTIZED else (pose_lr_scale(tc, (epoch + step / self.steps_per_epoch) / n_epochs),)
+            state, out = step_fn(state, device_batch(batch, self.data.table, self.batch_sharding), radius, *extra)
             images_seen += tc.batch_size
             bar.update(1)
             progress = dict(progress, stage=stage, epoch=epoch, step=step + 1, global_step=progress["global_step"] + 1)

@@ -102,3 +102,13 @@ def test_real_space_pad_and_crop_keep_origin():
     p = fourier.pad_center(x, 8)
     assert p.shape == (8, 8) and float(p[4, 4]) == float(x[2, 2])
     np.testing.assert_array_equal(np.asarray(fourier.crop_center(p, 5)), np.asarray(x))
+
+
+@pytest.mark.parametrize("ndim, shift", [(2, (3.0, -2.0)), (3, (-1.0, 4.0, 2.0))])
+def test_shift_angles_move_by_integer_rolls(ndim, shift):
+    """An integer translation by the phase ramp equals np.roll (outside reference): f(x - t)."""
+    x = np.random.default_rng(0).normal(size=(16,) * ndim).astype(np.float32)
+    angles = fourier.shift_angles(16, jnp.asarray(shift, jnp.float32), ndim)
+    moved = np.asarray(fourier.ifft_centered(fourier.fft_centered(jnp.asarray(x), ndim) * jnp.exp(-1j * angles), ndim).real)
+    rolled = np.roll(x, [int(s) for s in shift[::-1]], axis=tuple(range(ndim)))  # axes are (z,) y, x
+    np.testing.assert_allclose(moved, rolled, atol=1e-4)

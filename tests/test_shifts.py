@@ -1,6 +1,7 @@
 """In-plane shifts: the shift heads, the cross-correlation shift search, per-image shift refinement in
 auto-decoding and the shift-error evaluation. Images come from the simulator's own phase ramp
-(``simulate.shift_phase``), an implementation independent of ``losses.shift_hartley``."""
+(``simulate.clean_images``, in Fourier form; ``fourier.shift_angles`` itself is checked against
+integer rolls in tests/test_fourier.py), while ``losses.shift_hartley`` works in Hartley form."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import optax
 
 from jaxcryo import ctf as ctf_lib
-from jaxcryo import evaluate, geometry, losses, models, phantoms, simulate, slicing, steps
+from jaxcryo import evaluate, geometry, losses, models, phantoms, search, simulate, slicing, steps
 
 
 def _clean_set(n=24, size=32, max_shift=4.0, seed=0):
@@ -109,7 +110,7 @@ def test_search_losses_match_direct_losses_with_shifted_copies():
     target = _targets(images)
     mask = slicing.frequency_mask(32, 0.8)
     grid = geometry.random_rotations(jax.random.key(5), (10,), jnp.float32)
-    copies = losses.shift_hartley(target[:, None], -jnp.asarray(shifts)[:, None] + steps.shift_offsets(1)[None])
+    copies = losses.shift_hartley(target[:, None], -jnp.asarray(shifts)[:, None] + search.shift_offsets(1)[None])
     fast = losses.search_losses(vol_h, grid, ctf, copies, mask)  # (B, S, G)
     assert fast.shape == (6, 9, 10)
     for s in (0, 4, 8):
@@ -125,9 +126,9 @@ def test_search_with_offsets_recovers_rotation_and_shift():
     decoys = geometry.random_rotations(jax.random.key(9), (40,), jnp.float32)
     grid = jnp.concatenate([decoys, rots])  # the true rotations are among the candidates
     guess = jnp.asarray(shifts) + jnp.array([1.0, -1.0])  # every image's shift is a pixel off in x and y
-    best_rot, _, best_shift = steps._search(vol_h, grid, ctf, target, mask, guess, steps.shift_offsets(1))
-    np.testing.assert_allclose(np.asarray(best_shift), shifts, atol=1e-5)
-    assert np.max(np.asarray(geometry.geodesic_distance_deg(best_rot, rots))) < 1e-3
+    best_rot, _, best_shift = search.global_search(vol_h, grid, ctf, target, mask, guess, search.shift_offsets(1))
+    np.testing.assert_allclose(np.asarray(best_shift[:, 0]), shifts, atol=1e-5)
+    assert np.max(np.asarray(geometry.geodesic_distance_deg(best_rot[:, 0], rots))) < 1e-3
     # without offsets the guessed shift is kept
-    _, _, kept = steps._search(vol_h, grid, ctf, target, mask, guess)
-    np.testing.assert_allclose(np.asarray(kept), np.asarray(guess))
+    _, _, kept = search.global_search(vol_h, grid, ctf, target, mask, guess)
+    np.testing.assert_allclose(np.asarray(kept[:, 0]), np.asarray(guess))

@@ -1,0 +1,113 @@
+"""Pose search against the current map: a global search over shared rotations, then local refinement
+of each image's best few (cryoDRGN's hierarchical pose search, in the matrix-product form of
+``losses.search_losses``).
+
+Global: G rotations (Haar-random, fresh for every call, shared by the batch) are scored for every
+image by two matrix products; each image keeps its ``top_k`` best. Keeping several is what lets a
+pseudo-symmetric particle's two mates both be refined before one is chosen: a coarse candidate near
+the wrong mate can score better than one a little further from the true pose.
+Local: each kept pose is perturbed ``n_local`` times by rotations of about ``sigma_deg`` (per image,
+not shared), the best of the perturbed and unperturbed poses is kept, and the scale halves each
+round, so ``rounds`` rounds reach about sigma / 2^rounds.
+
+Shifts, when given, are the images' own: the global search tries each rotation at the image's shift
+plus integer ``offsets`` (shifted copies share the slices); local rounds keep each candidate's shift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jaxcryo import geometry, losses
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+    """How poses are searched (``model.search_*`` in the configs); n_global = 0 means no search."""
+
+    n_global: int = 0
+    top_k: int = 1
+    n_local: int = 0
+    sigma_deg: float = 10.0
+    rounds: int = 0
+    shift_radius_px: int = 0  # with shifts: integer offsets tried around each image's shift
+
+    @classmethod
+    def from_config(cls, model_config, estimate_shifts: bool) -> "SearchSettings":
+        mc = model_config
+        return cls(n_global=int(mc.search_candidates), top_k=int(mc.get("search_top_k", 1)),
+                   n_local=int(mc.get("search_local", 0)), sigma_deg=float(mc.get("search_local_sigma_deg", 10.0)),
+                   rounds=int(mc.get("search_local_rounds", 0)),
+                   shift_radius_px=int(mc.search_shift_radius_px) if estimate_shifts else 0)
+
+
+def shift_offsets(radius_px: int) -> jnp.ndarray:
+    """(S, 2) integer offsets (x, y) in [-radius, radius]^2: the shifts tried around each image's own."""
+    r = jnp.arange(-radius_px, radius_px + 1, dtype=jnp.float32)
+    return jnp.stack(jnp.meshgrid(r, r, indexing="xy"), -1).reshape(-1, 2)
+
+
+def global_search(vol_h, grid, ctf, target, mask, shift_px=None, offsets=None, top_k: int = 1):
+    """Best ``top_k`` of G shared rotations per image.
+
+    Args: vol_h (D, D, D) Hartley volume; grid (G, 3, 3); ctf, target (B, L, L); mask (L, L);
+      shift_px (B, 2) or None; offsets (S, 2) integer shifts tried around shift_px, or None.
+    Returns: rotations (B, k, 3, 3), losses (B, k), shifts (B, k, 2) or None (ascending loss).
+    """
+    if shift_px is None:
+        grid_losses = losses.search_losses(vol_h, grid, ctf, target, mask)  # (B, G)
+        neg, flat = jax.lax.top_k(-grid_losses, top_k)
+        return grid[flat], -neg, None
+    if offsets is None:
+        offsets = jnp.zeros((1, 2), target.dtype)
+    tried = shift_px[:, None, :] + offsets[None]  # (B, S, 2)
+    copies = losses.shift_hartley(target[:, None], -tried)  # the target moved back by each tried shift
+    grid_losses = losses.search_losses(vol_h, grid, ctf, copies, mask).reshape(target.shape[0], -1)  # (B, S*G)
+    neg, flat = jax.lax.top_k(-grid_losses, top_k)
+    shifts = jnp.take_along_axis(tried, (flat // grid.shape[0])[..., None], axis=1)
+    return grid[flat % grid.shape[0]], -neg, shifts
+
+
+def local_refine(vol_h, rotations, ctf, target, mask, key, n_local: int, sigma_deg: float, rounds: int,
+                 shifts_px=None, loss_kind: str = "gaussian"):
+    """Refine (B, k, 3, 3) candidate poses locally and return each image's best: rotation (B, 3, 3),
+    loss (B,), shift (B, 2) or None. The unperturbed pose stays a candidate, so a round never loses."""
+    b, k = rotations.shape[:2]
+    sigma = jnp.deg2rad(sigma_deg).astype(rotations.dtype)
+
+    def score(rots, shifts):
+        return losses.per_image_loss(losses.predict(vol_h, rots, ctf, shifts), target, mask, loss_kind)
+
+    best_loss = score(rotations, shifts_px)  # (B, k)
+    for r in range(rounds):
+        key, sub = jax.random.split(key)
+        omega = jax.random.normal(sub, (b, k, n_local, 3), rotations.dtype) * sigma / (2.0**r) / jnp.sqrt(3.0)
+        cand = geometry.so3_exp(omega) @ rotations[:, :, None]  # (B, k, n, 3, 3)
+        cand_shift = None if shifts_px is None else jnp.broadcast_to(shifts_px[:, :, None], (b, k, n_local, 2))
+        cand_loss = score(cand, cand_shift)  # (B, k, n)
+        pick = jnp.argmin(cand_loss, axis=-1)  # (B, k)
+        picked_loss = jnp.take_along_axis(cand_loss, pick[..., None], axis=-1)[..., 0]
+        picked = jnp.take_along_axis(cand, pick[..., None, None, None], axis=2)[:, :, 0]
+        better = picked_loss < best_loss
+        rotations = jnp.where(better[..., None, None], picked, rotations)
+        best_loss = jnp.where(better, picked_loss, best_loss)
+    winner = jnp.argmin(best_loss, axis=1)
+    take = lambda x: jnp.take_along_axis(x, winner.reshape((b, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]  # noqa: E731
+    return take(rotations), jnp.min(best_loss, axis=1), None if shifts_px is None else take(shifts_px)
+
+
+def search_poses(vol_h, ctf, target, mask, key, settings: SearchSettings, shift_px=None, loss_kind: str = "gaussian"):
+    """The hierarchical search: global over ``settings.n_global`` fresh random rotations, keep
+    ``top_k`` per image, refine each locally (when ``n_local`` and ``rounds`` are > 0). Returns each
+    image's best rotation (B, 3, 3), its loss (B,) and shift (B, 2) (None without ``shift_px``)."""
+    k_grid, k_local = jax.random.split(key)
+    grid = geometry.random_rotations(k_grid, (settings.n_global,), target.dtype)
+    offsets = shift_offsets(settings.shift_radius_px) if (shift_px is not None and settings.shift_radius_px) else None
+    rots, loss, shifts = global_search(vol_h, grid, ctf, target, mask, shift_px, offsets, settings.top_k)
+    if settings.n_local and settings.rounds:
+        return local_refine(vol_h, rots, ctf, target, mask, k_local, settings.n_local, settings.sigma_deg,
+                            settings.rounds, shifts, loss_kind)
+    return rots[:, 0], loss[:, 0], None if shifts is None else shifts[:, 0]
