@@ -19,6 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import cli
+from jaxcryo import runio
 from jaxcryo.search import SearchSettings
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/quickstart.py", "Experiment config.")
@@ -124,6 +125,7 @@ def bench_loader(path: str) -> None:
 
 def main(argv):
     del argv
+    print(f"machine: {runio.describe_machine()}")
     if _WHAT.value == "loader":
         bench_loader(_PARTICLES.value)
     else:

@@ -56,6 +56,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.estimate_shifts = False
     config.model.max_shift_fraction = 0.15
     config.model.search_shift_radius_px = 2  # with search_candidates: also try shifts +-this many (amortized) px
+    # hierarchical search (jaxcryo.search): keep the best top_k candidates per image and refine each by
+    # search_local perturbations of ~search_local_sigma_deg, halved each of search_local_rounds rounds
+    config.model.search_top_k = 1
+    config.model.search_local = 0
+    config.model.search_local_sigma_deg = 10.0
+    config.model.search_local_rounds = 0
 
     config.loss = ml_collections.ConfigDict()
     config.loss.kind = "gaussian"  # the paper's Gaussian NLL; 'l1_fourier' = the official code's loss
@@ -75,10 +81,17 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.lr_encoder = 1e-4
     config.train.lr_volume = 1e-2
     config.train.lr_volume_autodecoding = 1e-3  # the decoder's learning rate is lowered at the switch
+    # 'gradient' (the paper): vol_iters Adam steps on the volume per step; 'inversion' (beyond the paper):
+    # the volume is the direct inversion at the current poses, made at the switch and after every epoch
+    config.train.autodecoding_volume = "gradient"
     config.train.lr_pose = 0.05
     config.train.lr_pose_final_fraction = 1.0  # cosine decay of lr_pose (and lr_shift) over auto-decoding to this
     config.train.lr_shift = 0.1  # per-image shift, pixels per Adam step (with model.estimate_shifts)
     config.train.pose_iters = 5
+    # Beyond the paper: every this many auto-decoding epochs, each image's pose is checked against a global
+    # search of research_candidates rotations (refined locally) with the current map (jaxcryo.research)
+    config.train.research_every_epochs = 0
+    config.train.research_candidates = 0
     config.train.vol_iters = 1
     config.train.log_every = 20
     config.train.checkpoint_every_steps = 500

@@ -110,6 +110,9 @@ def main(argv):
     root = pathlib.Path(_WORKDIR.value)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
+    from jaxcryo import runio
+
+    print(f"machine: {runio.describe_machine()}")
     print(f"{'member':16s} {'FSC0.5 A':>9s} {'ref A':>7s} {'ratio':>6s} {'pose med':>9s} {'floor':>6s} {'wall':>9s}")
     for name, seed in members(_MEMBERS.value):
         row = run_member(name, seed, root)

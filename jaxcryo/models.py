@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import geometry
+from jaxcryo import fourier, geometry
 
 PYRAMID_VARIANCES = tuple(0.01 * 10.0**c for c in range(5))
 PYRAMID_KERNEL = 11
@@ -157,6 +157,17 @@ def init_volume(volume_size: int, radial_log_amplitude: np.ndarray, key: jax.Arr
     exponent = jnp.asarray(radial_log_amplitude[idx], jnp.float32)
     mantissa = init_scale * jax.random.normal(key, exponent.shape, jnp.float32)
     return {"mantissa": mantissa, "exponent": exponent}
+
+
+def params_from_hartley(volume_h: jax.Array, exponent: jax.Array) -> dict:
+    """The parameters whose ``volume_hartley`` is ``volume_h`` for a given exponent."""
+    return {"mantissa": volume_h * jnp.exp(-exponent), "exponent": exponent}
+
+
+def hartley_from_map(volume: jax.Array) -> jax.Array:
+    """(D, D, D) real-space map in image units -> Hartley coefficients in the 1/L-scaled units of the
+    learned volume (the inverse of ``jaxcryo.runio.volume_to_real``)."""
+    return fourier.ht(jnp.asarray(volume, jnp.float32), ndim=3) / volume.shape[-1]
 
 
 def volume_hartley(params: dict) -> jax.Array:

@@ -117,3 +117,27 @@ def write_json(path: pathlib.Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
     tmp.replace(path)
+
+
+def machine() -> dict:
+    """What the figures of a run or benchmark were measured on: CPU model, cores, load average,
+    accelerators. Timings differ several-fold between CPU models of the same core count."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {"cpu": model, "cpu_cores": os.cpu_count(), "load_average_1min": round(load[0], 2),
+            "devices": [str(d) for d in jax.devices()]}
+
+
+def describe_machine() -> str:
+    m = machine()
+    return f"{m['cpu']}, {m['cpu_cores']} cores, load {m['load_average_1min']}, devices {', '.join(m['devices'])}"

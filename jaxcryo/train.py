@@ -31,6 +31,7 @@ from jaxcryo.dataset import AMORTIZED, device_batch, prepare_data, radial_log_am
 from jaxcryo.io import InputError, read_particles
 from jaxcryo.io.loader import Batch, half_set_labels, iterate_batches, steps_per_epoch
 from jaxcryo.io.mrc import write_mrc
+from jaxcryo.research import research_poses
 from jaxcryo.search import SearchSettings
 
 AUTODECODING = "autodecoding"
@@ -99,9 +100,16 @@ class Run:
                                                               mc.max_shift_fraction)
         pose_iters = 0 if self.known_poses else tc.pose_iters
         self.uses_shifts = self.estimate_shifts or (self.known is not None and bool(np.any(self.known[1])))
-        self.autodecoding_step = steps.make_autodecoding_step(self.vol_opt_ad, px, lk, pose_iters, tc.vol_iters,
+        # Beyond the paper: the auto-decoding map from a direct inversion at the current poses (each epoch)
+        self.inverted_volume = tc.get("autodecoding_volume", "gradient") == "inversion" and not self.known_poses
+        vol_iters = 0 if self.inverted_volume else tc.vol_iters
+        self.autodecoding_step = steps.make_autodecoding_step(self.vol_opt_ad, px, lk, pose_iters, vol_iters,
                                                               tc.lr_pose, self.mesh,
                                                               tc.lr_shift if self.estimate_shifts else 0.0)
+        self.research = None
+        if tc.get("research_every_epochs", 0) and tc.get("research_candidates", 0) and not self.known_poses:
+            self.research = steps.make_pose_search(px, lk, self.mesh, SearchSettings(
+                n_global=int(tc.research_candidates), top_k=4, n_local=8, sigma_deg=10.0, rounds=3))
         self.checkpoints = runio.Checkpoints(workdir / "checkpoints")
         # data spectra (host numpy, computed once): the volume's initial exponent at each box size
         self.radial = {src.image_size: radial_log_amplitude(src, seed=config.seed)
@@ -134,7 +142,18 @@ class Run:
 
         h = fourier.pad_center(models.volume_hartley(vol_params), full, ndim=3) * (full / small)
         exponent = models.init_volume(full, self.radial[full], jax.random.key(0))["exponent"]
-        return jax.device_put({"mantissa": h * jnp.exp(-exponent), "exponent": exponent}, self.replicated)
+        return jax.device_put(models.params_from_hartley(h, exponent), self.replicated)
+
+    def inverted(self, state) -> dict:
+        """``train.autodecoding_volume='inversion'``: the state's volume replaced by the Wiener-filtered
+        direct inversion of the images at the state's poses (``jaxcryo.inversion``): the volume that
+        best explains the images at those poses, where a few gradient steps per epoch only approach it."""
+        shifts = np.asarray(state["shifts"]) if self.uses_shifts else np.zeros((self.n, 2), np.float32)
+        rec = inversion.reconstruct(self.data.source, np.asarray(state["rotations"]), shifts,
+                                    half_set_labels(self.data.table, self.config.seed), self.config.train.batch_size)
+        h = models.hartley_from_map(rec["map"])
+        vol = models.params_from_hartley(h, state["vol_params"]["exponent"])
+        return dict(state, vol_params=jax.device_put(vol, self.replicated))
 
     def init_autodecoding(self, vol_params, rotations: np.ndarray, shifts_px: np.ndarray) -> dict:
         """Auto-decoding state: (N, 3, 3) rotations and (N, 2) shifts in pixels of the full box."""
@@ -224,6 +243,8 @@ class Run:
                     np.savez_compressed(self.workdir / "amortized_heads.npz", rows=sample, heads=heads,
                                         winners=winners[sample], chosen=rots[sample])
                     state = self.init_autodecoding(self.upsample_volume(state["vol_params"]), rots, shifts)
+                    if self.inverted_volume:
+                        state = self.inverted(state)
                     progress = dict(progress, stage=AUTODECODING, epoch=0, step=0, amortized_epochs=progress["epoch"])
                     self.save(state, progress, "the stage switch")
             return self.finish(state, progress)
@@ -283,6 +304,15 @@ class Run:
                 self.save(state, progress, f"{stage} epoch {epoch + 1} step {step + 1}")
         bar.close()
         progress = dict(progress, epoch=epoch + 1, step=0)
+        if stage == AUTODECODING and self.research is not None and (epoch + 1) % tc.research_every_epochs == 0 \
+                and epoch + 1 < n_epochs:
+            state, moved = research_poses(self.research, state, self.data.source, tc.batch_size, self.batch_sharding,
+                                          self.replicated, radius_at(config, stage, epoch + 1),
+                                          jax.random.fold_in(jax.random.key(config.seed + 11), epoch), self.estimate_shifts)
+            logging.info("auto-decoding epoch %d: %.1f %% of the images moved to a more likely pose found by search",
+                         epoch + 1, 100 * moved)
+        if stage == AUTODECODING and self.inverted_volume:
+            state = self.inverted(state)
         self.check_finite(state, f"end of {stage} epoch {epoch + 1}")
         summary = self.end_of_epoch(stage, state, epoch + 1 + progress.get("amortized_epochs", 0))
         rate = images_seen / max(time.perf_counter() - t0, 1e-9)
@@ -367,7 +397,7 @@ class Run:
         summary = {f"decoder_{k}": v for k, v in decoder.items() if k.startswith("fsc")}
         summary.update(self.final_map(rots, np.asarray(self.current_poses(stage, state)[1])))
         summary.update(elapsed_s=self.elapsed(), n_particles=self.n, switch_rule=self.config.train.switch,
-                       amortized_epochs_run=progress.get("amortized_epochs", 0))
+                       amortized_epochs_run=progress.get("amortized_epochs", 0), machine=runio.machine())
         runio.write_json(self.workdir / "summary.json", summary)
         logging.info("finished: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})
         return summary

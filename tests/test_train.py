@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from experiments import quickstart
-from jaxcryo import train
+from jaxcryo import inversion, train
 from jaxcryo.io import InputError, read_particles
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -56,6 +56,30 @@ def test_workdir_contract(finished_run):
         assert (workdir / epoch / "reconstruction.mrc").exists() and (workdir / epoch / "poses.star").exists()
     assert json.loads((workdir / "config.json").read_text())["model"]["n_heads"] == 2
     assert "pose_error_median_deg" in summary and "fsc05_angstrom" in summary
+    # the map is the direct inversion of the images at the poses written beside it (random poses in
+    # poses.star, or a map from other poses, fail this)
+    rec = inversion.reconstruct_from_star(workdir / "data" / "particles.star", workdir / "poses.star")
+    np.testing.assert_allclose(mrcfile.read(workdir / "reconstruction.mrc"), rec["map"], rtol=1e-3,
+                               atol=1e-3 * np.abs(rec["map"]).max())
+    assert mrcfile.read(workdir / "decoder.mrc").shape == (48, 48, 48)
+
+
+def test_true_poses_give_a_far_better_map_than_random_ones(finished_run, tmp_path):
+    """The final-map path at the true poses against random poses, on the tiny set's 96 images."""
+    data = finished_run[0] / "data"
+    truth = read_particles(data / "ground_truth_poses.star")
+    good = inversion.compare_with_truth(inversion.reconstruct_from_star(data / "particles.star",
+                                                                        data / "ground_truth_poses.star")["map"],
+                                        data / "ground_truth.mrc")
+    rng = np.random.default_rng(0)
+    random_euler = np.column_stack([rng.uniform(-180, 180, 96), np.degrees(np.arccos(rng.uniform(-1, 1, 96))),
+                                    rng.uniform(-180, 180, 96)])
+    from jaxcryo.io.star import write_particles_star
+
+    write_particles_star(tmp_path / "random.star", truth, euler_deg=random_euler)
+    bad = inversion.compare_with_truth(inversion.reconstruct_from_star(data / "particles.star", tmp_path / "random.star")["map"],
+                                       data / "ground_truth.mrc")
+    assert good["fsc05_angstrom"] < 30.0 and bad["fsc05_angstrom"] > 1.5 * good["fsc05_angstrom"], (good, bad)
 
 
 class Interrupt(Exception):
@@ -203,21 +227,34 @@ def test_bad_config_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_minus_9_at_any_moment_still_resumes(tmp_path):
+def test_fault_injection_kill_minus_9_at_random_moments(tmp_path):
+    """SIGKILL at seeded random moments (any stage, mid-checkpoint: one is saved every step, and at the
+    switch of a downsampled amortized stage), rerunning the same command each time: the run finishes
+    with the uninterrupted run's map and each epoch logged once."""
+    extra = ["--config.simulate.image_size=48", "--config.simulate.pixel_size_angstrom=4.0",
+             "--config.train.amortized_image_size=32", "--config.train.epochs_amortized=2",
+             "--config.train.epochs_autodecoding=2", "--config.train.checkpoint_every_steps=1"]
     reference = tmp_path / "reference"
-    p = _run_cli(reference, 1)
-    p.communicate(timeout=600)
+    start = time.perf_counter()
+    p = _run_cli(reference, 1, extra)
+    out, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, out[-2000:]
+    total = time.perf_counter() - start
     killed = tmp_path / "killed"
-    for delay in (25.0, 35.0):  # into the amortized stage, then into auto-decoding
-        p = _run_cli(killed, 1)
+    rng = np.random.default_rng(2026)
+    for delay in rng.uniform(0.15 * total, 0.95 * total, size=6):
+        p = _run_cli(killed, 1, extra)
         time.sleep(delay)
         p.send_signal(signal.SIGKILL)
         p.communicate()
-    p = _run_cli(killed, 1)
-    out, _ = p.communicate(timeout=600)
+    p = _run_cli(killed, 1, extra)
+    out, _ = p.communicate(timeout=900)
     assert p.returncode == 0, out[-2000:]
-    np.testing.assert_allclose(mrcfile.read(killed / "reconstruction.mrc"), mrcfile.read(reference / "reconstruction.mrc"),
-                               rtol=1e-5, atol=1e-6)
+    a, b = mrcfile.read(reference / "reconstruction.mrc"), mrcfile.read(killed / "reconstruction.mrc")
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.99
+    ends = [(r["stage"], r["epoch"]) for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())
+            if r.get("epoch_end")]
+    assert ends == [("amortized", 1), ("amortized", 2), ("autodecoding", 1), ("autodecoding", 2)]
 
 
 def test_evaluate_report_and_figures(finished_run):
@@ -230,7 +267,11 @@ def test_evaluate_report_and_figures(finished_run):
                 "fsc0143_masked_angstrom"):
         assert key in report and np.isfinite(report[key])
     assert report["pose_error_median_deg"] == pytest.approx(summary["pose_error_median_deg"], rel=1e-4)
-    assert 2 * 4.0 <= report["fsc05_unmasked_angstrom"] <= 48 * 4.0
+    # the report's FSC is that of its own aligned map against the truth, recomputed here
+    from jaxcryo import evaluate
+
+    curve = evaluate.fsc(mrcfile.read(workdir / "eval" / "aligned_map.mrc"), mrcfile.read(workdir / "data" / "ground_truth.mrc"))
+    assert report["fsc05_unmasked_angstrom"] == pytest.approx(evaluate.resolution_at(curve, 0.5, 4.0), rel=1e-3)
     for name in ("report.json", "fsc.csv", "aligned_map.mrc", "fsc.png", "map_views.png", "pose_error_per_epoch.png",
                  "resolution_vs_time.png", "winner_histogram.png", "head_error_sphere.png", "view_posterior.png"):
         assert (workdir / "eval" / name).exists(), name
@@ -253,7 +294,15 @@ def test_auto_switch_end_to_end(finished_run, tmp_path):
     assert summary["amortized_epochs_run"] == 2 and summary["switch_rule"] == "auto"
     ends = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     changes = [r["pose_change_median_deg"] for r in ends if r.get("epoch_end") and "pose_change_median_deg" in r]
-    assert len(changes) == 1 and 0 <= changes[0] < 180
+    # the logged change is the median angle between the two epochs' poses, recomputed with scipy
+    from scipy.spatial.transform import Rotation
+
+    def rotations(epoch):
+        euler = read_particles(tmp_path / f"epoch_{epoch:03d}" / "poses.star").euler_deg
+        return Rotation.from_euler("ZYZ", euler, degrees=True)
+
+    expected = np.median(np.degrees((rotations(1).inv() * rotations(2)).magnitude()))
+    assert len(changes) == 1 and changes[0] == pytest.approx(expected, abs=0.05)
     assert (tmp_path / "epoch_003" / "poses.star").exists() and not (tmp_path / "epoch_004").exists()
 
 
@@ -270,6 +319,8 @@ def test_half_sets_end_to_end(finished_run, tmp_path):
     assert poses.image_name.tolist() == read_particles(reference / "data" / "particles.star").image_name.tolist()
     with mrcfile.open(tmp_path / "reconstruction.mrc") as m:
         assert m.data.shape == (48, 48, 48) and m.voxel_size.x == pytest.approx(4.0)
-    assert 2 * 4.0 <= summary["fsc0143_halfmaps_unmasked_angstrom"] <= 48 * 4.0
-    assert (tmp_path / "halfsets" / "fsc.csv").exists()
+    csv = np.loadtxt(tmp_path / "halfsets" / "fsc.csv", delimiter=",", skiprows=1)
+    from jaxcryo import evaluate
+
+    assert summary["fsc0143_halfmaps_unmasked_angstrom"] == pytest.approx(evaluate.resolution_at(csv[:, 1], 0.143, 4.0))
     assert "pose_error_median_deg" in summary["half1"] and "pose_error_median_deg" in summary["half2"]

@@ -1,0 +1,51 @@
+"""Auto-decoding's global check: every image's pose against a fresh search with the current map.
+
+Per-image Adam only refines locally, so an image that left the amortized stage at the wrong mode (a
+pseudo-symmetric mate, or a coarse pose in the wrong basin) stays there. Every few auto-decoding
+epochs each image's current pose is compared with the best pose of a hierarchical search
+(``jaxcryo.search``) against the map as it now is, sharper than the amortized stage's; an image takes
+the searched pose when it is more likely (lower loss) and lies more than ``min_move_deg`` away (local
+polishing is Adam's job), and its Adam moments restart (their direction belonged to the old pose).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcryo import geometry
+from jaxcryo.dataset import device_batch
+from jaxcryo.io.loader import Batch
+
+RESET_ON_MOVE = ("pose_m", "pose_v", "shift_m", "shift_v", "pose_count")
+
+
+def research_poses(pose_search, state: dict, source, batch_size: int, sharding, replicated, radius: float, key,
+                   refine_shifts: bool, min_move_deg: float = 5.0) -> tuple[dict, float]:
+    """Returns the auto-decoding state with moved images updated and the fraction of images moved.
+
+    ``pose_search``: ``steps.make_pose_search``'s function; ``source``: the full-box ImageSource.
+    """
+    n = len(source.table)
+    rots, shifts = np.array(state["rotations"]), np.array(state["shifts"])
+    moved = np.zeros(n, bool)
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(start + batch_size, n))
+        padded = np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))])  # static batch shape
+        batch = device_batch(Batch(padded, source.read(padded)), source.table, sharding)
+        rows = jax.device_put((jnp.asarray(rots[padded]), jnp.asarray(shifts[padded])), sharding)
+        found, found_shift, found_loss, current = (np.asarray(x)[: len(idx)] for x in pose_search(
+            state["vol_params"], batch, radius, jax.random.fold_in(key, start), *rows))
+        far = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(found), jnp.asarray(rots[idx]))) > min_move_deg
+        better = (found_loss < current) & far
+        rots[idx[better]] = found[better]
+        if refine_shifts:
+            shifts[idx[better]] = found_shift[better]
+        moved[idx[better]] = True
+    new = dict(state, rotations=jnp.asarray(rots), shifts=jnp.asarray(shifts))
+    for name in RESET_ON_MOVE:
+        table = np.array(state[name])
+        table[moved] = 0
+        new[name] = jnp.asarray(table)
+    return jax.device_put(new, replicated), float(moved.mean())
