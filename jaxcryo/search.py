@@ -103,8 +103,8 @@ def search_poses(vol_h, ctf, target, mask, key, settings: SearchSettings, shift_
     """The hierarchical search: global over ``settings.n_global`` fresh random rotations, keep
     ``top_k`` per image, refine each locally (when ``n_local`` and ``rounds`` are > 0). Returns each
     image's best rotation (B, 3, 3), its loss (B,) and shift (B, 2) (None without ``shift_px``)."""
-    k_grid, k_local = jax.random.split(key)
-    grid = geometry.random_rotations(k_grid, (settings.n_global,), target.dtype)
+    grid = geometry.random_rotations(key, (settings.n_global,), target.dtype)
+    k_local = jax.random.fold_in(key, 1)
     offsets = shift_offsets(settings.shift_radius_px) if (shift_px is not None and settings.shift_radius_px) else None
     rots, loss, shifts = global_search(vol_h, grid, ctf, target, mask, shift_px, offsets, settings.top_k)
     if settings.n_local and settings.rounds:

@@ -10,6 +10,9 @@ Shifts (``model.estimate_shifts``): the heads also predict in-plane shifts, the 
 image's best shift at its winning rotation, and auto-decoding refines it per image. Shifts are kept
 in pixels of the full box; poses.star gets RELION's origins, -shift * pixel size (jaxcryo.io.table).
 Without estimation the particles are taken as centred (a known-pose star's origins are applied).
+
+Layout: ``Run`` holds the loop, checkpoints and the divergence guard; each stage's own pieces are in
+``jaxcryo.stages`` and the outputs in ``jaxcryo.outputs`` (mixins of ``Run``).
 """
 
 from __future__ import annotations
@@ -26,45 +29,17 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from jaxcryo import configcheck, evaluate, geometry, inversion, models, runio, steps
+from jaxcryo import configcheck, models, runio, steps
 from jaxcryo.dataset import AMORTIZED, device_batch, prepare_data, radial_log_amplitude
-from jaxcryo.io import InputError, read_particles
-from jaxcryo.io.loader import Batch, half_set_labels, iterate_batches, steps_per_epoch
-from jaxcryo.io.mrc import write_mrc
+from jaxcryo.io import InputError
+from jaxcryo.io.loader import iterate_batches, steps_per_epoch
+from jaxcryo.outputs import RunOutputs
 from jaxcryo.research import research_poses
 from jaxcryo.search import SearchSettings
-
-AUTODECODING = "autodecoding"
-
-
-def radius_at(config, stage: str, epoch_progress: float) -> float:
-    """Loss-disc radius (fraction of Nyquist): ramps from radius_start to radius_end during the first
-    radius_ramp_epochs of the amortized stage (frequency marching); radius_end afterwards."""
-    lc = config.loss
-    if stage != AMORTIZED or lc.radius_ramp_epochs <= 0:
-        return float(lc.radius_end)
-    t = min(epoch_progress / lc.radius_ramp_epochs, 1.0)
-    return float(lc.radius_start + t * (lc.radius_end - lc.radius_start))
+from jaxcryo.stages import AUTODECODING, AmortizedStage, AutodecodingStage, pose_lr_scale, radius_at
 
 
-def pose_lr_scale(train_config, stage_progress: float) -> float:
-    """Factor on the per-image pose and shift learning rates at a fraction of the auto-decoding stage:
-    cosine from 1 down to ``train.lr_pose_final_fraction`` (1 = constant, the paper's). Adam moves a
-    pose by about the learning rate per step whatever its gradient, so a constant rate leaves every
-    pose jittering by that much around its optimum; decaying it lets poses settle."""
-    final = float(train_config.get("lr_pose_final_fraction", 1.0))
-    t = min(max(stage_progress, 0.0), 1.0)
-    return final + (1.0 - final) * 0.5 * (1.0 + float(np.cos(np.pi * t)))
-
-
-def auto_switch_due(epochs_done: int, pose_change_median_deg: float | None, threshold_deg: float,
-                    min_epochs: int) -> bool:
-    """The automatic stage switch: poses have stopped moving (median change between the last two
-    epochs below threshold_deg) and at least min_epochs of auto-encoding are done."""
-    return epochs_done >= min_epochs and pose_change_median_deg is not None and pose_change_median_deg < threshold_deg
-
-
-class Run:
+class Run(AmortizedStage, AutodecodingStage, RunOutputs):
     """Holds the pieces of one reconstruction; ``run()`` executes or resumes it."""
 
     def __init__(self, config, workdir: pathlib.Path, devices=None):
@@ -115,95 +90,6 @@ class Run:
         self.radial = {src.image_size: radial_log_amplitude(src, seed=config.seed)
                        for src in (self.data.coarse, self.data.source)}
         self.start_time = time.perf_counter()
-
-    # ---- state construction -------------------------------------------------------------------
-    def init_amortized(self) -> dict:
-        key = jax.random.key(self.config.seed)
-        k_enc, k_vol = jax.random.split(key)
-        source = self.data.source_for(AUTODECODING if self.known_poses else AMORTIZED)
-        size = source.image_size
-        variables = self.infer_encoder.init(k_enc, jnp.zeros((2, size, size), jnp.float32), train=False)
-        vol = models.init_volume(size, self.radial[size], k_vol, self.config.model.volume_init_scale)
-        state = {"enc_params": variables["params"], "batch_stats": variables["batch_stats"],
-                 "enc_opt": self.enc_opt.init(variables["params"]), "vol_params": vol, "vol_opt": self.vol_opt.init(vol),
-                 "step": jnp.zeros((), jnp.int32)}
-        return jax.device_put(state, self.replicated)
-
-    def upsample_volume(self, vol_params) -> dict:
-        """Carry the amortized stage's volume to the full box: zero-pad its Hartley transform.
-
-        Coefficients are in 1/L-scaled image units and Fourier cropping keeps pixel values, so the
-        same frequency has L_full / L_coarse times the value in the larger box.
-        """
-        small, full = self.data.coarse.image_size, self.data.source.image_size
-        if small == full:
-            return vol_params
-        from jaxcryo import fourier
-
-        h = fourier.pad_center(models.volume_hartley(vol_params), full, ndim=3) * (full / small)
-        exponent = models.init_volume(full, self.radial[full], jax.random.key(0))["exponent"]
-        return jax.device_put(models.params_from_hartley(h, exponent), self.replicated)
-
-    def inverted(self, state) -> dict:
-        """``train.autodecoding_volume='inversion'``: the state's volume replaced by the Wiener-filtered
-        direct inversion of the images at the state's poses (``jaxcryo.inversion``): the volume that
-        best explains the images at those poses, where a few gradient steps per epoch only approach it."""
-        shifts = np.asarray(state["shifts"]) if self.uses_shifts else np.zeros((self.n, 2), np.float32)
-        rec = inversion.reconstruct(self.data.source, np.asarray(state["rotations"]), shifts,
-                                    half_set_labels(self.data.table, self.config.seed), self.config.train.batch_size)
-        h = models.hartley_from_map(rec["map"])
-        vol = models.params_from_hartley(h, state["vol_params"]["exponent"])
-        return dict(state, vol_params=jax.device_put(vol, self.replicated))
-
-    def init_autodecoding(self, vol_params, rotations: np.ndarray, shifts_px: np.ndarray) -> dict:
-        """Auto-decoding state: (N, 3, 3) rotations and (N, 2) shifts in pixels of the full box."""
-        state = {"vol_params": vol_params, "vol_opt": self.vol_opt_ad.init(vol_params),
-                 **steps.init_pose_tables(rotations, shifts_px)}
-        return jax.device_put(state, self.replicated)
-
-    def known_poses_from_file(self) -> tuple[np.ndarray, np.ndarray]:
-        """Rotations (N, 3, 3) and shifts (N, 2, pixels) of config.poses; shifts from its origins."""
-        poses = read_particles(self.config.poses)
-        if len(poses) != self.n or poses.euler_deg is None:
-            raise InputError(f"{self.config.poses}: need {self.n} rows with rlnAngleRot/Tilt/Psi, got {len(poses)}")
-        rots = np.asarray(geometry.euler_to_matrix(jnp.asarray(poses.euler_deg, jnp.float32)))
-        shifts = np.zeros((self.n, 2), np.float32)
-        if poses.origin_angstrom is not None:  # the particle sits at centre - origin (jaxcryo.io.table)
-            shifts = (-poses.origin_angstrom / self.data.source.pixel_size_angstrom).astype(np.float32)
-        return rots, shifts
-
-    def encoder_rotations(self, state, radius: float, heads_for: np.ndarray | None = None, passes: int = 1):
-        """Winning-head rotation (N, 3, 3), its shift (N, 2) in pixels of the full box and winner
-        index (N,) of every image, in table order; with ``heads_for`` (row indices) also every head's
-        rotation for those rows, (len, M, 3, 3). With a search, ``passes`` > 1 draws that many sets of
-        random candidates and keeps each image's best pose of all of them."""
-        bs = self.config.train.batch_size
-        rots, winners = np.zeros((self.n, 3, 3), np.float32), np.zeros(self.n, np.int64)
-        shifts = np.zeros((self.n, 2), np.float32)
-        to_full = self.data.source.image_size / self.data.coarse.image_size  # same shift in A, finer pixels
-        heads = None
-        if heads_for is not None:  # only the sampled rows are kept: memory stays bounded for any N
-            position = np.full(self.n, -1)
-            position[heads_for] = np.arange(len(heads_for))
-            heads = np.zeros((len(heads_for), self.config.model.n_heads, 3, 3), np.float32)
-        key = jax.random.key(self.config.seed + 7)
-        passes = passes if self.config.model.search_candidates else 1  # without a search every pass is the same
-        for start in range(0, self.n, bs):
-            idx = np.arange(start, min(start + bs, self.n))
-            padded = np.concatenate([idx, np.repeat(idx[-1:], bs - len(idx))])  # static batch shape
-            batch = device_batch(Batch(padded, self.data.coarse.read(padded)), self.data.table, self.batch_sharding)
-            best_loss = np.full(len(idx), np.inf)
-            for p in range(passes):  # pass 0 uses the key of a single pass: passes=1 is unchanged
-                pass_key = jax.random.fold_in(key, start if p == 0 else self.n * p + start)
-                r, t, w, all_heads, loss = (np.asarray(x)[: len(idx)] for x in self.encoder_inference(
-                    state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius, pass_key))
-                better = loss < best_loss
-                best_loss = np.where(better, loss, best_loss)
-                rots[idx[better]], winners[idx[better]], shifts[idx[better]] = r[better], w[better], t[better] * to_full
-            if heads is not None:
-                keep = position[idx] >= 0
-                heads[position[idx][keep]] = all_heads[keep]
-        return (rots, shifts, winners) if heads is None else (rots, shifts, winners, heads)
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> dict:
@@ -343,84 +229,6 @@ class Run:
     def save(self, state, progress: dict, what: str) -> None:
         self.check_finite(state, what)
         self.checkpoints.save(state, self.stamp(progress))
-
-    def current_poses(self, stage: str, state) -> tuple[np.ndarray, np.ndarray]:
-        """Rotations (N, 3, 3) and shifts (N, 2) in pixels of the full box, in table order."""
-        if stage == AMORTIZED:
-            return self.encoder_rotations(state, radius_at(self.config, AMORTIZED, 1e9))[:2]
-        return np.asarray(state["rotations"]), np.asarray(state["shifts"])
-
-    def write_outputs(self, stage: str, state, out: pathlib.Path) -> tuple[dict, np.ndarray]:
-        """reconstruction.mrc and poses.star into ``out``, and the evaluation against the ground truth
-        when one is known; returns (summary, rotations)."""
-        rots, shifts = self.current_poses(stage, state)
-        pixel = self.data.source_for(stage).pixel_size_angstrom
-        volume = runio.write_map(out / "reconstruction.mrc", models.volume_hartley(state["vol_params"]), pixel)
-        full_pixel = self.data.source.pixel_size_angstrom
-        shifts_angstrom = shifts * full_pixel if self.uses_shifts else None
-        # RELION's origin is the translation that centres the particle: minus its displacement
-        runio.write_poses(out / "poses.star", self.data.table, rots, None if shifts_angstrom is None else -shifts_angstrom)
-        summary = evaluate.summarize(volume, rots, pixel, self.data.ground_truth, self.data.ground_truth_poses,
-                                     shifts_angstrom, full_pixel)
-        return summary, rots
-
-    def end_of_epoch(self, stage: str, state, epoch: int) -> dict:
-        """Write epoch_NNN/ (NNN counts both stages) and evaluate; in the amortized stage also the median
-        change of every image's pose since the previous epoch (what the automatic switch watches)."""
-        summary, rots = self.write_outputs(stage, state, self.workdir / f"epoch_{epoch:03d}")
-        previous = self.workdir / f"epoch_{epoch - 1:03d}" / "poses.star"
-        if stage == AMORTIZED and previous.exists():  # read back from disk, so a resumed run sees it too
-            before = geometry.euler_to_matrix(jnp.asarray(read_particles(previous).euler_deg, jnp.float32))
-            change = geometry.geodesic_distance_deg(before, jnp.asarray(rots))
-            summary["pose_change_median_deg"] = float(jnp.median(change))
-        self.last_summary = summary
-        return summary
-
-    def should_switch(self, epochs_done: int) -> bool:
-        """train.switch='auto': leave auto-encoding once the images' poses stop moving (median change
-        between consecutive epochs below switch_threshold_deg), after at least switch_min_epochs."""
-        tc = self.config.train
-        change = getattr(self, "last_summary", {}).get("pose_change_median_deg")
-        if tc.switch != "auto" or not auto_switch_due(epochs_done, change, tc.switch_threshold_deg, tc.switch_min_epochs):
-            return False
-        logging.info("switching to auto-decoding after epoch %d: median pose change %.2f deg < %.2f deg",
-                     epochs_done, change, tc.switch_threshold_deg)
-        return True
-
-    def finish(self, state, progress: dict) -> dict:
-        """Final outputs: the learned volume as decoder.mrc, poses.star, and reconstruction.mrc made by a
-        Wiener-filtered direct inversion of the images at the final poses (``jaxcryo.inversion``; the
-        filter's SNR comes from the two half sets, whose FSC is the run's own resolution estimate)."""
-        stage = AUTODECODING if "rotations" in state else AMORTIZED
-        decoder, rots = self.write_outputs(stage, state, self.workdir)
-        (self.workdir / "reconstruction.mrc").replace(self.workdir / "decoder.mrc")
-        summary = {f"decoder_{k}": v for k, v in decoder.items() if k.startswith("fsc")}
-        summary.update(self.final_map(rots, np.asarray(self.current_poses(stage, state)[1])))
-        summary.update(elapsed_s=self.elapsed(), n_particles=self.n, switch_rule=self.config.train.switch,
-                       amortized_epochs_run=progress.get("amortized_epochs", 0), machine=runio.machine())
-        runio.write_json(self.workdir / "summary.json", summary)
-        logging.info("finished: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})
-        return summary
-
-    def final_map(self, rotations: np.ndarray, shifts_px: np.ndarray) -> dict:
-        """Write reconstruction.mrc (direct inversion at the final poses) and evaluate it."""
-        source = self.data.source
-        labels = half_set_labels(self.data.table, self.config.seed)
-        rec = inversion.reconstruct(source, rotations, shifts_px if self.uses_shifts else np.zeros_like(shifts_px),
-                                    labels, self.config.train.batch_size)
-        pixel = source.pixel_size_angstrom
-        write_mrc(self.workdir / "reconstruction.mrc", rec["map"], pixel)
-        evaluate.write_fsc_csv(self.workdir / "fsc_halfmaps.csv", {"unmasked": rec["fsc_half"],
-                                                                    "masked": rec["fsc_half_masked"]}, pixel)
-        out = {"fsc0143_halfmaps_angstrom": evaluate.resolution_at(rec["fsc_half"], 0.143, pixel),
-               "fsc0143_halfmaps_masked_angstrom": evaluate.resolution_at(rec["fsc_half_masked"], 0.143, pixel)}
-        logging.info("final map by direct inversion: half-map FSC 0.143 at %.2f A (soft mask %.2f A)",
-                     out["fsc0143_halfmaps_angstrom"], out["fsc0143_halfmaps_masked_angstrom"])
-        shifts_angstrom = shifts_px * self.data.source.pixel_size_angstrom if self.uses_shifts else None
-        out.update(evaluate.summarize(rec["map"], rotations, pixel, self.data.ground_truth, self.data.ground_truth_poses,
-                                      shifts_angstrom, pixel))
-        return out
-
 
 def _open_workdir(config, workdir: pathlib.Path) -> None:
     """Create the work directory, or check that the run it holds may be resumed with ``config``."""

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from experiments import quickstart
-from jaxcryo import inversion, train
+from jaxcryo import inversion, stages, train
 from jaxcryo.io import InputError, read_particles
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -280,10 +280,10 @@ def test_evaluate_report_and_figures(finished_run):
 
 
 def test_auto_switch_rule():
-    assert not train.auto_switch_due(1, 0.5, 2.0, min_epochs=2)  # too early
-    assert not train.auto_switch_due(3, None, 2.0, min_epochs=2)  # nothing to compare yet
-    assert not train.auto_switch_due(3, 2.5, 2.0, min_epochs=2)  # still moving
-    assert train.auto_switch_due(3, 1.9, 2.0, min_epochs=2)
+    assert not stages.auto_switch_due(1, 0.5, 2.0, min_epochs=2)  # too early
+    assert not stages.auto_switch_due(3, None, 2.0, min_epochs=2)  # nothing to compare yet
+    assert not stages.auto_switch_due(3, 2.5, 2.0, min_epochs=2)  # still moving
+    assert stages.auto_switch_due(3, 1.9, 2.0, min_epochs=2)
 
 
 def test_auto_switch_end_to_end(finished_run, tmp_path):

@@ -1,0 +1,88 @@
+"""A run's outputs, mixed into ``jaxcryo.train.Run``: epoch folders, the final map (direct inversion at
+the final poses, ``jaxcryo.inversion``) beside the learned volume (decoder.mrc), poses.star,
+summary.json, and the evaluation against a ground truth when one is known."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcryo import evaluate, geometry, inversion, models, runio
+from jaxcryo.dataset import AMORTIZED
+from jaxcryo.io import read_particles
+from jaxcryo.io.loader import half_set_labels
+from jaxcryo.io.mrc import write_mrc
+from jaxcryo.stages import AUTODECODING, radius_at
+
+
+class RunOutputs:
+    """What a run writes, from its state."""
+
+    def current_poses(self, stage: str, state) -> tuple[np.ndarray, np.ndarray]:
+        """Rotations (N, 3, 3) and shifts (N, 2) in pixels of the full box, in table order."""
+        if stage == AMORTIZED:
+            return self.encoder_rotations(state, radius_at(self.config, AMORTIZED, 1e9))[:2]
+        return np.asarray(state["rotations"]), np.asarray(state["shifts"])
+
+    def write_outputs(self, stage: str, state, out: pathlib.Path) -> tuple[dict, np.ndarray]:
+        """reconstruction.mrc and poses.star into ``out``, and the evaluation against the ground truth
+        when one is known; returns (summary, rotations)."""
+        rots, shifts = self.current_poses(stage, state)
+        pixel = self.data.source_for(stage).pixel_size_angstrom
+        volume = runio.write_map(out / "reconstruction.mrc", models.volume_hartley(state["vol_params"]), pixel)
+        full_pixel = self.data.source.pixel_size_angstrom
+        shifts_angstrom = shifts * full_pixel if self.uses_shifts else None
+        # RELION's origin is the translation that centres the particle: minus its displacement
+        runio.write_poses(out / "poses.star", self.data.table, rots, None if shifts_angstrom is None else -shifts_angstrom)
+        summary = evaluate.summarize(volume, rots, pixel, self.data.ground_truth, self.data.ground_truth_poses,
+                                     shifts_angstrom, full_pixel)
+        return summary, rots
+
+    def end_of_epoch(self, stage: str, state, epoch: int) -> dict:
+        """Write epoch_NNN/ (NNN counts both stages) and evaluate; in the amortized stage also the median
+        change of every image's pose since the previous epoch (what the automatic switch watches)."""
+        summary, rots = self.write_outputs(stage, state, self.workdir / f"epoch_{epoch:03d}")
+        previous = self.workdir / f"epoch_{epoch - 1:03d}" / "poses.star"
+        if stage == AMORTIZED and previous.exists():  # read back from disk, so a resumed run sees it too
+            before = geometry.euler_to_matrix(jnp.asarray(read_particles(previous).euler_deg, jnp.float32))
+            change = geometry.geodesic_distance_deg(before, jnp.asarray(rots))
+            summary["pose_change_median_deg"] = float(jnp.median(change))
+        self.last_summary = summary
+        return summary
+
+    def finish(self, state, progress: dict) -> dict:
+        """Final outputs: the learned volume as decoder.mrc, poses.star, and reconstruction.mrc made by a
+        Wiener-filtered direct inversion of the images at the final poses (``jaxcryo.inversion``; the
+        filter's SNR comes from the two half sets, whose FSC is the run's own resolution estimate)."""
+        stage = AUTODECODING if "rotations" in state else AMORTIZED
+        decoder, rots = self.write_outputs(stage, state, self.workdir)
+        (self.workdir / "reconstruction.mrc").replace(self.workdir / "decoder.mrc")
+        summary = {f"decoder_{k}": v for k, v in decoder.items() if k.startswith("fsc")}
+        summary.update(self.final_map(rots, np.asarray(self.current_poses(stage, state)[1])))
+        summary.update(elapsed_s=self.elapsed(), n_particles=self.n, switch_rule=self.config.train.switch,
+                       amortized_epochs_run=progress.get("amortized_epochs", 0), machine=runio.machine())
+        runio.write_json(self.workdir / "summary.json", summary)
+        logging.info("finished: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})
+        return summary
+
+    def final_map(self, rotations: np.ndarray, shifts_px: np.ndarray) -> dict:
+        """Write reconstruction.mrc (direct inversion at the final poses) and evaluate it."""
+        source = self.data.source
+        labels = half_set_labels(self.data.table, self.config.seed)
+        rec = inversion.reconstruct(source, rotations, shifts_px if self.uses_shifts else np.zeros_like(shifts_px),
+                                    labels, self.config.train.batch_size)
+        pixel = source.pixel_size_angstrom
+        write_mrc(self.workdir / "reconstruction.mrc", rec["map"], pixel)
+        evaluate.write_fsc_csv(self.workdir / "fsc_halfmaps.csv", {"unmasked": rec["fsc_half"],
+                                                                    "masked": rec["fsc_half_masked"]}, pixel)
+        out = {"fsc0143_halfmaps_angstrom": evaluate.resolution_at(rec["fsc_half"], 0.143, pixel),
+               "fsc0143_halfmaps_masked_angstrom": evaluate.resolution_at(rec["fsc_half_masked"], 0.143, pixel)}
+        logging.info("final map by direct inversion: half-map FSC 0.143 at %.2f A (soft mask %.2f A)",
+                     out["fsc0143_halfmaps_angstrom"], out["fsc0143_halfmaps_masked_angstrom"])
+        shifts_angstrom = shifts_px * self.data.source.pixel_size_angstrom if self.uses_shifts else None
+        out.update(evaluate.summarize(rec["map"], rotations, pixel, self.data.ground_truth, self.data.ground_truth_poses,
+                                      shifts_angstrom, pixel))
+        return out
