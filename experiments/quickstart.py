@@ -1,4 +1,11 @@
-"""Quickstart: the built-in phantom, 64 px at 3 A/px, SNR 0.1, reconstructed on a 2-core CPU."""
+"""Quickstart: the built-in phantom, 64 px at 3 A/px, SNR 0.1, reconstructed on a 2-core CPU.
+
+Beyond the paper's method (each a named option of experiments/common.py; see the README):
+* the amortized stage runs on 32 px images and a pose search competes with the encoder's heads
+  (2,048 fresh random rotations per step, ``jaxcryo.search``);
+* auto-decoding takes its volume from a direct inversion at the current poses after every epoch and,
+  every 2 epochs, checks each image's pose against a fresh global search (``jaxcryo.research``).
+"""
 
 import ml_collections
 
@@ -12,7 +19,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.search_candidates = 2048
     config.train.amortized_image_size = 32
     config.train.lr_encoder = 1e-3
-    config.train.epochs_amortized = 6  # on the phantom poses settle in 1-2 epochs: the rest is margin
+    config.train.epochs_amortized = 6  # poses settle in 2-5 epochs depending on the particle: the rest is margin
     config.train.epochs_autodecoding = 6
+    config.train.autodecoding_volume = "inversion"
+    config.train.research_every_epochs = 2
+    config.train.research_candidates = 2048
     config.model.estimate_shifts = False  # the simulated particles are centred; True for shifted data
     return config

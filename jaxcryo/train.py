@@ -84,7 +84,7 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
         self.research = None
         if tc.get("research_every_epochs", 0) and tc.get("research_candidates", 0) and not self.known_poses:
             self.research = steps.make_pose_search(px, lk, self.mesh, SearchSettings(
-                n_global=int(tc.research_candidates), top_k=4, n_local=8, sigma_deg=10.0, rounds=3))
+                n_global=int(tc.research_candidates), top_k=2, n_local=8, sigma_deg=10.0, rounds=3))
         self.checkpoints = runio.Checkpoints(workdir / "checkpoints")
         # data spectra (host numpy, computed once): the volume's initial exponent at each box size
         self.radial = {src.image_size: radial_log_amplitude(src, seed=config.seed)

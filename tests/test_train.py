@@ -118,7 +118,7 @@ def test_resume_mid_stage_gives_the_uninterrupted_result(finished_run, tmp_path,
     assert steps == sorted(steps)  # records past the checkpoint were dropped, none duplicated
 
 
-@pytest.mark.parametrize("overrides", [dict(lr_volume=1e30), dict(lr_volume_autodecoding=1e38)])
+@pytest.mark.parametrize("overrides", [dict(lr_volume=1e30), dict(lr_volume_autodecoding=1e38, autodecoding_volume="gradient")])
 def test_divergence_stops_with_a_clear_message_and_keeps_only_finite_checkpoints(finished_run, tmp_path, overrides):
     reference, _ = finished_run
     (tmp_path / "data").symlink_to(reference / "data")
