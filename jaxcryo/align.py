@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcryo import fourier, geometry
+from jaxcryo import fourier, frames, geometry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +43,6 @@ def rotate(volume: jax.Array, rotation: jax.Array) -> jax.Array:
     src = _grid(size) @ rotation  # rows (Q^T p)^T
     coords = src[:, ::-1].T + size // 2
     return jax.scipy.ndimage.map_coordinates(volume, list(coords), order=1, mode="constant").reshape(volume.shape)
-
-
-def mirror(volume):
-    """W(p) = V(M p): flip z about the centre index (works on numpy and jax arrays)."""
-    size = volume.shape[0]
-    return jnp.roll(jnp.flip(jnp.asarray(volume), axis=0), 2 * (size // 2) - (size - 1), axis=0)
 
 
 def _prepare(volume: np.ndarray, size: int, resolution_fraction: float = 0.5) -> jax.Array:
@@ -97,7 +91,7 @@ def align_volumes(moving: np.ndarray, reference: np.ndarray, n_rotations: int = 
     score_all = jax.jit(jax.vmap(lambda v, q: _xcorr_peak(ref_f, rotate(v, q))[0], in_axes=(None, 0)))
     candidates = []
     for mirrored in (False, True):
-        mov = _prepare(mirror(moving) if mirrored else moving, search_size)
+        mov = _prepare(frames.mirror(moving) if mirrored else moving, search_size)
         scores = np.concatenate([np.asarray(score_all(mov, rotations[i : i + 500])) for i in range(0, n_rotations, 500)])
         for i in np.argsort(-scores)[:3]:
             candidates.append((float(scores[i]), mirrored, np.asarray(rotations[i])))
@@ -105,12 +99,12 @@ def align_volumes(moving: np.ndarray, reference: np.ndarray, n_rotations: int = 
     ref_rf = jnp.fft.fftn(ref_r)
     best = None
     for _, mirrored, q0 in sorted(candidates, key=lambda c: -c[0])[:4]:
-        mov = _prepare(mirror(moving) if mirrored else moving, refine_size, 0.6)
+        mov = _prepare(frames.mirror(moving) if mirrored else moving, refine_size, 0.6)
         q, score = _refine(mov, ref_r, ref_rf, jnp.asarray(q0), refine_steps)
         if best is None or score > best[0]:
             best = (score, mirrored, q)
     score, mirrored, q = best
-    rotated = rotate(jnp.asarray(mirror(moving) if mirrored else moving, jnp.float32), jnp.asarray(q))
+    rotated = rotate(jnp.asarray(frames.mirror(moving) if mirrored else moving, jnp.float32), jnp.asarray(q))
     return Alignment(rotation=np.asarray(q), shift_voxels=align_translation(rotated, reference), mirrored=mirrored,
                      score=score)
 
@@ -160,17 +154,13 @@ def _refine(mov, ref, ref_f, q0, steps: int, lr: float = 0.02):
 
 def apply_alignment(volume: np.ndarray, alignment: Alignment) -> np.ndarray:
     """The moving map in the reference frame (rotation in Fourier space on a 2x grid, then the shift)."""
-    from jaxcryo import evaluate
-
-    rotated = evaluate.align_map(volume, alignment.rotation, alignment.mirrored)
+    rotated = frames.align_map(volume, alignment.rotation, alignment.mirrored)
     return np.asarray(fourier_shift(jnp.asarray(rotated), jnp.asarray(alignment.shift_voxels, jnp.float32)), np.float32)
 
 
 def align_known_rotation(volume: np.ndarray, reference: np.ndarray, rotation: np.ndarray, mirrored: bool) -> np.ndarray:
     """The map in the reference frame when its rotation and hand are known (e.g. from its poses):
     rotated and un-mirrored, then moved by the FFT cross-correlation peak's translation."""
-    from jaxcryo import evaluate
-
-    rotated = evaluate.align_map(volume, rotation, mirrored)
+    rotated = frames.align_map(volume, rotation, mirrored)
     shift = align_translation(rotated, reference)
     return np.asarray(fourier_shift(jnp.asarray(rotated), jnp.asarray(shift, jnp.float32)), np.float32)

@@ -3,19 +3,18 @@
 Frames: a reconstruction is defined up to a global rotation Q and a mirror. If the map is
 V_est(p) = V_true(Q p), its poses are R_est = R_true Q (``jaxcryo.geometry`` convention); a mirrored
 map V_est(p) = W(M p), M = diag(1, 1, -1), has poses M R_W M. ``align_poses`` finds Q and the hand by
-robust least squares on SO(3); ``align_map`` applies them to the map (in Fourier space, on a 2x
+robust least squares on SO(3); ``frames.align_map`` applies them to the map (in Fourier space, on a 2x
 oversampled grid, so high frequencies are not blurred by real-space interpolation).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import jax
 import jax.numpy as jnp
 
-from jaxcryo import fourier, geometry, slicing
+from jaxcryo import align, fourier, geometry
+from jaxcryo.frames import MIRROR
 
-MIRROR = np.diag([1.0, 1.0, -1.0])
 
 
 def fsc(vol_a: np.ndarray, vol_b: np.ndarray) -> np.ndarray:
@@ -111,25 +110,6 @@ def align_poses(r_est: np.ndarray, r_true: np.ndarray) -> dict:
     return best
 
 
-def align_map(volume: np.ndarray, q: np.ndarray, mirrored: bool) -> np.ndarray:
-    """Bring a map with poses R_est into the true frame: undo the mirror, then V(p) <- V(Q^T p)."""
-    vol = jnp.asarray(volume, jnp.float32)
-    if mirrored:  # W(p) = V(M p): flip z about the centre index
-        from jaxcryo.align import mirror
-
-        vol = mirror(vol)
-    size = vol.shape[-1]
-    big = slicing.volume_to_hartley(vol, oversample=2)
-    c = (jnp.arange(size) - size // 2).astype(jnp.float32)
-    kz, ky, kx = jnp.meshgrid(c, c, c, indexing="ij")
-    k = jnp.stack([kx, ky, kz], -1).reshape(-1, 3)
-    src = k @ jnp.asarray(q, jnp.float32)  # rows (Q^T k)^T = k^T Q
-    coords = src[:, ::-1].T * 2 + size  # (z, y, x) indices on the 2x grid (origin at size)
-    h = jax.scipy.ndimage.map_coordinates(big, list(coords), order=1, mode="constant").reshape(size, size, size)
-    # the 2x grid's transform is of the padded map: its values at even indices equal the D grid's
-    return np.asarray(fourier.iht(h, 3))
-
-
 def shift_errors(rotations: np.ndarray, shifts_est: np.ndarray, shifts_true: np.ndarray, iters: int = 4) -> dict:
     """Per-image shift errors (N,) after removing the map's own translation; shifts (N, 2), any unit.
 
@@ -181,7 +161,6 @@ def summarize(volume: np.ndarray, rotations: np.ndarray, pixel_size_angstrom: fl
     (a map is only defined up to a shift, which the images' shifts absorb)."""
     if not ground_truth_poses:
         return {}
-    from jaxcryo import align
     from jaxcryo.io import read_volume
 
     a, out = pose_errors(rotations, ground_truth_poses, shifts_angstrom, shift_pixel_angstrom)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import align, evaluate, geometry, runio
+from jaxcryo import align, evaluate, frames, geometry, runio
 from jaxcryo.io import read_particles, read_volume, write_mrc
 from jaxcryo.io.loader import half_set_labels
 from jaxcryo.io.star import write_particles_star
@@ -116,7 +116,7 @@ def combine(workdir: pathlib.Path, table, labels, halves, summaries, ground_trut
             origins[entry["rows"]] = poses.origin_angstrom
         if half == 2:
             if alignment.mirrored:
-                r = evaluate.MIRROR @ r @ evaluate.MIRROR
+                r = frames.MIRROR @ r @ frames.MIRROR
             r = r @ alignment.rotation.T.astype(np.float32)
             origins[entry["rows"]] += (r @ alignment.shift_voxels.astype(np.float32))[:, :2] * pixel
         rotations[entry["rows"]] = r

@@ -14,10 +14,14 @@ other seeds back (``experiments/zoo.py``).
 
 from __future__ import annotations
 
+import os
+import pathlib
+
 import jax.numpy as jnp
 import numpy as np
 
 from jaxcryo import fourier
+from jaxcryo.io.table import InputError
 
 FAMILY = ("compact", "elongated", "flat", "dimer", "trimer", "ring", "multidomain", "atomic")
 
@@ -120,6 +124,54 @@ def dimer_phantom(box_size: int = 64, voxel_size_angstrom: float = 3.0, resoluti
     return vol / vol.max()
 
 
+def shared_model_path() -> pathlib.Path:
+    """The 6VXX spike model of the project's shared data ($JAXCRYO_SHARED, else ../shared beside the repo)."""
+    root = os.environ.get("JAXCRYO_SHARED") or pathlib.Path(__file__).resolve().parents[2] / "shared"
+    return pathlib.Path(root) / "data" / "atomic_models" / "6vxx.pdb.gz"
+
+
+def read_atoms(path: str | pathlib.Path, chain: str | None = None, max_residue: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Atom positions (P, 3) in A, centred on the centre of mass, and atomic numbers (P,) of a PDB/mmCIF
+    model's first model (one chain and residues up to max_residue if given); gemmi reads it (.gz accepted)."""
+    try:
+        import gemmi
+    except ImportError:
+        raise InputError(f"{path}: reading atomic models needs gemmi: pip install 'jaxcryo[atoms]'") from None
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: atomic model not found")
+    try:
+        structure = gemmi.read_structure(str(path))
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable PDB/mmCIF file ({exc})") from None
+    xyz, z = [], []
+    for ch in structure[0]:
+        if chain is not None and ch.name != chain:
+            continue
+        for residue in ch:
+            if max_residue is not None and residue.seqid.num > max_residue:
+                continue
+            for atom in residue:
+                xyz.append((atom.pos.x, atom.pos.y, atom.pos.z))
+                z.append(atom.element.atomic_number)
+    if not xyz:
+        raise InputError(f"{path}: no atoms in the first model" + (f" (chain {chain})" if chain else ""))
+    xyz, z = np.asarray(xyz), np.asarray(z, np.float64)
+    return xyz - np.average(xyz, axis=0, weights=z), z
+
+
+def atomic_model_volume(path: str | pathlib.Path, box_size: int, voxel_size_angstrom: float,
+                        resolution_angstrom: float) -> np.ndarray:
+    """Density of a PDB/mmCIF model (gemmi; .gz accepted), atoms weighted by atomic number, centred."""
+    xyz, z = read_atoms(path)
+    extent = np.abs(xyz).max() * 2
+    if extent > box_size * voxel_size_angstrom:
+        raise InputError(f"{path}: molecule spans {extent:.0f} A, larger than the box "
+                         f"{box_size} x {voxel_size_angstrom} A = {box_size * voxel_size_angstrom:.0f} A")
+    vol = render_points(xyz, z, box_size, voxel_size_angstrom, resolution_angstrom)
+    return vol / vol.max()
+
+
 # ---- the family ----------------------------------------------------------------------------------
 
 def _unit(rng, n: int = 1) -> np.ndarray:
@@ -205,9 +257,7 @@ def _multidomain(rng, box_a: float) -> np.ndarray:
 def _atomic(rng, box_a: float) -> np.ndarray:
     """The S1 subunit (residues up to 685) of one chain of the 6VXX spike (shared/data/atomic_models),
     about 110 A across, randomly turned (needs gemmi)."""
-    from jaxcryo import simulate
-
-    xyz = simulate.read_atoms(simulate.shared_model_path(), chain="A", max_residue=685)[0]
+    xyz = read_atoms(shared_model_path(), chain="A", max_residue=685)[0]
     q = np.linalg.qr(rng.normal(size=(3, 3)))[0]
     return xyz @ (q * np.sign(np.linalg.det(q))).T
 

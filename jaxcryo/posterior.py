@@ -25,7 +25,7 @@ def equal_area_cell(views: np.ndarray, n_z: int, n_phi: int) -> tuple[np.ndarray
 def per_head_error_maps(heads: np.ndarray, r_true: np.ndarray, q: np.ndarray, mirrored: bool,
                         n_z: int = 12, n_phi: int = 24) -> np.ndarray:
     """(S, M, 3, 3) head poses, (S, 3, 3) true poses, global alignment -> (M, n_z, n_phi) mean error (deg)."""
-    from jaxcryo.evaluate import MIRROR
+    from jaxcryo.frames import MIRROR
 
     if mirrored:
         heads = MIRROR @ heads @ MIRROR

@@ -14,7 +14,6 @@ whole stack, as for a real detector).
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import time
 
@@ -24,54 +23,6 @@ import numpy as np
 
 from jaxcryo import ctf, fourier, geometry, phantoms, slicing
 from jaxcryo.io.table import InputError
-
-
-def shared_model_path() -> pathlib.Path:
-    """The 6VXX spike model of the project's shared data ($JAXCRYO_SHARED, else ../shared beside the repo)."""
-    root = os.environ.get("JAXCRYO_SHARED") or pathlib.Path(__file__).resolve().parents[2] / "shared"
-    return pathlib.Path(root) / "data" / "atomic_models" / "6vxx.pdb.gz"
-
-
-def read_atoms(path: str | pathlib.Path, chain: str | None = None, max_residue: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Atom positions (P, 3) in A, centred on the centre of mass, and atomic numbers (P,) of a PDB/mmCIF
-    model's first model (one chain and residues up to max_residue if given); gemmi reads it (.gz accepted)."""
-    try:
-        import gemmi
-    except ImportError:
-        raise InputError(f"{path}: reading atomic models needs gemmi: pip install 'jaxcryo[atoms]'") from None
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: atomic model not found")
-    try:
-        structure = gemmi.read_structure(str(path))
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable PDB/mmCIF file ({exc})") from None
-    xyz, z = [], []
-    for ch in structure[0]:
-        if chain is not None and ch.name != chain:
-            continue
-        for residue in ch:
-            if max_residue is not None and residue.seqid.num > max_residue:
-                continue
-            for atom in residue:
-                xyz.append((atom.pos.x, atom.pos.y, atom.pos.z))
-                z.append(atom.element.atomic_number)
-    if not xyz:
-        raise InputError(f"{path}: no atoms in the first model" + (f" (chain {chain})" if chain else ""))
-    xyz, z = np.asarray(xyz), np.asarray(z, np.float64)
-    return xyz - np.average(xyz, axis=0, weights=z), z
-
-
-def atomic_model_volume(path: str | pathlib.Path, box_size: int, voxel_size_angstrom: float,
-                        resolution_angstrom: float) -> np.ndarray:
-    """Density of a PDB/mmCIF model (gemmi; .gz accepted), atoms weighted by atomic number, centred."""
-    xyz, z = read_atoms(path)
-    extent = np.abs(xyz).max() * 2
-    if extent > box_size * voxel_size_angstrom:
-        raise InputError(f"{path}: molecule spans {extent:.0f} A, larger than the box "
-                         f"{box_size} x {voxel_size_angstrom} A = {box_size * voxel_size_angstrom:.0f} A")
-    vol = phantoms.render_points(xyz, z, box_size, voxel_size_angstrom, resolution_angstrom)
-    return vol / vol.max()
 
 
 def resample_volume(volume: np.ndarray, voxel_size_angstrom: float, target_box: int,
@@ -151,7 +102,7 @@ def load_volume(cfg, box_size: int, voxel_size_angstrom: float) -> np.ndarray:
         vol, voxel = read_volume(path)
         return resample_volume(vol, voxel if voxel > 0 else voxel_size_angstrom, box_size, voxel_size_angstrom)
     if any(suffixes.endswith(s) for s in (".pdb", ".cif", ".ent", ".pdb.gz", ".cif.gz", ".ent.gz", ".mmcif")):
-        return atomic_model_volume(path, box_size, voxel_size_angstrom, cfg.resolution_angstrom or 2.5 * voxel_size_angstrom)
+        return phantoms.atomic_model_volume(path, box_size, voxel_size_angstrom, cfg.resolution_angstrom or 2.5 * voxel_size_angstrom)
     raise InputError(f"{path}: unknown volume source (expected 'phantom', 'dimer_phantom', "
                      "'family:NAME:SEED', .mrc/.map or .pdb/.cif[.gz])")
 

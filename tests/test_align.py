@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from jaxcryo import align, evaluate, fourier, geometry, phantoms
+from jaxcryo import align, fourier, frames, geometry, phantoms
 
 
 def _shift(volume, t):
@@ -22,9 +22,9 @@ def test_align_volumes_recovers_rotation_shift_and_hand(mirrored):
     reference = phantoms.protein_phantom(40, 4.0, resolution_angstrom=12.0, seed=1)
     q = Rotation.from_euler("zyz", [123, 57, -40], degrees=True).as_matrix()
     t = np.array([2.3, -1.6, 0.8])
-    moving = evaluate.align_map(_shift(reference, t), q.T, mirrored=False)  # W(r) = V(Q r + t)
+    moving = frames.align_map(_shift(reference, t), q.T, mirrored=False)  # W(r) = V(Q r + t)
     if mirrored:
-        moving = np.asarray(align.mirror(moving))
+        moving = np.asarray(frames.mirror(moving))
     result = align.align_volumes(moving, reference, n_rotations=3000, search_size=20, refine_size=40)
     assert result.mirrored == mirrored
     angle = float(geometry.geodesic_distance_deg(jnp.asarray(result.rotation, jnp.float32), jnp.asarray(q, jnp.float32)))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from jaxcryo import evaluate, fourier, slicing
+from jaxcryo import evaluate, fourier, frames, slicing
 from references import blob_volume
 
 
@@ -39,7 +39,7 @@ def test_align_poses_recovers_global_rotation_and_hand(mirrored):
     q = Rotation.random(random_state=2).as_matrix()
     r_est = r_true @ q
     if mirrored:
-        r_est = evaluate.MIRROR @ r_est @ evaluate.MIRROR
+        r_est = frames.MIRROR @ r_est @ frames.MIRROR
     noise = Rotation.from_rotvec(np.random.default_rng(3).normal(scale=np.radians(1.0), size=(300, 3))).as_matrix()
     r_est = r_est @ noise
     r_est[:30] = Rotation.random(30, random_state=4).as_matrix()  # 10 % outliers
@@ -63,7 +63,7 @@ def test_align_poses_finds_a_mode_when_poses_split_between_two(mirrored):
     r_est = r_est @ Rotation.from_rotvec(rng.normal(scale=np.radians(2.0), size=(400, 3))).as_matrix()
     r_est[360:] = Rotation.random(40, random_state=8).as_matrix()
     if mirrored:
-        r_est = evaluate.MIRROR @ r_est @ evaluate.MIRROR
+        r_est = frames.MIRROR @ r_est @ frames.MIRROR
     a = evaluate.align_poses(r_est, r_true)
     err = a["rotation_error_deg"]
     assert a["mirrored"] == mirrored
@@ -86,8 +86,8 @@ def test_align_map_undoes_rotation_and_mirror():
     coords = src[:, ::-1].T * 4 + 2 * size
     h = ndimage.map_coordinates(np.asarray(big), coords, order=1).reshape((size,) * 3)
     est = np.asarray(fourier.iht(jnp.asarray(h), 3))
-    back = evaluate.align_map(est, q, mirrored=False)
+    back = frames.align_map(est, q, mirrored=False)
     assert np.linalg.norm(back - vol) / np.linalg.norm(vol) < 0.05
     mirrored = np.roll(np.flip(est, axis=0), 1, axis=0)  # V(M p) about index size // 2
-    back = evaluate.align_map(mirrored, q, mirrored=True)
+    back = frames.align_map(mirrored, q, mirrored=True)
     assert np.linalg.norm(back - vol) / np.linalg.norm(vol) < 0.05

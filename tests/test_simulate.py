@@ -108,7 +108,7 @@ def test_atomic_model_density(tmp_path):
     model.add_chain(chain)
     st.add_model(model)
     st.write_pdb(str(tmp_path / "two.pdb"))
-    vol = simulate.atomic_model_volume(tmp_path / "two.pdb", 32, 2.0, 6.0)
+    vol = phantoms.atomic_model_volume(tmp_path / "two.pdb", 32, 2.0, 6.0)
     # centre of mass (weights Z=6, 8) at the box centre: C at x = +10 - shift, O at -10 - shift
     shift = (6 * 10 - 8 * 10) / 14
     line = vol[16, 16]
