@@ -194,6 +194,7 @@ def _losses(workdir):
             if not r.get("epoch_end")]
 
 
+@pytest.mark.slow  # two end-to-end runs in subprocesses
 def test_two_devices_give_the_same_losses_as_one(tmp_path):
     procs = [_run_cli(tmp_path / f"d{n}", n) for n in (1, 2)]
     for p in procs:
@@ -204,6 +205,7 @@ def test_two_devices_give_the_same_losses_as_one(tmp_path):
     np.testing.assert_allclose([v for _, v in two], [v for _, v in one], rtol=2e-4)
 
 
+@pytest.mark.slow  # two end-to-end runs in subprocesses
 def test_half_sets_on_two_devices_run_concurrently_with_the_sequential_result(tmp_path):
     procs = [_run_cli(tmp_path / f"d{n}", n, ["--config.halfsets=True"]) for n in (1, 2)]
     outs = []

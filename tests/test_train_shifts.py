@@ -11,7 +11,7 @@ from jaxcryo import train
 from jaxcryo.io import read_particles
 from test_train import Interrupt, _interrupt_after, tiny_config
 
-BOX, PIXEL = 32, 6.0
+BOX, PIXEL = 48, 4.0
 
 
 def shifted_config(**train_overrides):
