@@ -61,7 +61,7 @@ def resolution_at(curve: np.ndarray, threshold: float, pixel_size_angstrom: floa
     if len(below) == 0:
         return 2.0 * pixel_size_angstrom
     i = below[0] + 1  # first shell below; shell i-1 is above
-    frac = (curve[i - 1] - threshold) / (curve[i - 1] - curve[i])
+    frac = (curve[i - 1] - threshold) / max(curve[i - 1] - curve[i], 1e-12)  # a flat step crosses at once
     radius = (i - 1) + frac
     return float(size * pixel_size_angstrom / max(radius, 1e-9))
 
