@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxcryo import ctf as ctf_lib
 from jaxcryo import evaluate, fourier, losses, slicing
+from jaxcryo.io.loader import padded_chunks
 from jaxcryo.io.table import CTF_FIELDS
 
 PAD = 1
@@ -61,9 +62,7 @@ def accumulate(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.
     for half in (1, 2):
         rows = np.nonzero(labels == half)[0]
         num, w = jnp.zeros((size,) * 3, jnp.float32), jnp.zeros((size,) * 3, jnp.float32)
-        for start in range(0, len(rows), batch_size):
-            idx = rows[start:start + batch_size]
-            padded = np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))])  # static shapes
+        for _, idx, padded in padded_chunks(rows, batch_size):
             keep = (np.arange(batch_size) < len(idx)).astype(np.float32)
             num, w = insert(num, w, jnp.asarray(source.read(padded)), {k: v[padded] for k, v in fields.items()},
                             jnp.asarray(rotations[padded], jnp.float32), jnp.asarray(shifts_px[padded], jnp.float32),

@@ -14,7 +14,7 @@ import numpy as np
 from jaxcryo import fourier, geometry, inversion, models, steps
 from jaxcryo.dataset import AMORTIZED, device_batch
 from jaxcryo.io import InputError, read_particles
-from jaxcryo.io.loader import Batch, half_set_labels
+from jaxcryo.io.loader import Batch, half_set_labels, padded_chunks
 
 AUTODECODING = "autodecoding"
 
@@ -90,9 +90,7 @@ class AmortizedStage:
             heads = np.zeros((len(heads_for), self.config.model.n_heads, 3, 3), np.float32)
         key = jax.random.key(self.config.seed + 7)
         passes = passes if self.config.model.search_candidates else 1  # without a search every pass is the same
-        for start in range(0, self.n, bs):
-            idx = np.arange(start, min(start + bs, self.n))
-            padded = np.concatenate([idx, np.repeat(idx[-1:], bs - len(idx))])  # static batch shape
+        for start, idx, padded in padded_chunks(np.arange(self.n), bs):
             batch = device_batch(Batch(padded, self.data.coarse.read(padded)), self.data.table, self.batch_sharding)
             best_loss = np.full(len(idx), np.inf)
             for p in range(passes):  # pass 0 uses the key of a single pass: passes=1 is unchanged

@@ -133,6 +133,14 @@ def iterate_batches(source: ImageSource, batch_size: int, seed: int, epoch: int,
                 thread.join(timeout=0.05)
 
 
+def padded_chunks(rows: np.ndarray, batch_size: int):
+    """Consecutive chunks of ``rows``, each padded to ``batch_size`` by repeating its last row (static
+    batch shapes, so one compiled program serves every chunk): yields (start, chunk, padded chunk)."""
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        yield start, chunk, np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk))])
+
+
 def half_set_labels(table: ParticleTable, seed: int) -> np.ndarray:
     """(N,) labels in {1, 2}: the table's rlnRandomSubset when present, else a seeded even split."""
     if table.random_subset is not None and set(np.unique(table.random_subset).tolist()) <= {1, 2}:
