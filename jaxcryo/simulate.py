@@ -9,6 +9,12 @@ translation that re-centres it, ``rlnOriginXAngst/YAngst = -t * pixel size``. Th
 SNR (the paper's definition): variance of the noise-free images / variance of the noise, with the
 signal variance measured over the first chunk of clean images (the noise level is then fixed for the
 whole stack, as for a real detector).
+
+Realistic effects (each off by default, each a ``simulate.*`` option; none is written to the star, so
+a reconstruction is not told them): a B-factor envelope exp(-B |k|^2 / 4) on the signal; a per-particle
+contrast scale uniform in 1 +- ``contrast_spread`` and background offset N(0, (offset_std * noise std)^2);
+coloured noise whose power falls from ``noise_color`` times its Nyquist value at |k| = 0
+(``noise_power_shape``); astigmatism and shifts as before.
 """
 
 from __future__ import annotations
@@ -71,13 +77,33 @@ def clean_images(volume_hartley, rotations, shifts_px, ctf_values):
 
 
 def simulate_chunk(volume_hartley, params: SimulatedParams, image_size: int, voxel_size_angstrom: float,
-                   voltage_kv: float, cs_mm: float, amplitude_contrast: float) -> np.ndarray:
-    ctf_values = ctf.ctf_grid(image_size, voxel_size_angstrom, defocus_u_angstrom=params.defocus_u_angstrom,
+                   voltage_kv: float, cs_mm: float, amplitude_contrast: float, b_factor_angstrom2: float = 0.0) -> np.ndarray:
+    k2 = np.sum(np.asarray(fourier.frequency_grid_2d(image_size, voxel_size_angstrom)) ** 2, axis=-1)
+    envelope = jnp.asarray(np.exp(-b_factor_angstrom2 * k2 / 4.0), jnp.float32)
+    ctf_values = envelope * ctf.ctf_grid(image_size, voxel_size_angstrom, defocus_u_angstrom=params.defocus_u_angstrom,
                               defocus_v_angstrom=params.defocus_v_angstrom, defocus_angle_deg=params.defocus_angle_deg,
                               voltage_kv=voltage_kv, spherical_aberration_mm=cs_mm,
                               amplitude_contrast=amplitude_contrast).astype(jnp.float32)
     out = clean_images(volume_hartley, jnp.asarray(params.rotations), jnp.asarray(params.shifts_px, jnp.float32), ctf_values)
     return np.asarray(out)
+
+
+def noise_power_shape(size: int, color: float) -> np.ndarray:
+    """(L, L) relative noise power on the centred grid: color ** (1 - |k| / Nyquist) inside the Nyquist
+    circle, 1 beyond, scaled to mean 1 (so the pixel variance is unchanged); color 1 = white."""
+    k = np.asarray(fourier.radial_index_grid(size)) / (size // 2)
+    shape = np.where(k < 1.0, float(color) ** (1.0 - np.minimum(k, 1.0)), 1.0)
+    return shape / shape.mean()
+
+
+def coloured_noise(rng: np.random.Generator, n: int, size: int, std: float, power: np.ndarray | None) -> np.ndarray:
+    """(n, L, L) Gaussian noise of pixel standard deviation ``std`` with relative power ``power`` (L, L)
+    on the centred frequency grid (None: white)."""
+    white = rng.normal(0.0, std, size=(n, size, size))
+    if power is None:
+        return white.astype(np.float32)
+    f = np.fft.fft2(white) * np.sqrt(np.fft.ifftshift(power))
+    return np.fft.ifft2(f).real.astype(np.float32)
 
 
 def load_volume(cfg, box_size: int, voxel_size_angstrom: float) -> np.ndarray:
@@ -112,7 +138,8 @@ def simulate_dataset(cfg, outdir: str | pathlib.Path, log=print) -> dict:
 
     ``cfg`` fields: volume, n_images, image_size, pixel_size_angstrom, snr, max_shift_fraction,
     defocus_angstrom, defocus_log_std, astigmatism_angstrom, voltage_kv, spherical_aberration_mm,
-    amplitude_contrast, chunk_size, seed. Every file is written under a temporary name and renamed
+    amplitude_contrast, chunk_size, seed, and the optional realistic effects b_factor_angstrom2,
+    contrast_spread, offset_std, noise_color (see the module docstring). Every file is written under a temporary name and renamed
     when complete, so an interrupted run leaves no half dataset.
     """
     from jaxcryo.io import mrc
@@ -133,16 +160,25 @@ def simulate_dataset(cfg, outdir: str | pathlib.Path, log=print) -> dict:
     writer = mrc.StackWriter(outdir / "particles.mrcs", n, size, pixel)
     noise_std = None
     all_params = []
+    b_factor, spread = float(cfg.get("b_factor_angstrom2", 0.0)), float(cfg.get("contrast_spread", 0.0))
+    offset_std, color = float(cfg.get("offset_std", 0.0)), float(cfg.get("noise_color", 1.0))
+    if b_factor < 0 or not 0 <= spread < 1 or offset_std < 0 or color <= 0:
+        raise InputError(f"simulate config: need b_factor_angstrom2 >= 0, 0 <= contrast_spread < 1, offset_std >= 0, "
+                         f"noise_color > 0; got {b_factor}, {spread}, {offset_std}, {color}")
+    power = None if color == 1.0 else noise_power_shape(size, color)
     for chunk_start in range(0, n, cfg.chunk_size):
         m = min(cfg.chunk_size, n - chunk_start)
         key, sub = jax.random.split(key)
         params = draw_params(rng, sub, m, cfg.max_shift_fraction * size, cfg.defocus_angstrom, cfg.defocus_log_std,
                              cfg.astigmatism_angstrom)
         clean = simulate_chunk(vol_h, params, size, pixel, cfg.voltage_kv, cfg.spherical_aberration_mm,
-                               cfg.amplitude_contrast)
+                               cfg.amplitude_contrast, b_factor)
         if noise_std is None:
             noise_std = float(np.sqrt(clean.var(axis=(1, 2)).mean() / cfg.snr))
-        writer.write(clean + rng.normal(0.0, noise_std, size=clean.shape).astype(np.float32))
+        scale = 1.0 + rng.uniform(-spread, spread, size=(m, 1, 1)) if spread else 1.0
+        offset = rng.normal(0.0, offset_std * noise_std, size=(m, 1, 1)) if offset_std else 0.0
+        noise = coloured_noise(rng, m, size, noise_std, power)
+        writer.write((clean * scale + offset + noise).astype(np.float32))
         all_params.append(params)
     writer.close()
     rot = np.concatenate([p.rotations for p in all_params])
