@@ -54,9 +54,10 @@ class RunOutputs:
         return summary
 
     def finish(self, state, progress: dict) -> dict:
-        """Final outputs: the learned volume as decoder.mrc, poses.star, and reconstruction.mrc made by a
-        Wiener-filtered direct inversion of the images at the final poses (``jaxcryo.inversion``; the
-        filter's SNR comes from the two half sets, whose FSC is the run's own resolution estimate)."""
+        """Final outputs: the learned volume as decoder.mrc, poses.star (RELION 3.1, with the half sets as
+        rlnRandomSubset) and poses.cs (cryoSPARC), and reconstruction.mrc made by a Wiener-filtered
+        direct inversion of the images at the final poses (``jaxcryo.inversion``; the filter's SNR
+        comes from the two half sets, whose FSC is the run's own resolution estimate)."""
         stage = AUTODECODING if "rotations" in state else AMORTIZED
         decoder, rots = self.write_outputs(stage, state, self.workdir)
         (self.workdir / "reconstruction.mrc").replace(self.workdir / "decoder.mrc")
@@ -73,7 +74,7 @@ class RunOutputs:
         source = self.data.source
         labels = half_set_labels(self.data.table, self.config.seed)
         rec = inversion.reconstruct(source, rotations, shifts_px if self.uses_shifts else np.zeros_like(shifts_px),
-                                    labels, self.config.train.batch_size)
+                                    labels, self.inference_batch)
         pixel = source.pixel_size_angstrom
         write_mrc(self.workdir / "reconstruction.mrc", rec["map"], pixel)
         evaluate.write_fsc_csv(self.workdir / "fsc_halfmaps.csv", {"unmasked": rec["fsc_half"],
@@ -83,6 +84,9 @@ class RunOutputs:
         logging.info("final map by direct inversion: half-map FSC 0.143 at %.2f A (soft mask %.2f A)",
                      out["fsc0143_halfmaps_angstrom"], out["fsc0143_halfmaps_masked_angstrom"])
         shifts_angstrom = shifts_px * self.data.source.pixel_size_angstrom if self.uses_shifts else None
+        # the final poses again, with the half sets of this map (rlnRandomSubset), and for cryoSPARC
+        runio.write_poses(self.workdir / "poses.star", self.data.table, rotations,
+                          None if shifts_angstrom is None else -shifts_angstrom, labels, cs_too=True)
         out.update(evaluate.summarize(rec["map"], rotations, pixel, self.data.ground_truth, self.data.ground_truth_poses,
                                       shifts_angstrom, pixel))
         return out

@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxcryo import geometry, slicing
+from jaxcryo.io.cryosparc import write_cs
 from jaxcryo.io.mrc import write_mrc
 from jaxcryo.io.star import write_particles_star
 from jaxcryo.io.table import ParticleTable
@@ -100,8 +101,10 @@ def write_map(path: pathlib.Path, volume_h: jax.Array, pixel_size_angstrom: floa
 
 
 def write_poses(path: pathlib.Path, table: ParticleTable, rotations: np.ndarray,
-                origin_angstrom: np.ndarray | None = None) -> None:
-    """RELION star with the input's rows and columns, poses replaced by ``rotations`` (N, 3, 3).
+                origin_angstrom: np.ndarray | None = None, random_subset: np.ndarray | None = None,
+                cs_too: bool = False) -> None:
+    """RELION star with the input's rows and columns, poses replaced by ``rotations`` (N, 3, 3) (and,
+    with ``cs_too``, the same poses as a cryoSPARC .cs beside it, ``jaxcryo.io.cryosparc.write_cs``).
 
     Without estimated shifts the model treats particles as centred, so any input origins are written
     as 0 to stay consistent with the map.
@@ -110,7 +113,9 @@ def write_poses(path: pathlib.Path, table: ParticleTable, rotations: np.ndarray,
     euler = np.asarray(geometry.matrix_to_euler(jnp.asarray(rotations, jnp.float32)), np.float64)
     if origin_angstrom is None and table.origin_angstrom is not None:
         origin_angstrom = np.zeros((len(table), 2))
-    write_particles_star(path, table, euler_deg=euler, origin_angstrom=origin_angstrom)
+    write_particles_star(path, table, euler_deg=euler, origin_angstrom=origin_angstrom, random_subset=random_subset)
+    if cs_too:
+        write_cs(path.with_suffix(".cs"), table, rotations, origin_angstrom, random_subset)
 
 
 def write_json(path: pathlib.Path, obj) -> None:

@@ -9,6 +9,7 @@ is in pixels of ``alignments3D/psize_A``, with RELION's origin sign (rlnOriginX 
 from __future__ import annotations
 
 import pathlib
+import zlib
 
 import numpy as np
 
@@ -74,3 +75,70 @@ def read_cs(path: pathlib.Path, datadir: str | None = None) -> ParticleTable:
         origin_angstrom=origin,
         random_subset=subset,
     )
+
+
+def write_cs(path, table: ParticleTable, rotations: np.ndarray, origin_angstrom: np.ndarray | None,
+             random_subset: np.ndarray | None = None) -> None:
+    """A cryoSPARC particle file for import: the reader's conventions inverted.
+
+    ``rotations`` (N, 3, 3) in our (RELION's) convention -> ``alignments3D/pose`` = log(A^T) (f4, 3);
+    ``origin_angstrom`` (N, 2) RELION origins -> ``alignments3D/shift`` in pixels of
+    ``alignments3D/psize_A`` (the stack's pixel size); ``random_subset`` in {1, 2} -> ``alignments3D/split``.
+    When the input was a .cs, every one of its fields is kept (``blob/*``, ``ctf/*``, ``uid``, ...) and
+    only the alignments are replaced; otherwise ``uid``, ``blob/*`` and ``ctf/*`` are made from the table.
+    Written under a temporary name and renamed.
+    """
+    import jax.numpy as jnp
+
+    from jaxcryo import geometry
+
+    n = len(table)
+    pose = np.asarray(geometry.so3_log(jnp.asarray(np.swapaxes(rotations, -1, -2), jnp.float32)), np.float32)
+    psize = np.asarray(table.pixel_size_angstrom, np.float32)
+    origin = np.zeros((n, 2)) if origin_angstrom is None else np.asarray(origin_angstrom, np.float64)
+    ours = {"alignments3D/pose": (pose, ("<f4", (3,))), "alignments3D/shift": ((origin / psize[:, None]).astype(np.float32), ("<f4", (2,))),
+            "alignments3D/psize_A": (psize, "<f4")}
+    if random_subset is not None:
+        ours["alignments3D/split"] = (np.asarray(random_subset, np.uint32) - 1, "<u4")
+    base = _input_fields(table)
+    fields = [(name, base[name].dtype.descr[0][1] if base[name].ndim == 1 else (base[name].dtype.str, base[name].shape[1:]))
+              for name in base if name not in ours]
+    dtype = np.dtype(fields + [(name, spec) for name, (_, spec) in ours.items()])
+    out = np.zeros(n, dtype)
+    for name in base:
+        if name not in ours:
+            out[name] = base[name]
+    for name, (values, _) in ours.items():
+        out[name] = values
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:  # np.save to a file object keeps the .cs name
+        np.save(f, out)
+    tmp.replace(path)
+
+
+def _input_fields(table: ParticleTable) -> dict:
+    """The input .cs's own fields (when the table came from one with the same rows), else a minimal
+    import set made from the table."""
+    source = pathlib.Path(table.source)
+    if source.suffix == ".cs" and source.exists():
+        data = np.load(source, allow_pickle=False)
+        if len(data) == len(table):
+            # stale 3D alignments go (ours replace them); 2D classification and the rest stay
+            return {name: data[name] for name in data.dtype.names
+                    if not name.startswith(("alignments3D", "alignments_class_"))}
+    n = len(table)
+    blob_path = np.array([str(p) for p in table.image_path], dtype="S")  # resolved: importable from anywhere
+    return {
+        "uid": np.random.default_rng(zlib.crc32(str(table.source).encode())).integers(1, 2**63, n, dtype=np.uint64),
+        "blob/path": blob_path, "blob/idx": np.asarray(table.image_index, np.uint32),
+        "blob/shape": np.repeat(np.asarray(table.image_size, np.uint32)[:, None], 2, axis=1),
+        "blob/psize_A": np.asarray(table.pixel_size_angstrom, np.float32),
+        "ctf/accel_kv": np.asarray(table.voltage_kv, np.float32), "ctf/cs_mm": np.asarray(table.spherical_aberration_mm, np.float32),
+        "ctf/amp_contrast": np.asarray(table.amplitude_contrast, np.float32),
+        "ctf/df1_A": np.asarray(table.defocus_u_angstrom, np.float32), "ctf/df2_A": np.asarray(table.defocus_v_angstrom, np.float32),
+        "ctf/df_angle_rad": np.radians(np.asarray(table.defocus_angle_deg)).astype(np.float32),
+        "ctf/phase_shift_rad": np.radians(np.asarray(table.phase_shift_deg)).astype(np.float32),
+        "ctf/bfactor": np.asarray(table.b_factor_angstrom2, np.float32),
+        "ctf/exp_group_id": np.asarray(table.optics_group, np.uint32),
+    }
