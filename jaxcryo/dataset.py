@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import fourier, losses
+from jaxcryo import fourier, losses, noisemodel
 from jaxcryo.io import InputError, check_stacks, read_particles
 from jaxcryo.io.loader import ImageSource
 from jaxcryo.io.table import CTF_FIELDS, ParticleTable
@@ -25,6 +25,7 @@ class Data:
     coarse: ImageSource  # images for the amortized stage (Fourier-cropped when amortized_image_size is set)
     ground_truth: str | None
     ground_truth_poses: str | None
+    particle_diameter_angstrom: float | None = None  # given or estimated when an option needed it
 
     def source_for(self, stage: str) -> ImageSource:
         return self.coarse if stage == AMORTIZED else self.source
@@ -36,7 +37,8 @@ def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
     if not particles:
         if "simulate" not in config or not config.simulate.volume:
             raise InputError("config: give data.particles (a .star/.cs/.mrcs) or simulate.volume (a map or PDB "
-                             "model to simulate particles from)")
+                             "model to simulate particles from); for your own stack use "
+                             "--config=experiments/particles.py --config.data.particles=PATH")
         from jaxcryo.simulate import simulate_dataset
 
         data_dir = workdir / "data"
@@ -49,12 +51,27 @@ def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
     source = ImageSource(table, stacks, config.data.image_size or None, config.data.invert_contrast)
     source.estimate_normalization(seed=config.seed)
     coarse = source
-    if 0 < config.train.amortized_image_size < source.image_size:
-        coarse = ImageSource(table, stacks, config.train.amortized_image_size, config.data.invert_contrast)
+    coarse_size = amortized_box(config.train, source.image_size, source.pixel_size_angstrom)
+    if coarse_size < source.image_size:
+        coarse = ImageSource(table, stacks, coarse_size, config.data.invert_contrast)
         coarse.mean, coarse.std = source.mean, source.std  # same scaling: the volume carries over
+    diameter = noisemodel.set_up(source, coarse, config.data, config.seed, log,
+                                 need_diameter=bool(config.model.get("volume_mask", False)))
     log(f"{len(table)} particles from {particles}: box {source.input_size} -> {source.image_size} px, "
         f"{source.pixel_size_angstrom:.3f} A/px (amortized stage at {coarse.image_size} px)")
-    return Data(table, source, coarse, gt or None, gt_poses or None)
+    return Data(table, source, coarse, gt or None, gt_poses or None, diameter)
+
+
+def amortized_box(train_config, box: int, pixel_size_angstrom: float) -> int:
+    """The amortized stage's box: ``train.amortized_image_size`` when set, else, with
+    ``train.amortized_resolution_angstrom`` > 0, the smallest even box (>= 32 px, <= the full box) whose
+    Nyquist reaches that resolution: the stage finds coarse poses, which need no finer detail."""
+    size = int(train_config.amortized_image_size)
+    resolution = float(train_config.get("amortized_resolution_angstrom", 0.0))
+    if size <= 0 and resolution > 0:
+        size = 2 * int(np.ceil(box * pixel_size_angstrom / resolution))
+        size = max(size, 32)
+    return min(size, box) if size > 0 else box
 
 
 def radial_log_amplitude(source: ImageSource, n_images: int = 256, seed: int = 0) -> np.ndarray:
@@ -62,7 +79,7 @@ def radial_log_amplitude(source: ImageSource, n_images: int = 256, seed: int = 0
     initial exponent, so the mantissa starts O(1) at every frequency."""
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(source.table), size=min(n_images, len(source.table)), replace=False))
-    h = np.asarray(losses.images_to_hartley(jnp.asarray(source.read(rows))))
+    h = np.asarray(losses.images_to_hartley(jnp.asarray(source.normalized(rows))))  # the volume is not whitened
     radius = np.round(np.asarray(fourier.radial_index_grid(source.image_size))).astype(int)
     power = np.bincount(radius.ravel(), (h**2).mean(axis=0).ravel()) / np.maximum(np.bincount(radius.ravel()), 1)
     return 0.5 * np.log(np.maximum(power, 1e-12))
@@ -70,6 +87,8 @@ def radial_log_amplitude(source: ImageSource, n_images: int = 256, seed: int = 0
 
 def device_batch(batch, table: ParticleTable, sharding) -> dict:
     out = {"images": batch.images, "index": batch.index.astype(np.int32)}
+    if batch.noise_radial is not None:
+        out["noise_radial"] = batch.noise_radial
     for key in CTF_FIELDS:
         out[key] = getattr(table, key)[batch.index].astype(np.float32)
     return jax.device_put(out, sharding)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcryo import ctf as ctf_lib
-from jaxcryo import evaluate, fourier, losses, slicing
+from jaxcryo import evaluate, fourier, losses, noise, slicing
 from jaxcryo.io.loader import padded_chunks
 from jaxcryo.io.table import CTF_FIELDS
 
@@ -32,7 +32,8 @@ PAD = 1
 
 
 @functools.partial(jax.jit, donate_argnums=(0, 1))
-def insert(numerator, weights, images, ctf_fields: dict, rotations, shifts_px, keep, pixel_size_angstrom):
+def insert(numerator, weights, images, ctf_fields: dict, rotations, shifts_px, keep, pixel_size_angstrom,
+           noise_radial=None):
     """Add a batch to the accumulators.
 
     Args:
@@ -40,11 +41,15 @@ def insert(numerator, weights, images, ctf_fields: dict, rotations, shifts_px, k
       images: (B, L, L) real images; ctf_fields: the CTF_FIELDS of each image, (B,) each.
       rotations: (B, 3, 3); shifts_px: (B, 2) particle displacements (x, y) in pixels.
       keep: (B,) 1 for real rows, 0 for the rows that pad the last batch to a static shape.
+      noise_radial: (B, R) whitening profiles of whitened images (``jaxcryo.noise``), or None.
     """
     size = numerator.shape[-1]
-    h = fourier.ht(fourier.pad_center(images, size))
+    h = fourier.ht(fourier.pad_center(images.astype(numerator.dtype), size))
     h = losses.shift_hartley(h, -shifts_px)  # re-centre each particle
     ctf = ctf_lib.ctf_grid(size, pixel_size_angstrom, **ctf_fields).astype(h.dtype) * keep[:, None, None]
+    if noise_radial is not None:  # the same frequency on the padded grid: radius scaled by L / P
+        box = images.shape[-1]
+        ctf = ctf * noise_radial[:, np.round(noise.radius_grid(size) * box / size).astype(np.int32)].astype(ctf.dtype)
     _, adjoint = jax.vjp(lambda v: slicing.extract_slices(v, rotations, size), numerator)
     return numerator + adjoint(h * ctf)[0], weights + adjoint(ctf**2)[0]
 
@@ -64,9 +69,10 @@ def accumulate(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.
         num, w = jnp.zeros((size,) * 3, jnp.float32), jnp.zeros((size,) * 3, jnp.float32)
         for _, idx, padded in padded_chunks(rows, batch_size):
             keep = (np.arange(batch_size) < len(idx)).astype(np.float32)
-            num, w = insert(num, w, jnp.asarray(source.read(padded)), {k: v[padded] for k, v in fields.items()},
+            batch = source.batch(padded)
+            num, w = insert(num, w, jnp.asarray(batch.images), {k: v[padded] for k, v in fields.items()},
                             jnp.asarray(rotations[padded], jnp.float32), jnp.asarray(shifts_px[padded], jnp.float32),
-                            jnp.asarray(keep), float(source.pixel_size_angstrom))
+                            jnp.asarray(keep), float(source.pixel_size_angstrom), batch.noise_radial)
         out_num.append(np.asarray(num))
         out_w.append(np.asarray(w))
     return np.stack(out_num), np.stack(out_w)

@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxcryo import geometry
 from jaxcryo.dataset import device_batch
-from jaxcryo.io.loader import Batch, padded_chunks
+from jaxcryo.io.loader import padded_chunks
 
 RESET_ON_MOVE = ("pose_m", "pose_v", "shift_m", "shift_v", "pose_count")
 
@@ -31,7 +31,7 @@ def research_poses(pose_search, state: dict, source, batch_size: int, sharding, 
     rots, shifts = np.array(state["rotations"]), np.array(state["shifts"])
     moved = np.zeros(n, bool)
     for start, idx, padded in padded_chunks(np.arange(n), batch_size):
-        batch = device_batch(Batch(padded, source.read(padded)), source.table, sharding)
+        batch = device_batch(source.batch(padded), source.table, sharding)
         rows = jax.device_put((jnp.asarray(rots[padded]), jnp.asarray(shifts[padded])), sharding)
         found, found_shift, found_loss, current = (np.asarray(x)[: len(idx)] for x in pose_search(
             state["vol_params"], batch, radius, jax.random.fold_in(key, start), *rows))

@@ -8,7 +8,8 @@ table (auto-decoding) is replicated and its rows are gathered and scattered by b
 the same jitted program.
 
 Batch layout (a dict of arrays, leading axis B): ``images`` (B, L, L) float32, ``index`` (B,) int32
-(rows of the particle table), and the CTF fields of ``jaxcryo.io.table.CTF_FIELDS`` (B,) float32.
+(rows of the particle table), the CTF fields of ``jaxcryo.io.table.CTF_FIELDS`` (B,) float32 and, for
+whitened images, ``noise_radial`` (B, R) (``jaxcryo.noise``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from jaxcryo import ctf as ctf_lib
-from jaxcryo import geometry, losses, models, search, slicing
+from jaxcryo import geometry, losses, models, noise, search, slicing
 from jaxcryo.io.table import CTF_FIELDS
 
 AXIS = "data"
@@ -38,6 +39,8 @@ def _targets(batch: dict, pixel_size_angstrom: float, radius_fraction):
     images = batch["images"]
     size = images.shape[-1]
     ctf = ctf_lib.ctf_grid(size, pixel_size_angstrom, **{k: batch[k] for k in CTF_FIELDS}).astype(images.dtype)
+    if "noise_radial" in batch:  # whitened images: the model's CTF is whitened alike (jaxcryo.noise)
+        ctf = ctf * noise.expand_radial(batch["noise_radial"], size)
     return losses.images_to_hartley(images), ctf, slicing.frequency_mask(size, radius_fraction)
 
 

@@ -6,18 +6,19 @@ import numpy as np
 
 from jaxcryo import ctf as ctf_lib
 from jaxcryo import evaluate, geometry, inversion, phantoms, simulate, slicing
+from jaxcryo.io.loader import Batch
 from jaxcryo.io.table import CTF_FIELDS
 
 
 class _ArraySource:
-    """The two things inversion.accumulate reads from an ImageSource: read(rows) and the CTF table."""
+    """The two things inversion.accumulate reads from an ImageSource: batch(rows) and the CTF table."""
 
     def __init__(self, images, table, pixel):
         self.images, self.table, self.pixel_size_angstrom = images, table, pixel
         self.image_size = images.shape[-1]
 
-    def read(self, rows):
-        return self.images[rows]
+    def batch(self, rows):
+        return Batch(rows, self.images[rows])
 
 
 class _Table:

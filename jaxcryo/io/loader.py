@@ -4,8 +4,11 @@
   (epoch, step) can be reproduced after a restart without saving the permutation.
 * Memory: at most ``prefetch + 1`` batches live on the host, whatever N is.
 * Images: read as stored, optionally contrast-inverted, Fourier-cropped to ``image_size`` (pixel size
-  scales by L_in / L_out) and normalised as ``(x - mean) / std`` with statistics measured once on a
-  seeded sample of images (``estimate_normalization``) so every batch is scaled alike.
+  scales by L_in / L_out) and normalised, either as ``(x - mean) / std`` with statistics measured once
+  on a seeded sample of images (``estimate_normalization``) so every batch is scaled alike, or per
+  particle over its background as RELION does (``use_noise_model``); then optionally whitened by its
+  optics group's radial profile (``jaxcryo.noise``), which each Batch carries (``noise_radial``) so
+  the CTF can be whitened alike on the device.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import threading
 
 import numpy as np
 
+from jaxcryo import noise
 from jaxcryo.io.mrc import Stack
 from jaxcryo.io.table import InputError, ParticleTable
 
@@ -35,7 +39,8 @@ def fourier_crop_numpy(images: np.ndarray, new_size: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Batch:
     index: np.ndarray  # (B,) int64 rows of the particle table
-    images: np.ndarray  # (B, L, L) float32, normalised
+    images: np.ndarray  # (B, L, L) float32, normalised (and whitened when the source whitens)
+    noise_radial: np.ndarray | None = None  # (B, R) float32 whitening profiles (jaxcryo.noise), or None
 
 
 class ImageSource:
@@ -52,6 +57,14 @@ class ImageSource:
         self.sign = -1.0 if invert_contrast else 1.0
         self.pixel_size_angstrom = table.common_pixel_size * self.input_size / self.image_size
         self.mean, self.std = 0.0, 1.0
+        self.background: np.ndarray | None = None  # (L, L) weights: normalise each particle over them
+        self.profiles: np.ndarray | None = None  # (G, R) whitening profiles, one per optics group
+        self.group_row: np.ndarray | None = None  # (N,) row of ``profiles`` for each particle
+
+    def use_noise_model(self, background: np.ndarray | None, profiles: np.ndarray | None = None,
+                        group_row: np.ndarray | None = None) -> None:
+        """Per-particle normalisation over ``background`` (L, L) and/or whitening by ``profiles`` (G, R)."""
+        self.background, self.profiles, self.group_row = background, profiles, group_row
 
     def read_raw(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), self.input_size, self.input_size), np.float32)
@@ -76,8 +89,24 @@ class ImageSource:
             raise InputError(f"{self.table.source}: images have zero variance")
         return self.mean, self.std
 
+    def normalized(self, rows: np.ndarray) -> np.ndarray:
+        """Images scaled to unit noise but not whitened, (B, L, L)."""
+        raw = self.read_raw(rows)
+        if self.background is not None:
+            return noise.normalize_per_particle(raw, self.background)
+        return (raw - self.mean) / self.std
+
+    def noise_radial(self, rows: np.ndarray) -> np.ndarray | None:
+        return None if self.profiles is None else self.profiles[self.group_row[rows]]
+
     def read(self, rows: np.ndarray) -> np.ndarray:
-        return (self.read_raw(rows) - self.mean) / self.std
+        images = self.normalized(rows)
+        if self.profiles is not None:
+            images = noise.apply_radial_filter(images, self.noise_radial(rows))
+        return images
+
+    def batch(self, rows: np.ndarray) -> "Batch":
+        return Batch(rows, self.read(rows), self.noise_radial(rows))
 
 
 def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
@@ -109,7 +138,7 @@ def iterate_batches(source: ImageSource, batch_size: int, seed: int, epoch: int,
                 if stop.is_set():
                     return
                 index = order[step * batch_size : (step + 1) * batch_size]
-                q.put((step, Batch(index=index, images=source.read(index))))
+                q.put((step, source.batch(index)))
             q.put(None)
         except BaseException as exc:  # surfaced in the consumer
             q.put(exc)

@@ -1,0 +1,123 @@
+"""Real noise: the particle's extent, the background noise power spectrum, whitening, contrast sign.
+
+Conventions (stated once here):
+* Radial profiles are indexed by the integer radius r = round(|k|) in pixels of the box's frequency
+  grid (r = L/2 is Nyquist); the corners run to r = ceil(L / sqrt 2). Shape (R,), R = ``n_radii(L)``.
+* Power is that of the Hartley/Fourier coefficients scaled by 1/L (``jaxcryo.losses.images_to_hartley``),
+  so white noise of unit pixel variance has power 1 at every radius.
+* Whitening by w(r) = 1 / sqrt(power(r)) applies to the images *and* to the CTF (the model is
+  w * CTF * slice + white noise of unit variance), which turns the Gaussian likelihood's unit-variance
+  assumption into a true statement about coloured noise.
+* The background is everything outside a circle of the particle's diameter (RELION's choice), with a
+  soft cosine edge so the spectrum is not ringed by a hard cut.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LOWPASS_ANGSTROM = 20.0  # shape and contrast estimates look at low resolution, where the CTF spreads little
+
+
+def n_radii(size: int) -> int:
+    return int(np.ceil(size / np.sqrt(2.0))) + 1
+
+
+def radius_grid(size: int) -> np.ndarray:
+    """(L, L) distance in pixels from the box centre (L // 2, L // 2), the centred-FFT convention."""
+    c = np.arange(size) - size // 2
+    return np.sqrt(c[:, None] ** 2 + c[None, :] ** 2)
+
+
+def background_mask(size: int, diameter_px: float, edge_px: float = 3.0) -> np.ndarray:
+    """(L, L) weights: 0 inside the particle circle, 1 beyond diameter/2 + edge, cosine in between."""
+    t = np.clip((radius_grid(size) - diameter_px / 2.0) / max(edge_px, 1e-6), 0.0, 1.0)
+    return 0.5 - 0.5 * np.cos(np.pi * t)
+
+
+def normalize_per_particle(images: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """(B, L, L) images scaled as RELION does: background mean 0 and standard deviation 1 per image."""
+    w = background / background.sum()
+    mean = np.einsum("bij,ij->b", images, w)[:, None, None]
+    var = np.einsum("bij,ij->b", (images - mean) ** 2, w)[:, None, None]
+    return ((images - mean) / np.sqrt(np.maximum(var, 1e-12))).astype(np.float32)
+
+
+def radial_average(values: np.ndarray, size: int) -> np.ndarray:
+    """(..., L, L) values on the centred frequency grid -> (R,) mean per integer radius."""
+    r = np.round(radius_grid(size)).astype(int).ravel()
+    flat = values.reshape(-1, size * size).mean(axis=0)
+    return np.bincount(r, flat, n_radii(size)) / np.maximum(np.bincount(r, minlength=n_radii(size)), 1)
+
+
+def noise_power(images: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """(R,) background noise power per radius from (B, L, L) images: the power spectrum of the images
+    multiplied by the background weights, divided by the weights' mean square (the fraction of the
+    image each spectrum was measured on)."""
+    size = images.shape[-1]
+    masked = (images - np.einsum("bij,ij->b", images, background / background.sum())[:, None, None]) * background
+    f = np.fft.fftshift(np.fft.fft2(masked), axes=(-2, -1)) / size
+    return radial_average(np.abs(f) ** 2, size) / np.mean(background**2)
+
+
+def whitening_profile(power: np.ndarray) -> np.ndarray:
+    """(R,) w = 1 / sqrt(power); bins with no measurable power (none should have any) keep w = 1."""
+    ok = np.isfinite(power) & (power > 1e-8 * np.nanmax(power))
+    return np.where(ok, 1.0 / np.sqrt(np.where(ok, power, 1.0)), 1.0).astype(np.float32)
+
+
+def expand_radial(profiles, size: int):
+    """(B, R) profiles -> (B, L, L) on the centred frequency grid (numpy or jax arrays)."""
+    index = np.round(radius_grid(size)).astype(np.int32)
+    return profiles[:, index]
+
+
+def apply_radial_filter(images: np.ndarray, profiles: np.ndarray) -> np.ndarray:
+    """Filter (B, L, L) real images by per-image radial profiles (B, R) in Fourier space."""
+    size = images.shape[-1]
+    f = np.fft.fft2(np.fft.ifftshift(images, axes=(-2, -1)))
+    filt = np.fft.ifftshift(expand_radial(profiles, size), axes=(-2, -1))
+    return np.fft.fftshift(np.fft.ifft2(f * filt), axes=(-2, -1)).real.astype(np.float32)
+
+
+def _lowpass(images: np.ndarray, pixel_size_angstrom: float, phase_flip: np.ndarray | None = None) -> np.ndarray:
+    """Gaussian low-pass to ~LOWPASS_ANGSTROM, optionally multiplied by sign(CTF) (B, L, L) first."""
+    size = images.shape[-1]
+    k = radius_grid(size) / (size * pixel_size_angstrom)  # 1/A
+    filt = np.exp(-0.5 * (k * LOWPASS_ANGSTROM) ** 2)
+    if phase_flip is not None:
+        filt = filt * phase_flip
+    f = np.fft.fft2(np.fft.ifftshift(images, axes=(-2, -1))) * np.fft.ifftshift(filt, axes=(-2, -1))
+    return np.fft.fftshift(np.fft.ifft2(f), axes=(-2, -1)).real
+
+
+def estimate_diameter_px(images: np.ndarray, pixel_size_angstrom: float) -> float:
+    """The particle's diameter in pixels from (B, L, L) centred particle images: where the radial
+    profile of the low-passed images' variance across the stack falls to the noise floor (measured in
+    the box's corners) plus 10 % of its peak above it. Sign-free, so the CTF's phase flips do not
+    matter; its delocalisation at 20 A widens the estimate by a few nm, which errs on the safe side."""
+    size = images.shape[-1]
+    low = _lowpass(images - images.mean(axis=(1, 2), keepdims=True), pixel_size_angstrom)
+    var = low.var(axis=0)
+    r = radius_grid(size)
+    profile = np.array([var[(r >= i - 0.5) & (r < i + 0.5)].mean() for i in range(size // 2 + 1)])
+    floor = np.median(var[r > 0.5 * size])
+    above = profile - floor
+    level = 0.1 * above.max()
+    outside = np.nonzero(above < level)[0]
+    radius = outside[0] if len(outside) else size // 2
+    return float(np.clip(2.0 * radius, 0.25 * size, 0.9 * size))
+
+
+def contrast_zscore(images: np.ndarray, ctf: np.ndarray, pixel_size_angstrom: float, diameter_px: float) -> float:
+    """How many standard errors brighter the particle is than its background, over (B, L, L) images
+    with their CTFs (B, L, L) on the centred grid: each image is phase-flipped (sign of its CTF) and
+    low-passed, which turns it into a positive multiple of the projected density when the protein is
+    white (the model's convention). Large and negative: the protein is dark."""
+    flipped = _lowpass(images, pixel_size_angstrom, np.sign(ctf))
+    r = radius_grid(images.shape[-1])
+    inside, outside = r < 0.35 * diameter_px, r > 0.5 * diameter_px + 2
+    if not outside.any():
+        outside = r > 0.45 * images.shape[-1]
+    diff = flipped[:, inside].mean(axis=1) - flipped[:, outside].mean(axis=1)
+    return float(diff.mean() / (diff.std(ddof=1) / np.sqrt(len(diff)) + 1e-12))

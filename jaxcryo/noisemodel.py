@@ -1,0 +1,105 @@
+"""Setting up a stack's noise model from its own images (``data.*`` options; the math is ``jaxcryo.noise``).
+
+Order: the particle diameter (given, or estimated from the images), then the contrast check (a stack
+whose protein is dark is refused unless ``data.invert_contrast`` is set), then per-particle
+normalisation over the background (``data.normalize='per_particle'``), then one whitening profile per
+optics group measured on the normalised background (``data.whiten``). Each image source (the full box
+and the amortized stage's coarse box) gets its own masks and profiles at its own pixel size.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcryo import ctf as ctf_lib
+from jaxcryo import noise
+from jaxcryo.io.loader import ImageSource
+from jaxcryo.io.table import CTF_FIELDS, InputError
+
+SAMPLE = 1000  # images per estimate (per optics group for the spectra)
+CONTRAST_Z = 4.0  # standard errors: the protein is called dark below -this
+
+
+def _sample(rows: np.ndarray, seed: int, n: int = SAMPLE) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(rows, size=min(n, len(rows)), replace=False))
+
+
+def needs_diameter(data_config) -> bool:
+    return data_config.get("normalize", "global") == "per_particle" or bool(data_config.get("whiten", False)) \
+        or bool(data_config.get("contrast_check", False))
+
+
+def particle_diameter_angstrom(source: ImageSource, data_config, seed: int, log=logging.info) -> float:
+    """``data.particle_diameter_angstrom``, or estimated from a sample of the images when it is 0."""
+    given = float(data_config.get("particle_diameter_angstrom", 0.0))
+    box_angstrom = source.image_size * source.pixel_size_angstrom
+    if given:
+        if not 0 < given <= box_angstrom * np.sqrt(2):
+            raise InputError(f"config: data.particle_diameter_angstrom = {given} does not fit the "
+                             f"{box_angstrom:.0f} A box of {source.table.source}")
+        return given
+    rows = _sample(np.arange(len(source.table)), seed)
+    diameter = noise.estimate_diameter_px(source.normalized(rows), source.pixel_size_angstrom) * source.pixel_size_angstrom
+    log(f"particle diameter estimated from {len(rows)} images: {diameter:.0f} A ({diameter / box_angstrom:.0%} of the "
+        "box; set data.particle_diameter_angstrom to override)")
+    return diameter
+
+
+def check_contrast(source: ImageSource, diameter_angstrom: float, invert: bool, seed: int, log=logging.info) -> float:
+    """Refuse (InputError) a stack whose protein is dark as the model will see it; returns the z-score."""
+    rows = _sample(np.arange(len(source.table)), seed + 1, 500)
+    fields = {k: jnp.asarray(getattr(source.table, k)[rows], jnp.float32) for k in CTF_FIELDS}
+    ctf = np.asarray(ctf_lib.ctf_grid(source.image_size, source.pixel_size_angstrom, **fields))
+    z = noise.contrast_zscore(source.normalized(rows), ctf, source.pixel_size_angstrom,
+                              diameter_angstrom / source.pixel_size_angstrom)
+    if z < -CONTRAST_Z:
+        fix = ("the stack is white already: drop data.invert_contrast" if invert
+               else "set data.invert_contrast=True (RELION and cryoSPARC extract protein white)")
+        raise InputError(f"{source.table.source}: the protein looks dark in these images{' after inversion' if invert else ''} "
+                         f"(contrast z = {z:.1f} over {len(rows)} particles); {fix}, or data.contrast_check=False to skip")
+    log(f"contrast: protein white{' after inversion' if invert else ''} (z = {z:.1f} over {len(rows)} particles)"
+        if z > CONTRAST_Z else f"contrast: undetermined (z = {z:.1f} over {len(rows)} particles); images used as they are")
+    return z
+
+
+def apply_noise_model(source: ImageSource, data_config, diameter_angstrom: float, seed: int) -> np.ndarray | None:
+    """Per-particle normalisation and whitening of ``source`` as configured; returns its (G, R)
+    profiles (None without whitening)."""
+    per_particle = data_config.get("normalize", "global") == "per_particle"
+    background = noise.background_mask(source.image_size, diameter_angstrom / source.pixel_size_angstrom)
+    if background.sum() < 0.05 * background.size:
+        raise InputError(f"{source.table.source}: a {diameter_angstrom:.0f} A particle leaves no background in the "
+                         f"{source.image_size * source.pixel_size_angstrom:.0f} A box; set data.particle_diameter_angstrom")
+    source.use_noise_model(background if per_particle else None)
+    if not data_config.get("whiten", False):
+        return None
+    groups, group_row = np.unique(source.table.optics_group, return_inverse=True)
+    profiles = np.stack([
+        noise.whitening_profile(noise.noise_power(source.normalized(_sample(np.nonzero(group_row == g)[0], seed + g)),
+                                                  background))
+        for g in range(len(groups))])
+    source.use_noise_model(background if per_particle else None, profiles, group_row)
+    return profiles
+
+
+def set_up(source: ImageSource, coarse: ImageSource, data_config, seed: int, log=logging.info,
+           need_diameter: bool = False) -> float | None:
+    """The whole noise model for both image sources; returns the particle diameter in A (None when no
+    option, nor ``need_diameter``, needed it)."""
+    if not (need_diameter or needs_diameter(data_config)):
+        return None
+    diameter = particle_diameter_angstrom(source, data_config, seed, log)
+    if data_config.get("contrast_check", False):
+        check_contrast(source, diameter, bool(data_config.invert_contrast), seed, log)
+    if not (data_config.get("whiten", False) or data_config.get("normalize", "global") == "per_particle"):
+        return diameter
+    for src in {id(source): source, id(coarse): coarse}.values():
+        profiles = apply_noise_model(src, data_config, diameter, seed)
+        if profiles is not None and src is source:
+            span = profiles[:, 1: source.image_size // 2 + 1]
+            log(f"whitening: {len(profiles)} optics group(s); noise power from low frequency to Nyquist falls "
+                f"{float(np.median((span[:, -1] / span[:, 0]) ** 2)):.2g}x")
+    return diameter
