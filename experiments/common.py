@@ -15,7 +15,12 @@ def simulate_config(**overrides) -> ml_collections.ConfigDict:
     cfg.max_shift_fraction = 0.0  # shifts uniform in +-fraction of the box, per axis
     cfg.defocus_angstrom = 20_000.0
     cfg.defocus_log_std = 0.2
-    cfg.astigmatism_angstrom = 0.0
+    cfg.astigmatism_angstrom = 0.0  # |N(0, this^2)|: defocus U - V
+    # realistic effects the reconstruction is not told (jaxcryo.simulate): all off = the paper's data
+    cfg.b_factor_angstrom2 = 0.0  # envelope exp(-B k^2 / 4) on the signal
+    cfg.contrast_spread = 0.0  # per-particle contrast scale uniform in 1 +- this
+    cfg.offset_std = 0.0  # per-particle background offset, in noise standard deviations
+    cfg.noise_color = 1.0  # noise power at |k| = 0 over that at Nyquist (1 = white)
     cfg.voltage_kv = 300.0
     cfg.spherical_aberration_mm = 2.7
     cfg.amplitude_contrast = 0.1
@@ -37,6 +42,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.image_size = 0  # Fourier-crop to this box on the fly (0 = as stored)
     config.data.pixel_size_angstrom = 0.0  # override (0 = from the metadata)
     config.data.invert_contrast = False  # set for dark-protein stacks
+    # the noise model (jaxcryo.noisemodel): the particle's diameter (0 = estimated from the images) sets
+    # the background for per-particle normalisation ('per_particle', as RELION) and the noise spectra
+    # that whiten images and CTFs per optics group; a dark-protein stack is refused unless inverted
+    config.data.particle_diameter_angstrom = 0.0
+    config.data.normalize = "global"  # 'global': one mean and std for the stack (the paper's synthetic data)
+    config.data.whiten = False
+    config.data.contrast_check = True
 
     config.poses = ""  # a star with known poses: fit the volume only (the known-pose oracle)
     config.halfsets = False  # two independent half-set runs, aligned; gold-standard FSC (WORKDIR/half1, half2)
@@ -46,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.width = 1.0  # channel multiplier of the VGG backbone (1.0 = the paper)
     config.model.volume_init_scale = 0.0  # mantissa ~ N(0, s^2) at start (0 = empty volume)
     config.model.fully_amortized = False  # keep the encoder to the end (the paper's baseline)
+    # a soft spherical mask (the particle's diameter x MASK_MARGIN, jaxcryo.stages) on the volume after each
+    # amortized epoch and on every auto-decoding inversion, as RELION and cryoSPARC mask each iteration
+    config.model.volume_mask = False
     # Beyond the paper, for small compute budgets: this many random poses per step compete with the
     # encoder's heads (scored by two matrix products); the encoder is taught by the winners.
     config.model.search_candidates = 0
@@ -71,8 +86,15 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 64
+    # passes that only read poses or maps (the switch, the epoch-end poses, the re-search, the inversion):
+    # larger batches share each searched slice among more images; a performance knob, not a method one
+    config.train.inference_batch_size = 256
     config.train.amortized_image_size = 0  # run the amortized stage on images Fourier-cropped to this box
+    config.train.amortized_resolution_angstrom = 0.0  # with amortized_image_size 0: the box whose Nyquist is this
     config.train.epochs_amortized = 7  # with switch='auto': the most auto-encoding epochs
+    # > 0: a stage's length in steps, rounded up to whole epochs, at least 2 and at most epochs_* (a cap)
+    config.train.amortized_steps = 0
+    config.train.autodecoding_steps = 0
     config.train.switch = "fixed"  # 'fixed': after epochs_amortized; 'auto': when poses stop moving
     config.train.switch_threshold_deg = 2.0  # 'auto': median pose change between epochs below this
     config.train.switch_min_epochs = 2
@@ -92,6 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
     # search of research_candidates rotations (refined locally) with the current map (jaxcryo.research)
     config.train.research_every_epochs = 0
     config.train.research_candidates = 0
+    config.train.research_local = 8  # perturbations per kept candidate and round (best 2 kept, 3 rounds from 10 deg)
     config.train.vol_iters = 1
     config.train.log_every = 20
     config.train.checkpoint_every_steps = 500

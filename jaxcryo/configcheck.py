@@ -13,8 +13,9 @@ import pathlib
 
 from jaxcryo.io.table import InputError
 
-RESUMABLE = ("progress_bar", "train.epochs_amortized", "train.epochs_autodecoding", "train.log_every",
-             "train.checkpoint_every_steps", "data.datadir", "eval.")
+RESUMABLE = ("progress_bar", "train.epochs_amortized", "train.epochs_autodecoding", "train.amortized_steps",
+             "train.autodecoding_steps", "train.log_every",
+             "train.checkpoint_every_steps", "train.inference_batch_size", "data.datadir", "eval.")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -48,12 +49,12 @@ def validate(config) -> None:
     _even_box("data.image_size", int(flat.get("data.image_size", 0)))
     _even_box("train.amortized_image_size", int(flat.get("train.amortized_image_size", 0)))
     need("data.pixel_size_angstrom", lambda v: finite(v) and v >= 0, "a pixel size > 0 in A (0 = from the metadata)")
-    for key in ("train.batch_size", "model.n_heads", "train.log_every", "model.search_top_k"):
+    for key in ("train.batch_size", "train.inference_batch_size", "model.n_heads", "train.log_every", "model.search_top_k"):
         need(key, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
     for key in ("train.epochs_amortized", "train.epochs_autodecoding", "train.pose_iters", "train.vol_iters",
                 "model.search_candidates", "train.checkpoint_every_steps", "train.switch_search_passes",
                 "model.search_local", "model.search_local_rounds", "train.research_every_epochs",
-                "train.research_candidates"):
+                "train.research_candidates", "train.research_local", "train.amortized_steps", "train.autodecoding_steps"):
         need(key, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
     for key in ("train.lr_encoder", "train.lr_volume", "train.lr_volume_autodecoding", "train.lr_pose", "model.width",
                 "model.search_local_sigma_deg"):
@@ -64,6 +65,8 @@ def validate(config) -> None:
     for key in ("loss.radius_start", "loss.radius_end"):
         need(key, lambda v: finite(v) and 0 < v <= 1.5, "a fraction of Nyquist in (0, 1.5]")
     need("loss.kind", lambda v: v in ("gaussian", "l1_fourier"), "'gaussian' or 'l1_fourier'")
+    need("data.normalize", lambda v: v in ("global", "per_particle"), "'global' or 'per_particle'")
+    need("data.particle_diameter_angstrom", lambda v: finite(v) and v >= 0, "a diameter >= 0 in A (0 = estimate)")
     need("train.switch", lambda v: v in ("fixed", "auto"), "'fixed' or 'auto'")
     need("train.autodecoding_volume", lambda v: v in ("gradient", "inversion"), "'gradient' or 'inversion'")
 

@@ -11,12 +11,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import fourier, geometry, inversion, models, steps
+from jaxcryo import evaluate, fourier, geometry, inversion, models, runio, steps
 from jaxcryo.dataset import AMORTIZED, device_batch
 from jaxcryo.io import InputError, read_particles
-from jaxcryo.io.loader import Batch, half_set_labels, padded_chunks
+from jaxcryo.io.loader import half_set_labels, padded_chunks
 
 AUTODECODING = "autodecoding"
+MASK_MARGIN = 1.2  # the volume mask's diameter over the particle's (which the estimate already widens)
+MASK_EDGE_ANGSTROM = 12.0  # its cosine edge
 
 
 def radius_at(config, stage: str, epoch_progress: float) -> float:
@@ -37,6 +39,26 @@ def pose_lr_scale(train_config, stage_progress: float) -> float:
     final = float(train_config.get("lr_pose_final_fraction", 1.0))
     t = min(max(stage_progress, 0.0), 1.0)
     return final + (1.0 - final) * 0.5 * (1.0 + float(np.cos(np.pi * t)))
+
+
+def stage_epochs(train_config, steps_per_epoch: int, known_poses: bool = False, fully_amortized: bool = False) -> dict:
+    """Epochs of each stage. ``train.amortized_steps`` / ``autodecoding_steps`` (> 0) set a stage's length
+    in steps, so a small and a large stack both get a sensible run: the encoder learns from a number of
+    images, not of passes; each is rounded up to whole epochs, at least 2 and at most the stage's
+    ``epochs_*`` (with steps, a cap). Auto-decoding refines every image's own pose, so its 2-epoch
+    floor is what a large stack gets."""
+    tc = train_config
+
+    def epochs(steps_key: str, epochs_key: str) -> int:
+        steps, cap = int(tc.get(steps_key, 0)), int(tc[epochs_key])
+        return cap if steps <= 0 else int(min(cap, max(2, -(-steps // steps_per_epoch))))
+
+    amortized, autodecoding = epochs("amortized_steps", "epochs_amortized"), epochs("autodecoding_steps", "epochs_autodecoding")
+    if known_poses:
+        return {AMORTIZED: 0, AUTODECODING: amortized + autodecoding}
+    if fully_amortized:
+        return {AMORTIZED: amortized + autodecoding, AUTODECODING: 0}
+    return {AMORTIZED: amortized, AUTODECODING: autodecoding}
 
 
 def auto_switch_due(epochs_done: int, pose_change_median_deg: float | None, threshold_deg: float,
@@ -79,7 +101,7 @@ class AmortizedStage:
         index (N,) of every image, in table order; with ``heads_for`` (row indices) also every head's
         rotation for those rows, (len, M, 3, 3). With a search, ``passes`` > 1 draws that many sets of
         random candidates and keeps each image's best pose of all of them."""
-        bs = self.config.train.batch_size
+        bs = self.inference_batch
         rots, winners = np.zeros((self.n, 3, 3), np.float32), np.zeros(self.n, np.int64)
         shifts = np.zeros((self.n, 2), np.float32)
         to_full = self.data.source.image_size / self.data.coarse.image_size  # same shift in A, finer pixels
@@ -91,7 +113,7 @@ class AmortizedStage:
         key = jax.random.key(self.config.seed + 7)
         passes = passes if self.config.model.search_candidates else 1  # without a search every pass is the same
         for start, idx, padded in padded_chunks(np.arange(self.n), bs):
-            batch = device_batch(Batch(padded, self.data.coarse.read(padded)), self.data.table, self.batch_sharding)
+            batch = device_batch(self.data.coarse.batch(padded), self.data.table, self.batch_sharding)
             best_loss = np.full(len(idx), np.inf)
             for p in range(passes):  # pass 0 uses the key of a single pass: passes=1 is unchanged
                 pass_key = jax.random.fold_in(key, start if p == 0 else self.n * p + start)
@@ -143,7 +165,22 @@ class AutodecodingStage:
         best explains the images at those poses, where a few gradient steps per epoch only approach it."""
         shifts = np.asarray(state["shifts"]) if self.uses_shifts else np.zeros((self.n, 2), np.float32)
         rec = inversion.reconstruct(self.data.source, np.asarray(state["rotations"]), shifts,
-                                    half_set_labels(self.data.table, self.config.seed), self.config.train.batch_size)
-        h = models.hartley_from_map(rec["map"])
+                                    half_set_labels(self.data.table, self.config.seed), self.inference_batch)
+        volume = rec["map"] * self.volume_mask(self.data.source) if self.config.model.get("volume_mask", False) else rec["map"]
+        vol = models.params_from_hartley(models.hartley_from_map(volume), state["vol_params"]["exponent"])
+        return dict(state, vol_params=jax.device_put(vol, self.replicated))
+
+    def volume_mask(self, source) -> np.ndarray:
+        """(L, L, L) soft spherical mask at ``source``'s box and pixel size: the particle's diameter x
+        MASK_MARGIN, a cosine edge of MASK_EDGE_ANGSTROM (``model.volume_mask``)."""
+        box, pixel = source.image_size, source.pixel_size_angstrom
+        radius = min(0.5 * MASK_MARGIN * self.data.particle_diameter_angstrom / pixel / box, 0.5)
+        return evaluate.soft_sphere_mask(box, radius, max(MASK_EDGE_ANGSTROM / pixel / box, 1.0 / box))
+
+    def masked(self, state, source) -> dict:
+        """The state with its volume multiplied by ``volume_mask`` in real space (the amortized stage
+        and gradient auto-decoding, after each epoch)."""
+        real = runio.volume_to_real(models.volume_hartley(state["vol_params"]))
+        h = models.hartley_from_map(real * self.volume_mask(source))
         vol = models.params_from_hartley(h, state["vol_params"]["exponent"])
         return dict(state, vol_params=jax.device_put(vol, self.replicated))

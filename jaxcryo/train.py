@@ -36,7 +36,7 @@ from jaxcryo.io.loader import iterate_batches, steps_per_epoch
 from jaxcryo.outputs import RunOutputs
 from jaxcryo.research import research_poses
 from jaxcryo.search import SearchSettings
-from jaxcryo.stages import AUTODECODING, AmortizedStage, AutodecodingStage, pose_lr_scale, radius_at
+from jaxcryo.stages import AUTODECODING, AmortizedStage, AutodecodingStage, pose_lr_scale, radius_at, stage_epochs
 
 
 class Run(AmortizedStage, AutodecodingStage, RunOutputs):
@@ -54,6 +54,9 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
         self.replicated = jax.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self.n = len(self.data.table)
         self.steps_per_epoch = steps_per_epoch(self.n, tc.batch_size)
+        # inference-only passes: a multiple of the device count, no larger than needed for N images
+        wanted = min(int(tc.get("inference_batch_size", tc.batch_size)), -(-self.n // n_dev) * n_dev)
+        self.inference_batch = max(n_dev, wanted - wanted % n_dev)
         self.known_poses = bool(config.poses)
         mc = config.model
         self.estimate_shifts = bool(mc.estimate_shifts) and not self.known_poses
@@ -84,7 +87,8 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
         self.research = None
         if tc.get("research_every_epochs", 0) and tc.get("research_candidates", 0) and not self.known_poses:
             self.research = steps.make_pose_search(px, lk, self.mesh, SearchSettings(
-                n_global=int(tc.research_candidates), top_k=2, n_local=8, sigma_deg=10.0, rounds=3))
+                n_global=int(tc.research_candidates), top_k=2, n_local=int(tc.get("research_local", 8)), sigma_deg=10.0,
+                rounds=3))
         self.checkpoints = runio.Checkpoints(workdir / "checkpoints")
         # data spectra (host numpy, computed once): the volume's initial exponent at each box size
         self.radial = {src.image_size: radial_log_amplitude(src, seed=config.seed)
@@ -109,10 +113,10 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
             state = self.restore(progress)
             self.elapsed_before = progress.get("elapsed_s", 0.0)
         self.metrics = runio.MetricsWriter(self.workdir, progress["global_step"] if progress["global_step"] else None)
-        epochs = {AMORTIZED: 0 if self.known_poses else tc.epochs_amortized,
-                  AUTODECODING: tc.epochs_autodecoding + (tc.epochs_amortized if self.known_poses else 0)}
-        if config.model.fully_amortized:
-            epochs = {AMORTIZED: tc.epochs_amortized + tc.epochs_autodecoding, AUTODECODING: 0}
+        epochs = stage_epochs(tc, self.steps_per_epoch, self.known_poses, config.model.fully_amortized)
+        self.planned_epochs = epochs
+        if progress["global_step"] == 0:
+            self.log_plan(epochs)
         try:
             for stage in (AMORTIZED, AUTODECODING):
                 if progress["stage"] != stage:
@@ -137,6 +141,22 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
         finally:
             self.metrics.close()
             self.checkpoints.close()
+
+    def log_plan(self, epochs: dict) -> None:
+        src, coarse = self.data.source, self.data.coarse
+        logging.info("plan: %d particles, box %d px at %.3f A/px (amortized stage at %d px, %.2f A/px); amortized %d "
+                     "epochs (%d steps), auto-decoding %d epochs (%d steps) of %d images; the expected wall time is logged "
+                     "after each stage's first %d steps", self.n, src.image_size, src.pixel_size_angstrom, coarse.image_size,
+                     coarse.pixel_size_angstrom, epochs[AMORTIZED], epochs[AMORTIZED] * self.steps_per_epoch,
+                     epochs[AUTODECODING], epochs[AUTODECODING] * self.steps_per_epoch, self.config.train.batch_size,
+                     self.config.train.log_every)
+
+    def log_expected_time(self, stage: str, seconds_per_step: float) -> None:
+        """Early in a stage: its training steps' expected duration at the rate just measured (compilation
+        excluded). The passes over the stack between epochs (poses, maps, re-search) come on top."""
+        total = self.planned_epochs[stage] * self.steps_per_epoch
+        logging.info("%s stage: %d steps at %.3f s/step = about %.1f min of training steps (the passes over the "
+                     "stack between epochs come on top)", stage, total, seconds_per_step, total * seconds_per_step / 60)
 
     def stamp(self, progress: dict) -> dict:
         return dict(progress, elapsed_s=self.elapsed())
@@ -170,6 +190,12 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
             state, out = step_fn(state, device_batch(batch, self.data.table, self.batch_sharding), radius, *extra)
             images_seen += tc.batch_size
             bar.update(1)
+            if epoch == 0 and start_step == 0 and step + 1 in (tc.log_every, 2 * tc.log_every):
+                jax.block_until_ready(out["loss"])  # the second window, compiled: the stage's rate
+                if step + 1 == tc.log_every:
+                    window_start = time.perf_counter()
+                else:
+                    self.log_expected_time(stage, (time.perf_counter() - window_start) / tc.log_every)
             progress = dict(progress, stage=stage, epoch=epoch, step=step + 1, global_step=progress["global_step"] + 1)
             log_now = (step + 1) % tc.log_every == 0 or step + 1 == self.steps_per_epoch
             save_now = bool(tc.checkpoint_every_steps) and progress["global_step"] % tc.checkpoint_every_steps == 0
@@ -192,13 +218,15 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
         progress = dict(progress, epoch=epoch + 1, step=0)
         if stage == AUTODECODING and self.research is not None and (epoch + 1) % tc.research_every_epochs == 0 \
                 and epoch + 1 < n_epochs:
-            state, moved = research_poses(self.research, state, self.data.source, tc.batch_size, self.batch_sharding,
+            state, moved = research_poses(self.research, state, self.data.source, self.inference_batch, self.batch_sharding,
                                           self.replicated, radius_at(config, stage, epoch + 1),
                                           jax.random.fold_in(jax.random.key(config.seed + 11), epoch), self.estimate_shifts)
             logging.info("auto-decoding epoch %d: %.1f %% of the images moved to a more likely pose found by search",
                          epoch + 1, 100 * moved)
         if stage == AUTODECODING and self.inverted_volume:
-            state = self.inverted(state)
+            state = self.inverted(state)  # masked there when model.volume_mask is on
+        elif config.model.get("volume_mask", False):
+            state = self.masked(state, self.data.source_for(stage))
         self.check_finite(state, f"end of {stage} epoch {epoch + 1}")
         summary = self.end_of_epoch(stage, state, epoch + 1 + progress.get("amortized_epochs", 0))
         rate = images_seen / max(time.perf_counter() - t0, 1e-9)

@@ -10,12 +10,13 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import mrcfile
 import numpy as np
 import pytest
 
 from experiments import quickstart
-from jaxcryo import inversion, stages, train
+from jaxcryo import geometry, inversion, stages, train
 from jaxcryo.io import InputError, read_particles
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -47,6 +48,10 @@ def test_workdir_contract(finished_run):
     poses = read_particles(workdir / "poses.star")
     assert len(poses) == 96 and poses.image_name.tolist() == particles.image_name.tolist()
     assert poses.euler_deg is not None and np.isfinite(poses.euler_deg).all()
+    cs = read_particles(workdir / "poses.cs")  # the same poses for cryoSPARC, and the half sets of the final map
+    assert np.allclose(cs.euler_deg, poses.euler_deg, atol=0.05) or np.allclose(
+        np.asarray(geometry.euler_to_matrix(jnp.asarray(cs.euler_deg))), np.asarray(geometry.euler_to_matrix(jnp.asarray(poses.euler_deg))), atol=1e-4)
+    assert sorted(set(poses.random_subset.tolist())) == [1, 2] and cs.random_subset.tolist() == poses.random_subset.tolist()
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     for key in ("stage", "epoch", "step", "loss", "elapsed_s", "images_per_s"):
         assert all(key in r for r in records)

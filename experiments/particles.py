@@ -1,0 +1,43 @@
+"""Your own particles: python -m experiments.run --config=experiments/particles.py --config.data.particles=PATH --workdir=DIR
+
+PATH: a RELION 3.0/3.1/5 star or a cryoSPARC .cs (its stacks found beside it, or set --config.data.datadir).
+What this config does beyond the quickstart, for real stacks (each a named option of experiments/common.py):
+* the noise model (jaxcryo.noisemodel): the particle's diameter estimated from the images (or
+  --config.data.particle_diameter_angstrom), each particle normalised over its background as RELION
+  does, images and CTFs whitened by each optics group's background noise spectrum, and a stack with dark
+  protein refused unless --config.data.invert_contrast=True;
+* in-plane shifts estimated (the encoder's heads, then per image in auto-decoding);
+* a soft spherical mask on the volume (the particle's diameter plus a margin);
+* the amortized stage on a box whose Nyquist is 12 A, and both stages' lengths in steps, so 2,000 and
+  200,000 particles both get a sensible run (at least 2 epochs each);
+* outputs: reconstruction.mrc (direct inversion at the final poses), decoder.mrc, poses.star (RELION 3.1,
+  with the half sets) and poses.cs (cryoSPARC), fsc_halfmaps.csv.
+A one-line plan (box, pixel size, N, steps per stage) is logged at the start; each stage's expected time
+after its first steps. For boxes above ~128 px on a CPU, also set --config.data.image_size (Fourier crop).
+"""
+
+import ml_collections
+
+from experiments import common
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = common.base_config()
+    config.data.particles = ""  # required: --config.data.particles=PATH
+    config.data.normalize = "per_particle"
+    config.data.whiten = True
+    config.data.contrast_check = True
+    config.model.width = 0.125
+    config.model.search_candidates = 2048
+    config.model.estimate_shifts = True
+    config.model.volume_mask = True
+    config.train.amortized_resolution_angstrom = 12.0
+    config.train.lr_encoder = 1e-3
+    config.train.amortized_steps = 450  # about the quickstart's 6 epochs of 5,000 images
+    config.train.epochs_amortized = 30  # caps for small stacks
+    config.train.autodecoding_steps = 450
+    config.train.epochs_autodecoding = 12
+    config.train.autodecoding_volume = "inversion"
+    config.train.research_every_epochs = 2
+    config.train.research_candidates = 2048
+    return config
