@@ -115,6 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.research_every_epochs = 0
     config.train.research_candidates = 0
     config.train.research_local = 8  # perturbations per kept candidate and round (best 2 kept, 3 rounds from 10 deg)
+    config.train.research_repeat_fraction = 0.0  # > 0: search again after the next epoch while a pass moves this much
     config.train.vol_iters = 1
     config.train.log_every = 20
     config.train.checkpoint_every_steps = 500

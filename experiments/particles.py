@@ -24,6 +24,8 @@ from experiments import common
 def get_config() -> ml_collections.ConfigDict:
     config = common.base_config()
     config.data.particles = ""  # required: --config.data.particles=PATH
+    # no simulation unless a volume is named (experiments.zoo --realistic uses it to measure this config)
+    config.simulate = common.simulate_config(volume="", n_images=5_000, image_size=64, pixel_size_angstrom=3.0)
     config.data.normalize = "per_particle"
     config.data.whiten = True
     config.data.contrast_check = True

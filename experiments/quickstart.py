@@ -3,8 +3,10 @@
 Beyond the paper's method (each a named option of experiments/common.py; see the README):
 * the amortized stage runs on 32 px images and a pose search competes with the encoder's heads
   (2,048 fresh random rotations per step, ``jaxcryo.search``);
+* the switch to auto-decoding is automatic (``train.switch='auto'``: when the poses stop changing);
 * auto-decoding takes its volume from a direct inversion at the current poses after every epoch and,
-  every 2 epochs, checks each image's pose against a fresh global search (``jaxcryo.research``).
+  every 2 epochs (every epoch while a pass still moves >= 2 % of the images), checks each image's pose
+  against a fresh global search (``jaxcryo.research``).
 """
 
 import ml_collections
@@ -19,10 +21,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.search_candidates = 2048
     config.train.amortized_image_size = 32
     config.train.lr_encoder = 1e-3
-    config.train.epochs_amortized = 6  # poses settle in 2-5 epochs depending on the particle: the rest is margin
+    config.train.epochs_amortized = 6  # at most: the switch is automatic, when the map (and so the poses) stop changing
+    config.train.switch = "auto"
     config.train.epochs_autodecoding = 6
     config.train.autodecoding_volume = "inversion"
     config.train.research_every_epochs = 2
     config.train.research_candidates = 2048
+    config.train.research_local = 4
+    config.train.research_repeat_fraction = 0.02  # and after the next epoch too while a pass moves >= 2 % of the images
     config.model.estimate_shifts = False  # the simulated particles are centred; True for shifted data
     return config

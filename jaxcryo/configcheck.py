@@ -61,6 +61,7 @@ def validate(config) -> None:
         need(key, lambda v: finite(v) and v > 0, "a number > 0")
     for key in ("train.lr_shift", "model.distill_weight", "model.volume_init_scale"):
         need(key, lambda v: finite(v) and v >= 0, "a number >= 0")
+    need("train.research_repeat_fraction", lambda v: finite(v) and 0 <= v <= 1, "a fraction in [0, 1]")
     need("train.lr_pose_final_fraction", lambda v: finite(v) and 0 < v <= 1, "a fraction in (0, 1]")
     for key in ("loss.radius_start", "loss.radius_end"):
         need(key, lambda v: finite(v) and 0 < v <= 1.5, "a fraction of Nyquist in (0, 1.5]")

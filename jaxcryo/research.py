@@ -21,6 +21,19 @@ from jaxcryo.io.loader import padded_chunks
 RESET_ON_MOVE = ("pose_m", "pose_v", "shift_m", "shift_v", "pose_count")
 
 
+def research_due(train_config, epochs_done: int, n_epochs: int, progress: dict) -> bool:
+    """After auto-decoding epoch ``epochs_done``: every ``research_every_epochs`` epochs, and also after
+    the next epoch while the previous pass still moved at least ``research_repeat_fraction`` of the
+    images (a particle whose amortized stage ended far off keeps being searched while it pays; an easy
+    one pays for the fixed schedule only). Never after the last epoch: moved poses need refining."""
+    if epochs_done >= n_epochs:
+        return False
+    if epochs_done % int(train_config.research_every_epochs) == 0:
+        return True
+    repeat = float(train_config.get("research_repeat_fraction", 0.0))
+    return repeat > 0 and progress.get("research_moved", 0.0) >= repeat
+
+
 def research_poses(pose_search, state: dict, source, batch_size: int, sharding, replicated, radius: float, key,
                    refine_shifts: bool, min_move_deg: float = 5.0) -> tuple[dict, float]:
     """Returns the auto-decoding state with moved images updated and the fraction of images moved.

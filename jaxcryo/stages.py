@@ -15,6 +15,7 @@ from jaxcryo import evaluate, fourier, geometry, inversion, models, runio, steps
 from jaxcryo.dataset import AMORTIZED, device_batch
 from jaxcryo.io import InputError, read_particles
 from jaxcryo.io.loader import half_set_labels, padded_chunks
+from jaxcryo.research import research_due, research_poses
 
 AUTODECODING = "autodecoding"
 MASK_MARGIN = 1.2  # the volume mask's diameter over the particle's (which the estimate already widens)
@@ -158,6 +159,23 @@ class AutodecodingStage:
         if poses.origin_angstrom is not None:  # the particle sits at centre - origin (jaxcryo.io.table)
             shifts = (-poses.origin_angstrom / self.data.source.pixel_size_angstrom).astype(np.float32)
         return rots, shifts
+
+    def between_epochs(self, stage: str, state, progress: dict, n_epochs: int) -> tuple[dict, dict]:
+        """After each epoch, beyond the paper when configured: auto-decoding's global re-search
+        (``jaxcryo.research``), the volume by direct inversion at the current poses, or the volume mask."""
+        config, epoch = self.config, progress["epoch"]
+        if stage == AUTODECODING and self.research is not None and research_due(config.train, epoch, n_epochs, progress):
+            state, moved = research_poses(self.research, state, self.data.source, self.inference_batch, self.batch_sharding,
+                                          self.replicated, radius_at(config, stage, epoch),
+                                          jax.random.fold_in(jax.random.key(config.seed + 11), epoch - 1), self.estimate_shifts)
+            progress = dict(progress, research_moved=moved)  # checkpointed: a resumed run makes the same choice
+            logging.info("auto-decoding epoch %d: %.1f %% of the images moved to a more likely pose found by search",
+                         epoch, 100 * moved)
+        if stage == AUTODECODING and self.inverted_volume:
+            state = self.inverted(state)  # masked there when model.volume_mask is on
+        elif config.model.get("volume_mask", False):
+            state = self.masked(state, self.data.source_for(stage))
+        return state, progress
 
     def inverted(self, state) -> dict:
         """``train.autodecoding_volume='inversion'``: the state's volume replaced by the Wiener-filtered

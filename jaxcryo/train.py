@@ -34,7 +34,6 @@ from jaxcryo.dataset import AMORTIZED, device_batch, prepare_data, radial_log_am
 from jaxcryo.io import InputError
 from jaxcryo.io.loader import iterate_batches, steps_per_epoch
 from jaxcryo.outputs import RunOutputs
-from jaxcryo.research import research_poses
 from jaxcryo.search import SearchSettings
 from jaxcryo.stages import AUTODECODING, AmortizedStage, AutodecodingStage, pose_lr_scale, radius_at, stage_epochs
 
@@ -142,22 +141,6 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
             self.metrics.close()
             self.checkpoints.close()
 
-    def log_plan(self, epochs: dict) -> None:
-        src, coarse = self.data.source, self.data.coarse
-        logging.info("plan: %d particles, box %d px at %.3f A/px (amortized stage at %d px, %.2f A/px); amortized %d "
-                     "epochs (%d steps), auto-decoding %d epochs (%d steps) of %d images; the expected wall time is logged "
-                     "after each stage's first %d steps", self.n, src.image_size, src.pixel_size_angstrom, coarse.image_size,
-                     coarse.pixel_size_angstrom, epochs[AMORTIZED], epochs[AMORTIZED] * self.steps_per_epoch,
-                     epochs[AUTODECODING], epochs[AUTODECODING] * self.steps_per_epoch, self.config.train.batch_size,
-                     self.config.train.log_every)
-
-    def log_expected_time(self, stage: str, seconds_per_step: float) -> None:
-        """Early in a stage: its training steps' expected duration at the rate just measured (compilation
-        excluded). The passes over the stack between epochs (poses, maps, re-search) come on top."""
-        total = self.planned_epochs[stage] * self.steps_per_epoch
-        logging.info("%s stage: %d steps at %.3f s/step = about %.1f min of training steps (the passes over the "
-                     "stack between epochs come on top)", stage, total, seconds_per_step, total * seconds_per_step / 60)
-
     def stamp(self, progress: dict) -> dict:
         return dict(progress, elapsed_s=self.elapsed())
 
@@ -216,17 +199,7 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
                 self.save(state, progress, f"{stage} epoch {epoch + 1} step {step + 1}")
         bar.close()
         progress = dict(progress, epoch=epoch + 1, step=0)
-        if stage == AUTODECODING and self.research is not None and (epoch + 1) % tc.research_every_epochs == 0 \
-                and epoch + 1 < n_epochs:
-            state, moved = research_poses(self.research, state, self.data.source, self.inference_batch, self.batch_sharding,
-                                          self.replicated, radius_at(config, stage, epoch + 1),
-                                          jax.random.fold_in(jax.random.key(config.seed + 11), epoch), self.estimate_shifts)
-            logging.info("auto-decoding epoch %d: %.1f %% of the images moved to a more likely pose found by search",
-                         epoch + 1, 100 * moved)
-        if stage == AUTODECODING and self.inverted_volume:
-            state = self.inverted(state)  # masked there when model.volume_mask is on
-        elif config.model.get("volume_mask", False):
-            state = self.masked(state, self.data.source_for(stage))
+        state, progress = self.between_epochs(stage, state, progress, n_epochs)
         self.check_finite(state, f"end of {stage} epoch {epoch + 1}")
         summary = self.end_of_epoch(stage, state, epoch + 1 + progress.get("amortized_epochs", 0))
         rate = images_seen / max(time.perf_counter() - t0, 1e-9)

@@ -61,3 +61,15 @@ def test_search_poses_shapes_and_settings_from_config():
     assert rot.shape == (4, 3, 3) and loss.shape == (4,) and shift is None
     cfg = search.SearchSettings.from_config(quickstart.get_config().model, estimate_shifts=False)
     assert cfg.n_global == 2048 and cfg.shift_radius_px == 0
+
+
+def test_research_schedule_repeats_only_while_it_pays():
+    from experiments import common
+    from jaxcryo.research import research_due
+
+    tc = common.base_config().train
+    tc.update(research_every_epochs=2, research_candidates=64)
+    due = lambda e, moved=0.0: research_due(tc, e, 6, {"research_moved": moved})  # noqa: E731
+    assert [e for e in range(1, 7) if due(e)] == [2, 4]  # fixed schedule; never after the last epoch
+    tc.research_repeat_fraction = 0.02
+    assert due(3, moved=0.25) and not due(3, moved=0.01) and not due(6, moved=0.5)

@@ -42,6 +42,7 @@ def test_estimated_shifts_are_written_as_origins(shifted_run):
     assert all("shift_error_median_px" in r for r in ends if r.get("epoch_end"))
 
 
+@pytest.mark.slow  # 21 s; resumes in both stages are checked bit-exactly in test_train
 def test_resume_keeps_the_shift_table(shifted_run, tmp_path):
     reference, _ = shifted_run
     (tmp_path / "data").symlink_to(reference / "data")
