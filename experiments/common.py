@@ -95,6 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
     # > 0: a stage's length in steps, rounded up to whole epochs, at least 2 and at most epochs_* (a cap)
     config.train.amortized_steps = 0
     config.train.autodecoding_steps = 0
+    # beyond the paper: this many amortized starts, each amortized_start_epochs long; the most likely is kept
+    config.train.amortized_starts = 1
+    config.train.amortized_start_epochs = 2
     config.train.switch = "fixed"  # 'fixed': after epochs_amortized; 'auto': when poses stop moving
     config.train.switch_threshold_deg = 2.0  # 'auto': median pose change between epochs below this
     config.train.switch_min_epochs = 2

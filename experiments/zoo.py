@@ -84,7 +84,9 @@ def pose_floor(data_dir: pathlib.Path) -> dict:
     source.estimate_normalization()
     truth = read_particles(data_dir / "ground_truth_poses.star")
     rotations = np.asarray(geometry.euler_to_matrix(jnp.asarray(truth.euler_deg, jnp.float32)))
-    return posterior.pose_error_floor(read_volume(data_dir / "ground_truth.mrc")[0], source, rotations)
+    shifts = None if truth.origin_angstrom is None else -truth.origin_angstrom / source.pixel_size_angstrom
+    return posterior.pose_error_floor(read_volume(data_dir / "ground_truth.mrc")[0], source, rotations,
+                                      true_shifts_px=shifts)
 
 
 def run_member(name: str, seed: int, root: pathlib.Path) -> dict:

@@ -49,7 +49,7 @@ def validate(config) -> None:
     _even_box("data.image_size", int(flat.get("data.image_size", 0)))
     _even_box("train.amortized_image_size", int(flat.get("train.amortized_image_size", 0)))
     need("data.pixel_size_angstrom", lambda v: finite(v) and v >= 0, "a pixel size > 0 in A (0 = from the metadata)")
-    for key in ("train.batch_size", "train.inference_batch_size", "model.n_heads", "train.log_every", "model.search_top_k"):
+    for key in ("train.amortized_starts", "train.amortized_start_epochs", "train.batch_size", "train.inference_batch_size", "model.n_heads", "train.log_every", "model.search_top_k"):
         need(key, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
     for key in ("train.epochs_amortized", "train.epochs_autodecoding", "train.pose_iters", "train.vol_iters",
                 "model.search_candidates", "train.checkpoint_every_steps", "train.switch_search_passes",

@@ -64,12 +64,13 @@ def view_log_posterior(volume_h, images: np.ndarray, ctf_params: dict, pixel_siz
 
 
 def pose_error_floor(volume: np.ndarray, source, true_rotations: np.ndarray, n_images: int = 256,
-                     steps: int = 200, seed: int = 0) -> dict:
+                     steps: int = 200, seed: int = 0, true_shifts_px: np.ndarray | None = None) -> dict:
     """How far each image's most likely pose lies from its true pose when the map is perfect: the
     floor under any method's pose error (a small particle at low SNR has a posterior degrees wide).
 
     ``volume`` (L, L, L) the true map, ``source`` an ImageSource of the particles, ``true_rotations``
-    (N, 3, 3). For ``n_images`` sampled images the true map is scaled to the images by least squares,
+    (N, 3, 3), ``true_shifts_px`` (N, 2) the particles' displacements (None: centred; the floor is
+    meaningless for shifted particles without them). For ``n_images`` sampled images the true map is scaled to the images by least squares,
     then each pose is moved by Adam on the Gaussian likelihood from the true pose to the nearest
     maximum. Returns the median / mean / 90th-percentile distance (deg)."""
     import jax
@@ -84,12 +85,13 @@ def pose_error_floor(volume: np.ndarray, source, true_rotations: np.ndarray, n_i
                            **{k: jnp.asarray(getattr(source.table, k)[rows], jnp.float32) for k in CTF_FIELDS})
     mask = slicing.frequency_mask(size)
     rot = jnp.asarray(true_rotations[rows], jnp.float32)
+    shift = None if true_shifts_px is None else jnp.asarray(true_shifts_px[rows], jnp.float32)
     vol_h = slicing.volume_to_hartley(jnp.asarray(volume, jnp.float32))
-    at_truth = losses.predict(vol_h, rot, ctf)
+    at_truth = losses.predict(vol_h, rot, ctf, shift)
     vol_h = vol_h * jnp.sum(at_truth * target * mask) / jnp.sum(at_truth**2 * mask)
 
     def nll(omega):
-        return jnp.sum(losses.per_image_loss(losses.predict(vol_h, geometry.so3_exp(omega) @ rot, ctf), target, mask))
+        return jnp.sum(losses.per_image_loss(losses.predict(vol_h, geometry.so3_exp(omega) @ rot, ctf, shift), target, mask))
 
     opt = optax.adam(0.01)
 

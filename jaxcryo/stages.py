@@ -14,7 +14,7 @@ import numpy as np
 from jaxcryo import evaluate, fourier, geometry, inversion, models, runio, steps
 from jaxcryo.dataset import AMORTIZED, device_batch
 from jaxcryo.io import InputError, read_particles
-from jaxcryo.io.loader import half_set_labels, padded_chunks
+from jaxcryo.io.loader import half_set_labels, iterate_batches, padded_chunks
 from jaxcryo.research import research_due, research_poses
 
 AUTODECODING = "autodecoding"
@@ -72,8 +72,11 @@ def auto_switch_due(epochs_done: int, pose_change_median_deg: float | None, thre
 class AmortizedStage:
     """Encoder + volume state, the volume's carry to the full box, the encoder's poses, the switch."""
 
-    def init_amortized(self) -> dict:
+    def init_amortized(self, start: int = 0) -> dict:
+        """Encoder + volume state; ``start`` > 0 draws another initialisation and other search
+        candidates (its step counter, which seeds them, starts at start x 10^6)."""
         key = jax.random.key(self.config.seed)
+        key = jax.random.fold_in(key, start) if start else key
         k_enc, k_vol = jax.random.split(key)
         source = self.data.source_for(AUTODECODING if self.known_poses else AMORTIZED)
         size = source.image_size
@@ -81,8 +84,41 @@ class AmortizedStage:
         vol = models.init_volume(size, self.radial[size], k_vol, self.config.model.volume_init_scale)
         state = {"enc_params": variables["params"], "batch_stats": variables["batch_stats"],
                  "enc_opt": self.enc_opt.init(variables["params"]), "vol_params": vol, "vol_opt": self.vol_opt.init(vol),
-                 "step": jnp.zeros((), jnp.int32)}
+                 "step": jnp.full((), start * 1_000_000, jnp.int32)}
         return jax.device_put(state, self.replicated)
+
+    def amortized_starts(self, n_starts: int, epochs: int) -> dict:
+        """Several starts chosen by likelihood (``train.amortized_starts``): each start trains ``epochs``
+        amortized epochs from its own initialisation and search draws; the one whose map explains a
+        fixed sample of images best (lowest mean loss at each image's best pose: heads or search, as at
+        the switch) is kept. Whether the amortized stage leaves its first plateau depends on the random
+        draws; the likelihood tells which start did."""
+        tc, source = self.config.train, self.data.coarse
+        rows = np.sort(np.random.default_rng([self.config.seed, 5]).permutation(self.n)[:1024])
+        best, best_score = None, np.inf
+        for start in range(n_starts):
+            state = self.init_amortized(start)
+            for epoch in range(epochs):
+                for step, batch in iterate_batches(source, tc.batch_size, self.config.seed + 7919 * start, epoch):
+                    radius = radius_at(self.config, AMORTIZED, epoch + step / self.steps_per_epoch)
+                    state, _ = self.amortized_step(state, device_batch(batch, self.data.table, self.batch_sharding), radius)
+            score = self.sample_loss(state, rows, radius_at(self.config, AMORTIZED, epochs))
+            logging.info("amortized start %d/%d: mean loss %.5f on %d images after %d epochs", start + 1, n_starts,
+                         score, len(rows), epochs)
+            if score < best_score:
+                best, best_score, chosen = state, score, start
+        logging.info("amortized stage continues from start %d (the most likely)", chosen + 1)
+        return best
+
+    def sample_loss(self, state, rows: np.ndarray, radius: float) -> float:
+        """Mean loss of ``rows``' images at their best pose (encoder heads or a fixed search)."""
+        total, key = 0.0, jax.random.key(self.config.seed + 13)
+        for start, idx, padded in padded_chunks(rows, self.inference_batch):
+            batch = device_batch(self.data.coarse.batch(padded), self.data.table, self.batch_sharding)
+            loss = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius,
+                                          jax.random.fold_in(key, start))[-1]
+            total += float(np.sum(np.asarray(loss)[: len(idx)]))
+        return total / len(rows)
 
     def upsample_volume(self, vol_params) -> dict:
         """Carry the amortized stage's volume to the full box: zero-pad its Hartley transform.

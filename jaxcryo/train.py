@@ -98,24 +98,28 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
     def run(self) -> dict:
         config, tc = self.config, self.config.train
         progress = self.checkpoints.latest_progress()
+        epochs = stage_epochs(tc, self.steps_per_epoch, self.known_poses, config.model.fully_amortized)
+        self.planned_epochs = epochs
         if progress is None:
+            self.elapsed_before = 0.0
+            self.log_plan(epochs)
             if self.known_poses:
                 progress = {"stage": AUTODECODING, "epoch": 0, "step": 0, "global_step": 0}
                 vol = self.init_amortized()["vol_params"]
                 state = self.init_autodecoding(vol, *self.known)
+            elif tc.get("amortized_starts", 1) > 1:  # not checkpointed until chosen: a kill redoes the starts
+                done = min(int(tc.amortized_start_epochs), epochs[AMORTIZED])
+                state = self.amortized_starts(int(tc.amortized_starts), done)
+                progress = {"stage": AMORTIZED, "epoch": done, "step": 0, "global_step": done * self.steps_per_epoch}
+                self.save(state, progress, "the chosen start")
             else:
                 progress = {"stage": AMORTIZED, "epoch": 0, "step": 0, "global_step": 0}
                 state = self.init_amortized()
-            self.elapsed_before = 0.0
         else:
             logging.info("resuming from %s", progress)
             state = self.restore(progress)
             self.elapsed_before = progress.get("elapsed_s", 0.0)
         self.metrics = runio.MetricsWriter(self.workdir, progress["global_step"] if progress["global_step"] else None)
-        epochs = stage_epochs(tc, self.steps_per_epoch, self.known_poses, config.model.fully_amortized)
-        self.planned_epochs = epochs
-        if progress["global_step"] == 0:
-            self.log_plan(epochs)
         try:
             for stage in (AMORTIZED, AUTODECODING):
                 if progress["stage"] != stage:

@@ -332,3 +332,20 @@ def test_half_sets_end_to_end(finished_run, tmp_path):
 
     assert summary["fsc0143_halfmaps_unmasked_angstrom"] == pytest.approx(evaluate.resolution_at(csv[:, 1], 0.143, 4.0))
     assert "pose_error_median_deg" in summary["half1"] and "pose_error_median_deg" in summary["half2"]
+
+
+def test_amortized_starts_continue_from_the_most_likely(tmp_path, monkeypatch):
+    """train.amortized_starts: each start trains from its own draws and the one with the lowest sample
+    loss is kept (the score is faked as -step, so the second start, whose counter starts at 10^6, wins)."""
+    config = tiny_config(amortized_starts=2, amortized_start_epochs=1, epochs_amortized=2)
+    scores = []
+
+    def fake_score(self, state, rows, radius):
+        scores.append(int(state["step"]))
+        return -float(state["step"])
+
+    monkeypatch.setattr(stages.AmortizedStage, "sample_loss", fake_score)
+    run = train.Run(config, tmp_path)
+    state = run.amortized_starts(2, 1)
+    steps = 96 // 16
+    assert scores == [steps, 1_000_000 + steps] and int(state["step"]) == 1_000_000 + steps
