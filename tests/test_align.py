@@ -17,7 +17,8 @@ def _shift(volume, t):
     return np.asarray(fourier.ifft_centered(jnp.asarray(f), 3).real)
 
 
-@pytest.mark.parametrize("mirrored", [False, True])
+# the mirrored case covers the unmirrored search too (both hands are tried); the plain one is slow-tier
+@pytest.mark.parametrize("mirrored", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_align_volumes_recovers_rotation_shift_and_hand(mirrored):
     reference = phantoms.protein_phantom(40, 4.0, resolution_angstrom=12.0, seed=1)
     q = Rotation.from_euler("zyz", [123, 57, -40], degrees=True).as_matrix()
