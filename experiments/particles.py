@@ -42,4 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.autodecoding_volume = "inversion"
     config.train.research_every_epochs = 2
     config.train.research_candidates = 2048
+    config.train.research_local = 4
+    config.train.research_repeat_fraction = 0.02  # the quickstart's schedule: search again while it pays
+    config.train.switch = "auto"
     return config
