@@ -92,7 +92,10 @@ class RunOutputs:
         rec = inversion.reconstruct(source, rotations, shifts_px if self.uses_shifts else np.zeros_like(shifts_px),
                                     labels, self.inference_batch)
         pixel = source.pixel_size_angstrom
-        write_mrc(self.workdir / "reconstruction.mrc", rec["map"], pixel)
+        volume = rec["map"]
+        if self.config.model.get("volume_mask", False):  # the map the run worked with; half maps stay unmasked
+            volume = volume * self.volume_mask(source)
+        write_mrc(self.workdir / "reconstruction.mrc", volume, pixel)
         evaluate.write_fsc_csv(self.workdir / "fsc_halfmaps.csv", {"unmasked": rec["fsc_half"],
                                                                     "masked": rec["fsc_half_masked"]}, pixel)
         out = {"fsc0143_halfmaps_angstrom": evaluate.resolution_at(rec["fsc_half"], 0.143, pixel),
@@ -103,6 +106,6 @@ class RunOutputs:
         # the final poses again, with the half sets of this map (rlnRandomSubset), and for cryoSPARC
         runio.write_poses(self.workdir / "poses.star", self.data.table, rotations,
                           None if shifts_angstrom is None else -shifts_angstrom, labels, cs_too=True)
-        out.update(evaluate.summarize(rec["map"], rotations, pixel, self.data.ground_truth, self.data.ground_truth_poses,
+        out.update(evaluate.summarize(volume, rotations, pixel, self.data.ground_truth, self.data.ground_truth_poses,
                                       shifts_angstrom, pixel))
         return out
