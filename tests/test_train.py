@@ -334,6 +334,7 @@ def test_half_sets_end_to_end(finished_run, tmp_path):
     assert "pose_error_median_deg" in summary["half1"] and "pose_error_median_deg" in summary["half2"]
 
 
+@pytest.mark.slow  # ~25 s; the option is off by default
 def test_amortized_starts_continue_from_the_most_likely(tmp_path, monkeypatch):
     """train.amortized_starts: each start trains from its own draws and the one with the lowest sample
     loss is kept (the score is faked as -step, so the second start, whose counter starts at 10^6, wins)."""
