@@ -28,7 +28,7 @@ class RunOutputs:
                      "after each stage's first %d steps", self.n, src.image_size, src.pixel_size_angstrom, coarse.image_size,
                      coarse.pixel_size_angstrom, epochs[AMORTIZED], epochs[AMORTIZED] * self.steps_per_epoch,
                      epochs[AUTODECODING], epochs[AUTODECODING] * self.steps_per_epoch, self.config.train.batch_size,
-                     self.config.train.log_every)
+                     2 * self.config.train.log_every)
 
     def log_expected_time(self, stage: str, seconds_per_step: float) -> None:
         """Early in a stage: its training steps' expected duration at the rate just measured (compilation
