@@ -14,7 +14,11 @@ Conventions (stated once here):
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+
+from jaxcryo import fourier
 
 LOWPASS_ANGSTROM = 20.0  # shape and contrast estimates look at low resolution, where the CTF spreads little
 
@@ -23,10 +27,13 @@ def n_radii(size: int) -> int:
     return int(np.ceil(size / np.sqrt(2.0))) + 1
 
 
+@functools.lru_cache(maxsize=16)
 def radius_grid(size: int) -> np.ndarray:
-    """(L, L) distance in pixels from the box centre (L // 2, L // 2), the centred-FFT convention."""
-    c = np.arange(size) - size // 2
-    return np.sqrt(c[:, None] ** 2 + c[None, :] ** 2)
+    """(L, L) distance in pixels from the box centre (``fourier.radial_index_grid``), as a host array
+    computed once per size: every whitened batch read uses it. Read-only."""
+    grid = np.asarray(fourier.radial_index_grid(size), np.float64)
+    grid.flags.writeable = False
+    return grid
 
 
 def background_mask(size: int, diameter_px: float, edge_px: float = 3.0) -> np.ndarray:
@@ -68,16 +75,25 @@ def whitening_profile(power: np.ndarray) -> np.ndarray:
 
 def expand_radial(profiles, size: int):
     """(B, R) profiles -> (B, L, L) on the centred frequency grid (numpy or jax arrays)."""
+    return profiles[:, _radius_index(size)]
+
+
+@functools.lru_cache(maxsize=16)
+def _radius_index(size: int) -> np.ndarray:
     index = np.round(radius_grid(size)).astype(np.int32)
-    return profiles[:, index]
+    index.flags.writeable = False
+    return index
+
+
+def fourier_filter(images: np.ndarray, filt: np.ndarray) -> np.ndarray:
+    """(B, L, L) real images multiplied in Fourier space by ``filt`` ((L, L) or (B, L, L), centred grid)."""
+    f = np.fft.fft2(np.fft.ifftshift(images, axes=(-2, -1))) * np.fft.ifftshift(filt, axes=(-2, -1))
+    return np.fft.fftshift(np.fft.ifft2(f), axes=(-2, -1)).real
 
 
 def apply_radial_filter(images: np.ndarray, profiles: np.ndarray) -> np.ndarray:
     """Filter (B, L, L) real images by per-image radial profiles (B, R) in Fourier space."""
-    size = images.shape[-1]
-    f = np.fft.fft2(np.fft.ifftshift(images, axes=(-2, -1)))
-    filt = np.fft.ifftshift(expand_radial(profiles, size), axes=(-2, -1))
-    return np.fft.fftshift(np.fft.ifft2(f * filt), axes=(-2, -1)).real.astype(np.float32)
+    return fourier_filter(images, expand_radial(profiles, images.shape[-1])).astype(np.float32)
 
 
 def _lowpass(images: np.ndarray, pixel_size_angstrom: float, phase_flip: np.ndarray | None = None) -> np.ndarray:
@@ -85,10 +101,7 @@ def _lowpass(images: np.ndarray, pixel_size_angstrom: float, phase_flip: np.ndar
     size = images.shape[-1]
     k = radius_grid(size) / (size * pixel_size_angstrom)  # 1/A
     filt = np.exp(-0.5 * (k * LOWPASS_ANGSTROM) ** 2)
-    if phase_flip is not None:
-        filt = filt * phase_flip
-    f = np.fft.fft2(np.fft.ifftshift(images, axes=(-2, -1))) * np.fft.ifftshift(filt, axes=(-2, -1))
-    return np.fft.fftshift(np.fft.ifft2(f), axes=(-2, -1)).real
+    return fourier_filter(images, filt if phase_flip is None else filt * phase_flip)
 
 
 def estimate_diameter_px(images: np.ndarray, pixel_size_angstrom: float) -> float:

@@ -102,37 +102,35 @@ class AmortizedStage:
                 for step, batch in iterate_batches(source, tc.batch_size, self.config.seed + 7919 * start, epoch):
                     radius = radius_at(self.config, AMORTIZED, epoch + step / self.steps_per_epoch)
                     state, _ = self.amortized_step(state, device_batch(batch, self.data.table, self.batch_sharding), radius)
-            score = self.sample_loss(state, rows, radius_at(self.config, AMORTIZED, epochs))
+            score, rotations = self.sample_inference(state, rows, radius_at(self.config, AMORTIZED, epochs))
             logging.info("amortized start %d/%d: mean loss %.5f on %d images after %d epochs%s", start + 1, n_starts,
-                         score, len(rows), epochs, self.sample_pose_error(state, rows))
+                         score, len(rows), epochs, self.sample_pose_error(rotations, rows))
             if score < best_score:
                 best, best_score, chosen = state, score, start
         logging.info("amortized stage continues from start %d (the most likely)", chosen + 1)
         return best
 
-    def sample_pose_error(self, state, rows: np.ndarray) -> str:
+    def sample_pose_error(self, rotations: np.ndarray, rows: np.ndarray) -> str:
         """With known true poses (simulated data, for development only): the sample's median pose error."""
         if not self.data.ground_truth_poses:
             return ""
         truth = read_particles(self.data.ground_truth_poses)
         true_rot = np.asarray(geometry.euler_to_matrix(jnp.asarray(truth.euler_deg[rows], jnp.float32)))
-        rots = np.zeros((len(rows), 3, 3), np.float32)
-        for start, idx, padded in padded_chunks(rows, self.inference_batch):
-            batch = device_batch(self.data.coarse.batch(padded), self.data.table, self.batch_sharding)
-            rots[start:start + len(idx)] = np.asarray(self.encoder_inference(
-                state["enc_params"], state["batch_stats"], state["vol_params"], batch, 1.0, jax.random.key(0))[0])[: len(idx)]
-        err = evaluate.align_poses(rots, true_rot)["rotation_error_deg"]
+        err = evaluate.align_poses(rotations, true_rot)["rotation_error_deg"]
         return f" (median pose error {np.median(err):.1f} deg against the ground truth)"
 
-    def sample_loss(self, state, rows: np.ndarray, radius: float) -> float:
-        """Mean loss of ``rows``' images at their best pose (encoder heads or a fixed search)."""
+    def sample_inference(self, state, rows: np.ndarray, radius: float) -> tuple[float, np.ndarray]:
+        """Mean loss of ``rows``' images at their best pose (encoder heads or a fixed search), and those
+        poses (len(rows), 3, 3)."""
         total, key = 0.0, jax.random.key(self.config.seed + 13)
+        rotations = np.zeros((len(rows), 3, 3), np.float32)
         for start, idx, padded in padded_chunks(rows, self.inference_batch):
             batch = device_batch(self.data.coarse.batch(padded), self.data.table, self.batch_sharding)
-            loss = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius,
-                                          jax.random.fold_in(key, start))[-1]
-            total += float(np.sum(np.asarray(loss)[: len(idx)]))
-        return total / len(rows)
+            out = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius,
+                                         jax.random.fold_in(key, start))
+            rotations[start:start + len(idx)] = np.asarray(out[0])[: len(idx)]
+            total += float(np.sum(np.asarray(out[-1])[: len(idx)]))
+        return total / len(rows), rotations
 
     def upsample_volume(self, vol_params) -> dict:
         """Carry the amortized stage's volume to the full box: zero-pad its Hartley transform.

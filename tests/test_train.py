@@ -343,9 +343,9 @@ def test_amortized_starts_continue_from_the_most_likely(tmp_path, monkeypatch):
 
     def fake_score(self, state, rows, radius):
         scores.append(int(state["step"]))
-        return -float(state["step"])
+        return -float(state["step"]), np.tile(np.eye(3, dtype=np.float32), (len(rows), 1, 1))
 
-    monkeypatch.setattr(stages.AmortizedStage, "sample_loss", fake_score)
+    monkeypatch.setattr(stages.AmortizedStage, "sample_inference", fake_score)
     run = train.Run(config, tmp_path)
     state = run.amortized_starts(2, 1)
     steps = 96 // 16
