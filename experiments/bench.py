@@ -3,12 +3,12 @@
     python -m experiments.bench --what=steps --config=experiments/quickstart.py
     python -m experiments.bench --what=steps --config=experiments/spike.py --steps=3
     python -m experiments.bench --what=loader --particles=DIR/particles.star
+    python -m experiments.bench --scale [--sizes=10000,100000,1000000]   (experiments/scale.py)
 
 Steps run on random images (no disk) with the config's model and batch size; each stage is timed after
 its first (compiling) call. Peak RSS is the process's maximum resident set size.
 """
 
-import resource
 import time
 
 import jax
@@ -19,6 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import cli
+from experiments.scale import anon_rss_gib, measure_one, peak_rss_gib, run_all
 from jaxcryo import runio
 from jaxcryo.search import SearchSettings
 
@@ -26,21 +27,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", "experiments/quickstart.py",
 _WHAT = flags.DEFINE_enum("what", "steps", ["steps", "loader"], "What to time.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per stage (after one compiling step).")
 _PARTICLES = flags.DEFINE_string("particles", None, "Particle file for --what=loader.")
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def anon_rss_gib() -> float:
-    """Resident memory that is not file-backed (memory-mapped stack pages are the page cache's)."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return float("nan")
+_SCALE = flags.DEFINE_bool("scale", False, "The scale benchmark over --sizes (experiments/scale.py).")
+_SCALE_ONE = flags.DEFINE_bool("scale_one", False, "One N of the scale benchmark (run by --scale in a subprocess).")
+_SIZES = flags.DEFINE_list("sizes", ["10000", "100000", "1000000"], "Particle counts of --scale.")
+_SCALE_DIR = flags.DEFINE_string("scale_dir", "/tmp/jaxcryo_scale", "Where --scale writes its random stacks.")
+_SCALE_STEPS = flags.DEFINE_integer("scale_steps", 40, "Timed training steps per stage and N in --scale.")
 
 
 def _batch(size: int, batch_size: int, n: int, sharding, rng):
@@ -125,8 +116,19 @@ def bench_loader(path: str) -> None:
 
 def main(argv):
     del argv
+    import json
+    import pathlib
+
+    if _SCALE_ONE.value:
+        result = measure_one(_CONFIG.value, pathlib.Path(_PARTICLES.value), pathlib.Path(_SCALE_DIR.value),
+                                   _SCALE_STEPS.value)
+        print("RESULT " + json.dumps(result))
+        return
     print(f"machine: {runio.describe_machine()}")
-    if _WHAT.value == "loader":
+    if _SCALE.value:
+        run_all([int(s) for s in _SIZES.value], pathlib.Path(_SCALE_DIR.value), _SCALE_STEPS.value,
+                      config_flags.get_config_filename(flags.FLAGS["config"]))
+    elif _WHAT.value == "loader":
         bench_loader(_PARTICLES.value)
     else:
         bench_steps(_CONFIG.value)

@@ -15,7 +15,8 @@ from jaxcryo.io.table import InputError
 
 RESUMABLE = ("progress_bar", "train.epochs_amortized", "train.epochs_autodecoding", "train.amortized_steps",
              "train.autodecoding_steps", "train.log_every",
-             "train.checkpoint_every_steps", "train.inference_batch_size", "data.datadir", "eval.")
+             "train.checkpoint_every_steps", "train.inference_batch_size", "train.epoch_outputs_max_particles",
+             "data.datadir", "eval.")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -6,11 +6,10 @@ import dataclasses
 import logging
 import pathlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import fourier, losses, noisemodel
+from jaxcryo import distributed, fourier, losses, noisemodel
 from jaxcryo.io import InputError, check_stacks, read_particles
 from jaxcryo.io.loader import ImageSource
 from jaxcryo.io.table import CTF_FIELDS, ParticleTable
@@ -42,8 +41,9 @@ def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
         from jaxcryo.simulate import simulate_dataset
 
         data_dir = workdir / "data"
-        if not (data_dir / "particles.star").exists():
+        if distributed.is_writer() and not (data_dir / "particles.star").exists():
             simulate_dataset(config.simulate, data_dir, log=log)
+        distributed.barrier("simulated")
         particles = str(data_dir / "particles.star")
         gt, gt_poses = gt or str(data_dir / "ground_truth.mrc"), gt_poses or str(data_dir / "ground_truth_poses.star")
     table = read_particles(particles, config.data.datadir or None, config.data.pixel_size_angstrom or None)
@@ -86,9 +86,16 @@ def radial_log_amplitude(source: ImageSource, n_images: int = 256, seed: int = 0
 
 
 def device_batch(batch, table: ParticleTable, sharding) -> dict:
+    """The device arrays of a batch (``steps``' layout) from this process's rows (a ``Batch``): with
+    several processes each passes its own rows and the arrays span them all."""
     out = {"images": batch.images, "index": batch.index.astype(np.int32)}
     if batch.noise_radial is not None:
         out["noise_radial"] = batch.noise_radial
     for key in CTF_FIELDS:
         out[key] = getattr(table, key)[batch.index].astype(np.float32)
-    return jax.device_put(out, sharding)
+    return distributed.put_local(out, sharding)
+
+
+def read_batch(source, rows: np.ndarray, sharding) -> dict:
+    """``device_batch`` of the global batch ``rows``: this process reads only its own share."""
+    return device_batch(source.batch(rows[distributed.local_rows(len(rows))]), source.table, sharding)

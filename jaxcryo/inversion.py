@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcryo import ctf as ctf_lib
-from jaxcryo import evaluate, fourier, losses, noise, slicing
+from jaxcryo import distributed, evaluate, fourier, losses, noise, slicing
 from jaxcryo.io.loader import padded_chunks
 from jaxcryo.io.table import CTF_FIELDS
 
@@ -60,12 +60,13 @@ def accumulate(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.
 
     ``source``: an ImageSource (``source.read(rows)``, ``source.table``); ``rotations`` (N, 3, 3),
     ``shifts_px`` (N, 2) in pixels of the source's box, ``labels`` (N,) half-set labels in {1, 2}.
+    With several processes each inserts its own block of rows and the sums are added over processes.
     """
     size = PAD * source.image_size
     out_num, out_w = [], []
     fields = {k: np.asarray(getattr(source.table, k), np.float32) for k in CTF_FIELDS}
     for half in (1, 2):
-        rows = np.nonzero(labels == half)[0]
+        rows = np.array_split(np.nonzero(labels == half)[0], jax.process_count())[jax.process_index()]
         num, w = jnp.zeros((size,) * 3, jnp.float32), jnp.zeros((size,) * 3, jnp.float32)
         for _, idx, padded in padded_chunks(rows, batch_size):
             keep = (np.arange(batch_size) < len(idx)).astype(np.float32)
@@ -75,7 +76,7 @@ def accumulate(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.
                             jnp.asarray(keep), float(source.pixel_size_angstrom), batch.noise_radial)
         out_num.append(np.asarray(num))
         out_w.append(np.asarray(w))
-    return np.stack(out_num), np.stack(out_w)
+    return distributed.sum_over_processes(np.stack(out_num)), distributed.sum_over_processes(np.stack(out_w))
 
 
 def _to_real(h: np.ndarray, box: int) -> np.ndarray:

@@ -10,12 +10,12 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import evaluate, geometry, inversion, models, runio
+from jaxcryo import distributed, evaluate, geometry, inversion, models, runio
 from jaxcryo.dataset import AMORTIZED
-from jaxcryo.io import read_particles
 from jaxcryo.io.loader import half_set_labels
-from jaxcryo.io.mrc import write_mrc
 from jaxcryo.stages import AUTODECODING, radius_at
+
+SWITCH_SAMPLE = 20_000  # images whose pose change the automatic switch follows
 
 
 class RunOutputs:
@@ -41,7 +41,7 @@ class RunOutputs:
         """Rotations (N, 3, 3) and shifts (N, 2) in pixels of the full box, in table order."""
         if stage == AMORTIZED:
             return self.encoder_rotations(state, radius_at(self.config, AMORTIZED, 1e9))[:2]
-        return np.asarray(state["rotations"]), np.asarray(state["shifts"])
+        return distributed.to_host(state["rotations"]), distributed.to_host(state["shifts"])
 
     def write_outputs(self, stage: str, state, out: pathlib.Path) -> tuple[dict, np.ndarray]:
         """reconstruction.mrc and poses.star into ``out``, and the evaluation against the ground truth
@@ -58,16 +58,49 @@ class RunOutputs:
         return summary, rots
 
     def end_of_epoch(self, stage: str, state, epoch: int) -> dict:
-        """Write epoch_NNN/ (NNN counts both stages) and evaluate; in the amortized stage also the median
-        change of every image's pose since the previous epoch (what the automatic switch watches)."""
-        summary, rots = self.write_outputs(stage, state, self.workdir / f"epoch_{epoch:03d}")
-        previous = self.workdir / f"epoch_{epoch - 1:03d}" / "poses.star"
-        if stage == AMORTIZED and previous.exists():  # read back from disk, so a resumed run sees it too
-            before = geometry.euler_to_matrix(jnp.asarray(read_particles(previous).euler_deg, jnp.float32))
-            change = geometry.geodesic_distance_deg(before, jnp.asarray(rots))
-            summary["pose_change_median_deg"] = float(jnp.median(change))
+        """Write epoch_NNN/ (NNN counts both stages) and evaluate, while N is at most
+        ``train.epoch_outputs_max_particles``; in the amortized stage also the median change since the
+        previous epoch of the poses of a fixed sample of images (what the automatic switch watches),
+        so its cost does not grow with N."""
+        limit = int(self.config.train.get("epoch_outputs_max_particles", -1))
+        summary, rots = {}, None
+        if limit < 0 or self.n <= limit:
+            summary, rots = self.write_outputs(stage, state, self.workdir / f"epoch_{epoch:03d}")
+        if stage == AMORTIZED:
+            rows = self.switch_sample_rows()
+            if rots is not None:
+                sample = rots[rows]
+            else:
+                sample = self.encoder_rotations(state, radius_at(self.config, AMORTIZED, 1e9), rows=rows)[0]
+            summary.update(self.pose_change(epoch, sample))
         self.last_summary = summary
         return summary
+
+    def switch_sample_rows(self) -> np.ndarray:
+        """The images whose poses the automatic switch follows: all of them up to SWITCH_SAMPLE, else
+        a seeded sample of that many."""
+        if self.n <= SWITCH_SAMPLE:
+            return np.arange(self.n)
+        return np.sort(np.random.default_rng([self.config.seed, 17]).permutation(self.n)[:SWITCH_SAMPLE])
+
+    def pose_change(self, epoch: int, sample: np.ndarray) -> dict:
+        """{"pose_change_median_deg": ...} against the previous epoch's sample poses, which are kept in
+        WORKDIR/switch_poses/ (so a resumed run sees them too); {} after the first epoch."""
+        folder = self.workdir / "switch_poses"
+        if distributed.is_writer():
+            folder.mkdir(exist_ok=True)
+            tmp = folder / f"epoch_{epoch:03d}.tmp.npy"
+            np.save(tmp, sample)
+            tmp.replace(folder / f"epoch_{epoch:03d}.npy")
+            for old in folder.glob("epoch_*.npy"):
+                if old.name < f"epoch_{epoch - 1:03d}.npy":
+                    old.unlink()
+        distributed.barrier(f"switch poses {epoch}")
+        previous = folder / f"epoch_{epoch - 1:03d}.npy"
+        if not previous.exists():
+            return {}
+        change = geometry.geodesic_distance_deg(jnp.asarray(np.load(previous)), jnp.asarray(sample))
+        return {"pose_change_median_deg": float(jnp.median(change))}
 
     def finish(self, state, progress: dict) -> dict:
         """Final outputs: the learned volume as decoder.mrc, poses.star (RELION 3.1, with the half sets as
@@ -76,7 +109,8 @@ class RunOutputs:
         comes from the two half sets, whose FSC is the run's own resolution estimate)."""
         stage = AUTODECODING if "rotations" in state else AMORTIZED
         decoder, rots = self.write_outputs(stage, state, self.workdir)
-        (self.workdir / "reconstruction.mrc").replace(self.workdir / "decoder.mrc")
+        if distributed.is_writer():
+            (self.workdir / "reconstruction.mrc").replace(self.workdir / "decoder.mrc")
         summary = {f"decoder_{k}": v for k, v in decoder.items() if k.startswith("fsc")}
         summary.update(self.final_map(rots, np.asarray(self.current_poses(stage, state)[1])))
         summary.update(elapsed_s=self.elapsed(), n_particles=self.n, switch_rule=self.config.train.switch,
@@ -95,9 +129,10 @@ class RunOutputs:
         volume = rec["map"]
         if self.config.model.get("volume_mask", False):  # the map the run worked with; half maps stay unmasked
             volume = volume * self.volume_mask(source)
-        write_mrc(self.workdir / "reconstruction.mrc", volume, pixel)
-        evaluate.write_fsc_csv(self.workdir / "fsc_halfmaps.csv", {"unmasked": rec["fsc_half"],
-                                                                    "masked": rec["fsc_half_masked"]}, pixel)
+        runio.write_volume(self.workdir / "reconstruction.mrc", volume, pixel)
+        if distributed.is_writer():
+            evaluate.write_fsc_csv(self.workdir / "fsc_halfmaps.csv", {"unmasked": rec["fsc_half"],
+                                                                        "masked": rec["fsc_half_masked"]}, pixel)
         out = {"fsc0143_halfmaps_angstrom": evaluate.resolution_at(rec["fsc_half"], 0.143, pixel),
                "fsc0143_halfmaps_masked_angstrom": evaluate.resolution_at(rec["fsc_half_masked"], 0.143, pixel)}
         logging.info("final map by direct inversion: half-map FSC 0.143 at %.2f A (soft mask %.2f A)",

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import geometry
-from jaxcryo.dataset import device_batch
+from jaxcryo import distributed, geometry
+from jaxcryo.dataset import read_batch
 from jaxcryo.io.loader import padded_chunks
 
 RESET_ON_MOVE = ("pose_m", "pose_v", "shift_m", "shift_v", "pose_count")
@@ -41,12 +41,12 @@ def research_poses(pose_search, state: dict, source, batch_size: int, sharding, 
     ``pose_search``: ``steps.make_pose_search``'s function; ``source``: the full-box ImageSource.
     """
     n = len(source.table)
-    rots, shifts = np.array(state["rotations"]), np.array(state["shifts"])
+    rots, shifts = np.array(distributed.to_host(state["rotations"])), np.array(distributed.to_host(state["shifts"]))
     moved = np.zeros(n, bool)
     for start, idx, padded in padded_chunks(np.arange(n), batch_size):
-        batch = device_batch(source.batch(padded), source.table, sharding)
-        rows = jax.device_put((jnp.asarray(rots[padded]), jnp.asarray(shifts[padded])), sharding)
-        found, found_shift, found_loss, current = (np.asarray(x)[: len(idx)] for x in pose_search(
+        batch = read_batch(source, padded, sharding)
+        rows = distributed.put_rows((rots[padded], shifts[padded]), sharding)
+        found, found_shift, found_loss, current = (distributed.to_host(x)[: len(idx)] for x in pose_search(
             state["vol_params"], batch, radius, jax.random.fold_in(key, start), *rows))
         far = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(found), jnp.asarray(rots[idx]))) > min_move_deg
         better = (found_loss < current) & far
@@ -56,7 +56,7 @@ def research_poses(pose_search, state: dict, source, batch_size: int, sharding, 
         moved[idx[better]] = True
     new = dict(state, rotations=jnp.asarray(rots), shifts=jnp.asarray(shifts))
     for name in RESET_ON_MOVE:
-        table = np.array(state[name])
+        table = np.array(distributed.to_host(state[name]))
         table[moved] = 0
         new[name] = jnp.asarray(table)
-    return jax.device_put(new, replicated), float(moved.mean())
+    return distributed.put_replicated(new, replicated), float(moved.mean())

@@ -8,7 +8,11 @@ WORKDIR layout
     metrics.jsonl           one JSON object per logged point: stage, epoch, step, loss, elapsed_s,
                             images_per_s (+ evaluation figures when a ground truth is given)
     events.out.tfevents.*   the same scalars for TensorBoard
-    epoch_NNN/              reconstruction.mrc and poses.star after each epoch
+    epoch_NNN/              reconstruction.mrc and poses.star after each epoch (N <= train.epoch_outputs_max_particles)
+    switch_poses/           the automatic switch's sample of poses at the last two amortized epochs
+
+With several processes only process 0 writes these files (the functions below do nothing in the
+others); every process writes its own part of each checkpoint.
     reconstruction.mrc      the final map (real space, voxel size set)
     poses.star              RELION 3.1 star, one row per input particle
 """
@@ -23,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxcryo import geometry, slicing
+from jaxcryo import distributed, geometry, slicing
 from jaxcryo.io.cryosparc import write_cs
 from jaxcryo.io.mrc import write_mrc
 from jaxcryo.io.star import write_particles_star
@@ -34,7 +38,8 @@ class Checkpoints:
     """Save/restore (state pytree, progress dict); the state's structure depends on the stage."""
 
     def __init__(self, directory: pathlib.Path, max_to_keep: int = 2):
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False)
+        # asynchronous: the arrays are copied to the host before save() returns, written while training goes on
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True)
         self.manager = ocp.CheckpointManager(directory.resolve(), options=options)
 
     def latest_progress(self) -> dict | None:
@@ -53,9 +58,9 @@ class Checkpoints:
         latest = self.manager.latest_step()
         self.manager.save(0 if latest is None else latest + 1, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)), force=True)
-        self.manager.wait_until_finished()
 
     def close(self):
+        self.manager.wait_until_finished()
         self.manager.close()
 
 
@@ -63,7 +68,10 @@ class MetricsWriter:
     """Appends to metrics.jsonl (dropping records past ``resume_step`` on a resumed run) and TensorBoard."""
 
     def __init__(self, workdir: pathlib.Path, resume_step: int | None):
-        self.path = workdir / "metrics.jsonl"
+        self.path, self.tb = workdir / "metrics.jsonl", None
+        if not distributed.is_writer():  # one writer: the other processes' records are the same
+            self.path = None
+            return
         if resume_step is not None and self.path.exists():
             kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["global_step"] <= resume_step]
             self.path.write_text("".join(ln + "\n" for ln in kept))
@@ -75,6 +83,8 @@ class MetricsWriter:
             self.tb = None
 
     def write(self, record: dict) -> None:
+        if self.path is None:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
@@ -94,10 +104,16 @@ def volume_to_real(volume_h: jax.Array) -> np.ndarray:
 
 
 def write_map(path: pathlib.Path, volume_h: jax.Array, pixel_size_angstrom: float) -> np.ndarray:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the map (process 0) and return it, real space (every process)."""
     real = volume_to_real(volume_h)
-    write_mrc(path, real, pixel_size_angstrom)
+    write_volume(path, real, pixel_size_angstrom)
     return real
+
+
+def write_volume(path: pathlib.Path, volume: np.ndarray, pixel_size_angstrom: float) -> None:
+    if distributed.is_writer():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_mrc(path, volume, pixel_size_angstrom)
 
 
 def write_poses(path: pathlib.Path, table: ParticleTable, rotations: np.ndarray,
@@ -109,6 +125,8 @@ def write_poses(path: pathlib.Path, table: ParticleTable, rotations: np.ndarray,
     Without estimated shifts the model treats particles as centred, so any input origins are written
     as 0 to stay consistent with the map.
     """
+    if not distributed.is_writer():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     euler = np.asarray(geometry.matrix_to_euler(jnp.asarray(rotations, jnp.float32)), np.float64)
     if origin_angstrom is None and table.origin_angstrom is not None:
@@ -119,6 +137,8 @@ def write_poses(path: pathlib.Path, table: ParticleTable, rotations: np.ndarray,
 
 
 def write_json(path: pathlib.Path, obj) -> None:
+    if not distributed.is_writer():
+        return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
     tmp.replace(path)

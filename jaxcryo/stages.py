@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import evaluate, fourier, geometry, inversion, models, runio, steps
-from jaxcryo.dataset import AMORTIZED, device_batch
+from jaxcryo import distributed, evaluate, fourier, geometry, inversion, models, runio, steps
+from jaxcryo.dataset import AMORTIZED, device_batch, read_batch
 from jaxcryo.io import InputError, read_particles
 from jaxcryo.io.loader import half_set_labels, iterate_batches, padded_chunks
 from jaxcryo.research import research_due, research_poses
@@ -85,7 +85,7 @@ class AmortizedStage:
         state = {"enc_params": variables["params"], "batch_stats": variables["batch_stats"],
                  "enc_opt": self.enc_opt.init(variables["params"]), "vol_params": vol, "vol_opt": self.vol_opt.init(vol),
                  "step": jnp.full((), start * 1_000_000, jnp.int32)}
-        return jax.device_put(state, self.replicated)
+        return distributed.put_replicated(state, self.replicated)
 
     def amortized_starts(self, n_starts: int, epochs: int) -> dict:
         """Several starts chosen by likelihood (``train.amortized_starts``): each start trains ``epochs``
@@ -125,11 +125,11 @@ class AmortizedStage:
         total, key = 0.0, jax.random.key(self.config.seed + 13)
         rotations = np.zeros((len(rows), 3, 3), np.float32)
         for start, idx, padded in padded_chunks(rows, self.inference_batch):
-            batch = device_batch(self.data.coarse.batch(padded), self.data.table, self.batch_sharding)
+            batch = read_batch(self.data.coarse, padded, self.batch_sharding)
             out = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius,
                                          jax.random.fold_in(key, start))
-            rotations[start:start + len(idx)] = np.asarray(out[0])[: len(idx)]
-            total += float(np.sum(np.asarray(out[-1])[: len(idx)]))
+            rotations[start:start + len(idx)] = distributed.to_host(out[0])[: len(idx)]
+            total += float(np.sum(distributed.to_host(out[-1])[: len(idx)]))
         return total / len(rows), rotations
 
     def upsample_volume(self, vol_params) -> dict:
@@ -143,16 +143,18 @@ class AmortizedStage:
             return vol_params
         h = fourier.pad_center(models.volume_hartley(vol_params), full, ndim=3) * (full / small)
         exponent = models.init_volume(full, self.radial[full], jax.random.key(0))["exponent"]
-        return jax.device_put(models.params_from_hartley(h, exponent), self.replicated)
+        return distributed.put_replicated(models.params_from_hartley(h, exponent), self.replicated)
 
-    def encoder_rotations(self, state, radius: float, heads_for: np.ndarray | None = None, passes: int = 1):
-        """Winning-head rotation (N, 3, 3), its shift (N, 2) in pixels of the full box and winner
-        index (N,) of every image, in table order; with ``heads_for`` (row indices) also every head's
-        rotation for those rows, (len, M, 3, 3). With a search, ``passes`` > 1 draws that many sets of
-        random candidates and keeps each image's best pose of all of them."""
+    def encoder_rotations(self, state, radius: float, heads_for: np.ndarray | None = None, passes: int = 1,
+                          rows: np.ndarray | None = None):
+        """Winning-head rotation (n, 3, 3), its shift (n, 2) in pixels of the full box and winner
+        index (n,) of every image of ``rows`` (default: all N, in table order); with ``heads_for`` (row
+        indices) also every head's rotation for those rows, (len, M, 3, 3). With a search, ``passes`` > 1
+        draws that many sets of random candidates and keeps each image's best pose of all of them."""
         bs = self.inference_batch
-        rots, winners = np.zeros((self.n, 3, 3), np.float32), np.zeros(self.n, np.int64)
-        shifts = np.zeros((self.n, 2), np.float32)
+        rows = np.arange(self.n) if rows is None else np.asarray(rows)
+        rots, winners = np.zeros((len(rows), 3, 3), np.float32), np.zeros(len(rows), np.int64)
+        shifts = np.zeros((len(rows), 2), np.float32)
         to_full = self.data.source.image_size / self.data.coarse.image_size  # same shift in A, finer pixels
         heads = None
         if heads_for is not None:  # only the sampled rows are kept: memory stays bounded for any N
@@ -161,16 +163,17 @@ class AmortizedStage:
             heads = np.zeros((len(heads_for), self.config.model.n_heads, 3, 3), np.float32)
         key = jax.random.key(self.config.seed + 7)
         passes = passes if self.config.model.search_candidates else 1  # without a search every pass is the same
-        for start, idx, padded in padded_chunks(np.arange(self.n), bs):
-            batch = device_batch(self.data.coarse.batch(padded), self.data.table, self.batch_sharding)
+        for start, idx, padded in padded_chunks(rows, bs):
+            batch = read_batch(self.data.coarse, padded, self.batch_sharding)
             best_loss = np.full(len(idx), np.inf)
             for p in range(passes):  # pass 0 uses the key of a single pass: passes=1 is unchanged
                 pass_key = jax.random.fold_in(key, start if p == 0 else self.n * p + start)
-                r, t, w, all_heads, loss = (np.asarray(x)[: len(idx)] for x in self.encoder_inference(
+                r, t, w, all_heads, loss = (distributed.to_host(x)[: len(idx)] for x in self.encoder_inference(
                     state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius, pass_key))
                 better = loss < best_loss
                 best_loss = np.where(better, loss, best_loss)
-                rots[idx[better]], winners[idx[better]], shifts[idx[better]] = r[better], w[better], t[better] * to_full
+                at = start + np.nonzero(better)[0]
+                rots[at], winners[at], shifts[at] = r[better], w[better], t[better] * to_full
             if heads is not None:
                 keep = position[idx] >= 0
                 heads[position[idx][keep]] = all_heads[keep]
@@ -195,7 +198,7 @@ class AutodecodingStage:
         """Auto-decoding state: (N, 3, 3) rotations and (N, 2) shifts in pixels of the full box."""
         state = {"vol_params": vol_params, "vol_opt": self.vol_opt_ad.init(vol_params),
                  **steps.init_pose_tables(rotations, shifts_px)}
-        return jax.device_put(state, self.replicated)
+        return distributed.put_replicated(state, self.replicated)
 
     def known_poses_from_file(self) -> tuple[np.ndarray, np.ndarray]:
         """Rotations (N, 3, 3) and shifts (N, 2, pixels) of config.poses; shifts from its origins."""
@@ -229,12 +232,12 @@ class AutodecodingStage:
         """``train.autodecoding_volume='inversion'``: the state's volume replaced by the Wiener-filtered
         direct inversion of the images at the state's poses (``jaxcryo.inversion``): the volume that
         best explains the images at those poses, where a few gradient steps per epoch only approach it."""
-        shifts = np.asarray(state["shifts"]) if self.uses_shifts else np.zeros((self.n, 2), np.float32)
-        rec = inversion.reconstruct(self.data.source, np.asarray(state["rotations"]), shifts,
+        shifts = distributed.to_host(state["shifts"]) if self.uses_shifts else np.zeros((self.n, 2), np.float32)
+        rec = inversion.reconstruct(self.data.source, distributed.to_host(state["rotations"]), shifts,
                                     half_set_labels(self.data.table, self.config.seed), self.inference_batch)
         volume = rec["map"] * self.volume_mask(self.data.source) if self.config.model.get("volume_mask", False) else rec["map"]
         vol = models.params_from_hartley(models.hartley_from_map(volume), state["vol_params"]["exponent"])
-        return dict(state, vol_params=jax.device_put(vol, self.replicated))
+        return dict(state, vol_params=distributed.put_replicated(vol, self.replicated))
 
     def volume_mask(self, source) -> np.ndarray:
         """(L, L, L) soft spherical mask at ``source``'s box and pixel size: the particle's diameter x
@@ -249,4 +252,4 @@ class AutodecodingStage:
         real = runio.volume_to_real(models.volume_hartley(state["vol_params"]))
         h = models.hartley_from_map(real * self.volume_mask(source))
         vol = models.params_from_hartley(h, state["vol_params"]["exponent"])
-        return dict(state, vol_params=jax.device_put(vol, self.replicated))
+        return dict(state, vol_params=distributed.put_replicated(vol, self.replicated))

@@ -1,6 +1,7 @@
 """Jitted, data-parallel training steps of both stages (one XLA program per step).
 
-Data parallelism: ``jax.shard_map`` over a 1-D mesh named ``data`` of all local devices. The batch is
+Data parallelism: ``jax.shard_map`` over a 1-D mesh named ``data`` of every process's devices
+(``jaxcryo.distributed``: one process or many). The batch is
 split along its first axis; the volume, encoder parameters and optimiser states are replicated;
 gradients, losses and BatchNorm statistics are averaged with ``pmean`` so every device applies the
 same update (1 device or 8 give the same numbers up to float summation order). The per-image pose
@@ -22,16 +23,19 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from jaxcryo import ctf as ctf_lib
-from jaxcryo import geometry, losses, models, noise, search, slicing
+from jaxcryo import distributed, geometry, losses, models, noise, search, slicing
 from jaxcryo.io.table import CTF_FIELDS
 
 AXIS = "data"
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
-    """A 1-D ``data`` mesh over ``devices`` (default: all local devices)."""
-    devices = list(devices) if devices is not None else jax.local_devices()
-    return jax.make_mesh((len(devices),), (AXIS,), devices=devices)
+    """A 1-D ``data`` mesh over ``devices`` (default: every process's devices, process by process)."""
+    devices = list(devices) if devices is not None else distributed.ordered_devices()
+    mesh = jax.make_mesh((len(devices),), (AXIS,), devices=devices)
+    if list(mesh.devices.flat) != devices:  # each process's rows of a batch must stay contiguous
+        raise ValueError("the mesh reordered the devices")
+    return mesh
 
 
 def _targets(batch: dict, pixel_size_angstrom: float, radius_fraction):

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from jaxcryo import configcheck, models, runio, steps
+from jaxcryo import configcheck, distributed, models, runio, steps
 from jaxcryo.dataset import AMORTIZED, device_batch, prepare_data, radial_log_amplitude
 from jaxcryo.io import InputError
 from jaxcryo.io.loader import iterate_batches, steps_per_epoch
@@ -89,6 +89,10 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
                 n_global=int(tc.research_candidates), top_k=2, n_local=int(tc.get("research_local", 8)), sigma_deg=10.0,
                 rounds=3))
         self.checkpoints = runio.Checkpoints(workdir / "checkpoints")
+        progress = self.checkpoints.latest_progress()  # checked before anything is written
+        if progress is not None and progress.get("processes", 1) != distributed.process_count():
+            raise InputError(f"{workdir}: its run was written by {progress.get('processes', 1)} process(es); "
+                             f"resume it with the same number (this command started {distributed.process_count()})")
         # data spectra (host numpy, computed once): the volume's initial exponent at each box size
         self.radial = {src.image_size: radial_log_amplitude(src, seed=config.seed)
                        for src in (self.data.coarse, self.data.source)}
@@ -133,8 +137,9 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
                     sample = np.sort(np.random.default_rng(config.seed).permutation(self.n)[:20_000])
                     rots, shifts, winners, heads = self.encoder_rotations(state, radius_at(config, AMORTIZED, 1e9), sample,
                                                                           tc.switch_search_passes)
-                    np.savez_compressed(self.workdir / "amortized_heads.npz", rows=sample, heads=heads,
-                                        winners=winners[sample], chosen=rots[sample])
+                    if distributed.is_writer():
+                        np.savez_compressed(self.workdir / "amortized_heads.npz", rows=sample, heads=heads,
+                                            winners=winners[sample], chosen=rots[sample])
                     state = self.init_autodecoding(self.upsample_volume(state["vol_params"]), rots, shifts)
                     if self.inverted_volume:
                         state = self.inverted(state)
@@ -146,7 +151,7 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
             self.checkpoints.close()
 
     def stamp(self, progress: dict) -> dict:
-        return dict(progress, elapsed_s=self.elapsed())
+        return dict(progress, elapsed_s=self.elapsed(), processes=distributed.process_count())
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start_time
@@ -167,7 +172,7 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
         epoch, start_step = progress["epoch"], progress["step"]
         step_fn = self.amortized_step if stage == AMORTIZED else self.autodecoding_step
         bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"{stage} {epoch + 1}/{n_epochs}",
-                   unit="step", leave=False, dynamic_ncols=True, disable=not config.progress_bar)
+                   unit="step", leave=False, dynamic_ncols=True, disable=not (config.progress_bar and distributed.is_writer()))
         winners = np.zeros(config.model.n_heads + (1 if config.model.search_candidates else 0), np.int64)
         losses_seen, t0, images_seen = [], time.perf_counter(), 0
         seed = config.seed + (0 if stage == AMORTIZED else 1000)
@@ -192,7 +197,7 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
                     self.stop(f"{stage} epoch {epoch + 1} step {step + 1}: loss is {loss}")
             if log_now:
                 if "winner" in out:
-                    winners += np.bincount(np.asarray(out["winner"]), minlength=len(winners))
+                    winners += np.bincount(distributed.to_host(out["winner"]), minlength=len(winners))
                 rate = images_seen / (time.perf_counter() - t0)
                 losses_seen.append(loss)
                 self.metrics.write({"stage": stage, "epoch": epoch + 1, "step": step + 1,
@@ -254,7 +259,7 @@ def _open_workdir(config, workdir: pathlib.Path) -> None:
 
 
 def train_and_evaluate(config, workdir, devices=None) -> dict:
-    """Run (or resume) a reconstruction in ``workdir`` on ``devices`` (default: all local devices).
+    """Run (or resume) a reconstruction in ``workdir`` on ``devices`` (default: every process's devices).
 
     The config, the work directory and the data are all checked before anything is written, so a
     rejected command leaves an existing work directory as it was."""
@@ -264,6 +269,9 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
     if config.get("halfsets", False):
         from jaxcryo import halfsets
 
+        if distributed.process_count() > 1:
+            raise InputError("config: halfsets=True runs in one process (its two halves on two groups of local "
+                             "devices); with several processes run each half as its own job")
         runio.write_json(workdir / "config.json", config.to_dict())
         return halfsets.run_halfsets(config, workdir, train_and_evaluate, devices)
     run = Run(config, workdir, devices)  # reads and checks the data

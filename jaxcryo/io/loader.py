@@ -3,6 +3,8 @@
 * Order: epoch ``e`` visits particles in ``default_rng([seed, e]).permutation(N)``, so any position
   (epoch, step) can be reproduced after a restart without saving the permutation.
 * Memory: at most ``prefetch + 1`` batches live on the host, whatever N is.
+* Processes: every process walks the same order and reads only its own rows of each batch
+  (``jaxcryo.distributed.local_rows``).
 * Images: read as stored, optionally contrast-inverted, Fourier-cropped to ``image_size`` (pixel size
   scales by L_in / L_out) and normalised, either as ``(x - mean) / std`` with statistics measured once
   on a seeded sample of images (``estimate_normalization``) so every batch is scaled alike, or per
@@ -19,7 +21,7 @@ import threading
 
 import numpy as np
 
-from jaxcryo import noise
+from jaxcryo import distributed, noise
 from jaxcryo.io.mrc import Stack
 from jaxcryo.io.table import InputError, ParticleTable
 
@@ -123,12 +125,14 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 def iterate_batches(source: ImageSource, batch_size: int, seed: int, epoch: int, start_step: int = 0,
                     shuffle: bool = True, prefetch: int = 2, rows: np.ndarray | None = None):
     """Yield (step, Batch) for one epoch from ``start_step`` on; reading runs on a background thread.
+    Each Batch holds this process's rows of the global batch of ``batch_size``.
 
     ``rows`` restricts the epoch to a subset of the table (e.g. a half set); default: all particles.
     """
     rows = np.arange(len(source.table)) if rows is None else np.asarray(rows)
     order = rows[epoch_permutation(len(rows), seed, epoch, shuffle)]
     n_steps = steps_per_epoch(len(rows), batch_size)
+    mine = distributed.local_rows(batch_size)
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
 
@@ -138,7 +142,7 @@ def iterate_batches(source: ImageSource, batch_size: int, seed: int, epoch: int,
                 if stop.is_set():
                     return
                 index = order[step * batch_size : (step + 1) * batch_size]
-                q.put((step, source.batch(index)))
+                q.put((step, source.batch(index[mine])))
             q.put(None)
         except BaseException as exc:  # surfaced in the consumer
             q.put(exc)
