@@ -41,7 +41,8 @@ class RunOutputs:
         """Rotations (N, 3, 3) and shifts (N, 2) in pixels of the full box, in table order."""
         if stage == AMORTIZED:
             return self.encoder_rotations(state, radius_at(self.config, AMORTIZED, 1e9))[:2]
-        return distributed.to_host(state["rotations"]), distributed.to_host(state["shifts"])
+        poses = self.host_tables(state, ("rotations", "shifts"))
+        return poses["rotations"], poses["shifts"]
 
     def write_outputs(self, stage: str, state, out: pathlib.Path) -> tuple[dict, np.ndarray]:
         """reconstruction.mrc and poses.star into ``out``, and the evaluation against the ground truth

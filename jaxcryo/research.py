@@ -34,29 +34,29 @@ def research_due(train_config, epochs_done: int, n_epochs: int, progress: dict) 
     return repeat > 0 and progress.get("research_moved", 0.0) >= repeat
 
 
-def research_poses(pose_search, state: dict, source, batch_size: int, sharding, replicated, radius: float, key,
+def research_poses(pose_search, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
                    refine_shifts: bool, min_move_deg: float = 5.0) -> tuple[dict, float]:
-    """Returns the auto-decoding state with moved images updated and the fraction of images moved.
+    """Returns the pose tables (host arrays of N rows, ``steps.POSE_TABLES``) with moved images updated
+    and the fraction of images moved.
 
     ``pose_search``: ``steps.make_pose_search``'s function; ``source``: the full-box ImageSource.
     """
     n = len(source.table)
-    rots, shifts = np.array(distributed.to_host(state["rotations"])), np.array(distributed.to_host(state["shifts"]))
+    rots, shifts = tables["rotations"].copy(), tables["shifts"].copy()
     moved = np.zeros(n, bool)
     for start, idx, padded in padded_chunks(np.arange(n), batch_size):
         batch = read_batch(source, padded, sharding)
         rows = distributed.put_rows((rots[padded], shifts[padded]), sharding)
         found, found_shift, found_loss, current = (distributed.to_host(x)[: len(idx)] for x in pose_search(
-            state["vol_params"], batch, radius, jax.random.fold_in(key, start), *rows))
+            vol_params, batch, radius, jax.random.fold_in(key, start), *rows))
         far = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(found), jnp.asarray(rots[idx]))) > min_move_deg
         better = (found_loss < current) & far
         rots[idx[better]] = found[better]
         if refine_shifts:
             shifts[idx[better]] = found_shift[better]
         moved[idx[better]] = True
-    new = dict(state, rotations=jnp.asarray(rots), shifts=jnp.asarray(shifts))
+    new = dict(tables, rotations=rots, shifts=shifts)
     for name in RESET_ON_MOVE:
-        table = np.array(distributed.to_host(state[name]))
-        table[moved] = 0
-        new[name] = jnp.asarray(table)
-    return distributed.put_replicated(new, replicated), float(moved.mean())
+        new[name] = tables[name].copy()
+        new[name][moved] = 0
+    return new, float(moved.mean())

@@ -65,15 +65,22 @@ class Checkpoints:
 
 
 class MetricsWriter:
-    """Appends to metrics.jsonl (dropping records past ``resume_step`` on a resumed run) and TensorBoard."""
+    """Appends to metrics.jsonl and TensorBoard. On a resumed run (``resume``: the checkpoint's progress)
+    the records the run will write again are dropped: those past its global step, and the end of an
+    epoch whose checkpoint was not kept (checkpoints are asynchronous: a kill can come between an
+    epoch's record and its save)."""
 
-    def __init__(self, workdir: pathlib.Path, resume_step: int | None):
+    def __init__(self, workdir: pathlib.Path, resume: dict | None):
         self.path, self.tb = workdir / "metrics.jsonl", None
         if not distributed.is_writer():  # one writer: the other processes' records are the same
             self.path = None
             return
-        if resume_step is not None and self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["global_step"] <= resume_step]
+        if resume is not None and self.path.exists():
+            def redone(r):
+                return r["global_step"] > resume["global_step"] or (
+                    r.get("epoch_end", False) and r["stage"] == resume["stage"] and r["epoch"] > resume["epoch"])
+
+            kept = [ln for ln in self.path.read_text().splitlines() if ln and not redone(json.loads(ln))]
             self.path.write_text("".join(ln + "\n" for ln in kept))
         try:
             from tensorboardX import SummaryWriter

@@ -99,7 +99,8 @@ class AmortizedStage:
         for start in range(n_starts):
             state = self.init_amortized(start)
             for epoch in range(epochs):
-                for step, batch in iterate_batches(source, tc.batch_size, self.config.seed + 7919 * start, epoch):
+                for step, batch in iterate_batches(source, tc.batch_size, self.config.seed + 7919 * start, epoch,
+                                                   max_steps=self.steps_per_epoch):
                     radius = radius_at(self.config, AMORTIZED, epoch + step / self.steps_per_epoch)
                     state, _ = self.amortized_step(state, device_batch(batch, self.data.table, self.batch_sharding), radius)
             score, rotations = self.sample_inference(state, rows, radius_at(self.config, AMORTIZED, epochs))
@@ -196,9 +197,32 @@ class AutodecodingStage:
 
     def init_autodecoding(self, vol_params, rotations: np.ndarray, shifts_px: np.ndarray) -> dict:
         """Auto-decoding state: (N, 3, 3) rotations and (N, 2) shifts in pixels of the full box."""
-        state = {"vol_params": vol_params, "vol_opt": self.vol_opt_ad.init(vol_params),
-                 **steps.init_pose_tables(rotations, shifts_px)}
-        return distributed.put_replicated(state, self.replicated)
+        state = distributed.put_replicated({"vol_params": vol_params, "vol_opt": self.vol_opt_ad.init(vol_params)},
+                                           self.replicated)
+        return dict(state, **self.place_tables(steps.init_pose_tables(rotations, shifts_px)))
+
+    def abstract_autodecoding(self, table_rows: int) -> dict:
+        """Shapes and shardings of an auto-decoding checkpoint: the full-box volume (whatever size the
+        amortized stage ran at) and pose tables of ``table_rows`` rows (padded for the device count of
+        the run that saved them; sharded by row when this mesh divides them)."""
+        full = self.data.source.image_size
+        vol = jax.eval_shape(lambda: models.init_volume(full, self.radial[full], jax.random.key(0)))
+        vol_state = jax.eval_shape(lambda v: {"vol_params": v, "vol_opt": self.vol_opt_ad.init(v)}, vol)
+        tables = steps.init_pose_tables(np.zeros((0, 3, 3), np.float32), np.zeros((0, 2), np.float32), table_rows)
+        rows = self.batch_sharding if table_rows % self.blocks == 0 else self.replicated
+        return dict(jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
+                                           vol_state),
+                    **{k: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=rows) for k, t in tables.items()})
+
+    def place_tables(self, tables: dict) -> dict:
+        """Host pose tables of N rows -> device tables padded to whole blocks, block d on device d."""
+        n = next(iter(tables.values())).shape[0]
+        padded = {k: np.concatenate([t, np.zeros((self.table_rows - n,) + t.shape[1:], t.dtype)]) for k, t in tables.items()}
+        return distributed.put_rows(padded, self.batch_sharding)
+
+    def host_tables(self, state, names=steps.POSE_TABLES) -> dict:
+        """The state's pose tables as host arrays of N rows (padding dropped)."""
+        return {k: np.array(distributed.to_host(state[k])[: self.n]) for k in names}
 
     def known_poses_from_file(self) -> tuple[np.ndarray, np.ndarray]:
         """Rotations (N, 3, 3) and shifts (N, 2, pixels) of config.poses; shifts from its origins."""
@@ -216,9 +240,11 @@ class AutodecodingStage:
         (``jaxcryo.research``), the volume by direct inversion at the current poses, or the volume mask."""
         config, epoch = self.config, progress["epoch"]
         if stage == AUTODECODING and self.research is not None and research_due(config.train, epoch, n_epochs, progress):
-            state, moved = research_poses(self.research, state, self.data.source, self.inference_batch, self.batch_sharding,
-                                          self.replicated, radius_at(config, stage, epoch),
-                                          jax.random.fold_in(jax.random.key(config.seed + 11), epoch - 1), self.estimate_shifts)
+            tables, moved = research_poses(self.research, state["vol_params"], self.host_tables(state), self.data.source,
+                                           self.inference_batch, self.batch_sharding, radius_at(config, stage, epoch),
+                                           jax.random.fold_in(jax.random.key(config.seed + 11), epoch - 1),
+                                           self.estimate_shifts)
+            state = dict(state, **self.place_tables(tables))
             progress = dict(progress, research_moved=moved)  # checkpointed: a resumed run makes the same choice
             logging.info("auto-decoding epoch %d: %.1f %% of the images moved to a more likely pose found by search",
                          epoch, 100 * moved)
@@ -232,8 +258,9 @@ class AutodecodingStage:
         """``train.autodecoding_volume='inversion'``: the state's volume replaced by the Wiener-filtered
         direct inversion of the images at the state's poses (``jaxcryo.inversion``): the volume that
         best explains the images at those poses, where a few gradient steps per epoch only approach it."""
-        shifts = distributed.to_host(state["shifts"]) if self.uses_shifts else np.zeros((self.n, 2), np.float32)
-        rec = inversion.reconstruct(self.data.source, distributed.to_host(state["rotations"]), shifts,
+        poses = self.host_tables(state, ("rotations", "shifts"))
+        shifts = poses["shifts"] if self.uses_shifts else np.zeros((self.n, 2), np.float32)
+        rec = inversion.reconstruct(self.data.source, poses["rotations"], shifts,
                                     half_set_labels(self.data.table, self.config.seed), self.inference_batch)
         volume = rec["map"] * self.volume_mask(self.data.source) if self.config.model.get("volume_mask", False) else rec["map"]
         vol = models.params_from_hartley(models.hartley_from_map(volume), state["vol_params"]["exponent"])

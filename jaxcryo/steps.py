@@ -5,8 +5,10 @@ Data parallelism: ``jax.shard_map`` over a 1-D mesh named ``data`` of every proc
 split along its first axis; the volume, encoder parameters and optimiser states are replicated;
 gradients, losses and BatchNorm statistics are averaged with ``pmean`` so every device applies the
 same update (1 device or 8 give the same numbers up to float summation order). The per-image pose
-table (auto-decoding) is replicated and its rows are gathered and scattered by batch index inside
-the same jitted program.
+tables (auto-decoding) are sharded by particle: device d holds block d of the rows
+(``loader.block_bounds``; the tables are padded to a whole number of blocks) and every auto-decoding
+batch gives device d only rows of its own block (``loader.epoch_order``), so rows are gathered and
+scattered where they live and a device holds 88 B per particle / the device count.
 
 Batch layout (a dict of arrays, leading axis B): ``images`` (B, L, L) float32, ``index`` (B,) int32
 (rows of the particle table), the CTF fields of ``jaxcryo.io.table.CTF_FIELDS`` (B,) float32 and, for
@@ -19,6 +21,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
@@ -204,13 +207,15 @@ def make_pose_search(pixel_size_angstrom: float, loss_kind: str, mesh, settings:
 POSE_TABLES = ("rotations", "shifts", "pose_m", "pose_v", "shift_m", "shift_v", "pose_count")
 
 
-def init_pose_tables(rotations, shifts_px) -> dict:
-    """Per-image auto-decoding state from (N, 3, 3) rotations and (N, 2) shifts in pixels."""
+def init_pose_tables(rotations, shifts_px, rows: int | None = None) -> dict:
+    """Per-image auto-decoding state (host arrays) from (N, 3, 3) rotations and (N, 2) shifts in pixels,
+    padded with zero rows to ``rows`` (a whole number of device blocks; default N)."""
     n = rotations.shape[0]
-    zeros = lambda k: jnp.zeros((n, k), jnp.float32)  # noqa: E731
-    return {"rotations": jnp.asarray(rotations, jnp.float32), "shifts": jnp.asarray(shifts_px, jnp.float32),
-            "pose_m": zeros(3), "pose_v": zeros(3), "shift_m": zeros(2), "shift_v": zeros(2),
-            "pose_count": jnp.zeros((n,), jnp.int32)}
+    rows = n if rows is None else rows
+    pad = lambda x: np.concatenate([np.asarray(x, np.float32), np.zeros((rows - n,) + x.shape[1:], np.float32)])  # noqa: E731
+    zeros = lambda k: np.zeros((rows, k), np.float32)  # noqa: E731
+    return {"rotations": pad(rotations), "shifts": pad(shifts_px), "pose_m": zeros(3), "pose_v": zeros(3),
+            "shift_m": zeros(2), "shift_v": zeros(2), "pose_count": np.zeros((rows,), np.int32)}
 
 
 def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_angstrom: float, loss_kind: str,
@@ -232,10 +237,13 @@ def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_ang
     """
     refine_shifts = shift_lr > 0
 
+    def local_rows(tables, batch):
+        """This device's batch rows within its block of the tables."""
+        return batch["index"] - jax.lax.axis_index(AXIS) * tables[0].shape[0]
+
     def refine_poses(vol_params, tables, batch, radius, lr_scale):
-        """Tables are replicated: gather this device's rows, refine them, all-gather the updated rows
-        of every device and scatter them, so every replica of the table stays identical."""
-        idx = batch["index"]
+        """Gather this device's rows from its block of the tables, refine them, scatter them back."""
+        idx = local_rows(tables, batch)
         rot, shift, m, v, sm, sv, count = (t[idx] for t in tables)
         target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
         frozen = jax.lax.stop_gradient(models.volume_hartley(vol_params))
@@ -259,10 +267,12 @@ def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_ang
         (omega, shift, m, v, sm, sv, count), _ = jax.lax.scan(
             pose_iter, (omega0, shift, m, v, sm, sv, count), None, length=pose_iters)
         rot = geometry.so3_exp(omega) @ rot
-        all_idx = jax.lax.all_gather(idx, AXIS, tiled=True)
-        new_tables = tuple(t.at[all_idx].set(jax.lax.all_gather(r, AXIS, tiled=True))
-                           for t, r in zip(tables, (rot, shift, m, v, sm, sv, count)))
+        new_tables = tuple(t.at[idx].set(r) for t, r in zip(tables, (rot, shift, m, v, sm, sv, count)))
         return new_tables, rot, shift
+
+    def fixed_poses(tables, batch):
+        idx = local_rows(tables, batch)
+        return tables[0][idx], tables[1][idx]
 
     def volume_grad(vol_params, rot, shift, batch, radius):
         target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
@@ -274,20 +284,21 @@ def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_ang
         loss, g_vol = jax.value_and_grad(vol_loss)(vol_params)
         return jax.lax.pmean((g_vol, loss), AXIS)
 
-    refine = jax.shard_map(refine_poses, mesh=mesh, in_specs=(P(), P(), P(AXIS), P(), P()),
-                           out_specs=(P(), P(AXIS), P(AXIS)), check_vma=False)
+    refine = jax.shard_map(refine_poses, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(), P()),
+                           out_specs=(P(AXIS), P(AXIS), P(AXIS)), check_vma=False)
+    fixed = jax.shard_map(fixed_poses, mesh=mesh, in_specs=(P(AXIS), P(AXIS)), out_specs=(P(AXIS), P(AXIS)),
+                          check_vma=False)
     vol_grad = jax.shard_map(volume_grad, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS), P()),
                              out_specs=(P(), P()), check_vma=False)
 
     @functools.partial(jax.jit, donate_argnums=(0,))
     def step(state, batch, radius, lr_scale=1.0):
-        tables = tuple(state[k] for k in POSE_TABLES)
+        rows = jax.NamedSharding(mesh, P(AXIS))  # a no-op for tables placed by particle block, as a run places them
+        tables = tuple(jax.reshard(state[k], rows) for k in POSE_TABLES)
         if pose_iters > 0:
             tables, rot, shift = refine(state["vol_params"], tables, batch, radius, jnp.asarray(lr_scale, jnp.float32))
         else:
-            rows = jax.NamedSharding(mesh, P(AXIS))
-            rot = state["rotations"].at[batch["index"]].get(out_sharding=rows)
-            shift = state["shifts"].at[batch["index"]].get(out_sharding=rows)
+            rot, shift = fixed(tables, batch)
         vol_params, vol_opt_state = state["vol_params"], state["vol_opt"]
         loss = None
         for _ in range(vol_iters):

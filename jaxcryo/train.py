@@ -52,7 +52,9 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
         self.batch_sharding = jax.NamedSharding(self.mesh, jax.sharding.PartitionSpec(steps.AXIS))
         self.replicated = jax.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self.n = len(self.data.table)
-        self.steps_per_epoch = steps_per_epoch(self.n, tc.batch_size)
+        self.blocks = n_dev  # the pose tables' row blocks, one per device (steps, loader.epoch_order)
+        self.table_rows = n_dev * -(-self.n // n_dev)
+        self.steps_per_epoch = steps_per_epoch(self.n, tc.batch_size, self.blocks)
         # inference-only passes: a multiple of the device count, no larger than needed for N images
         wanted = min(int(tc.get("inference_batch_size", tc.batch_size)), -(-self.n // n_dev) * n_dev)
         self.inference_batch = max(n_dev, wanted - wanted % n_dev)
@@ -123,7 +125,7 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
             logging.info("resuming from %s", progress)
             state = self.restore(progress)
             self.elapsed_before = progress.get("elapsed_s", 0.0)
-        self.metrics = runio.MetricsWriter(self.workdir, progress["global_step"] if progress["global_step"] else None)
+        self.metrics = runio.MetricsWriter(self.workdir, progress if progress["global_step"] else None)
         try:
             for stage in (AMORTIZED, AUTODECODING):
                 if progress["stage"] != stage:
@@ -151,7 +153,8 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
             self.checkpoints.close()
 
     def stamp(self, progress: dict) -> dict:
-        return dict(progress, elapsed_s=self.elapsed(), processes=distributed.process_count())
+        return dict(progress, elapsed_s=self.elapsed(), processes=distributed.process_count(),
+                    pose_table_rows=self.table_rows)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start_time
@@ -159,13 +162,14 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
     def restore(self, progress: dict):
         if progress["stage"] == AMORTIZED:
             abstract = jax.eval_shape(self.init_amortized)
-        else:  # auto-decoding holds the full-box volume, whatever size the amortized stage ran at
-            full = self.data.source.image_size
-            vol = jax.eval_shape(lambda: models.init_volume(full, self.radial[full], jax.random.key(0)))
-            abstract = jax.eval_shape(lambda v: self.init_autodecoding(
-                v, np.zeros((self.n, 3, 3), np.float32), np.zeros((self.n, 2), np.float32)), vol)
-        abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), abstract)
-        return self.checkpoints.restore_state(abstract)
+            abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
+                                              abstract)
+            return self.checkpoints.restore_state(abstract)
+        stored_rows = int(progress.get("pose_table_rows", self.n))  # N before the tables were sharded
+        state = self.checkpoints.restore_state(self.abstract_autodecoding(stored_rows))
+        if stored_rows != self.table_rows:  # saved with another device count: re-pad for this one
+            state = dict(state, **self.place_tables(self.host_tables(state)))
+        return state
 
     def run_epoch(self, stage: str, state, progress: dict, n_epochs: int):
         config, tc = self.config, self.config.train
@@ -176,7 +180,8 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
         winners = np.zeros(config.model.n_heads + (1 if config.model.search_candidates else 0), np.int64)
         losses_seen, t0, images_seen = [], time.perf_counter(), 0
         seed = config.seed + (0 if stage == AMORTIZED else 1000)
-        for step, batch in iterate_batches(self.data.source_for(stage), tc.batch_size, seed, epoch, start_step):
+        for step, batch in iterate_batches(self.data.source_for(stage), tc.batch_size, seed, epoch, start_step,
+                                           blocks=1 if stage == AMORTIZED else self.blocks, max_steps=self.steps_per_epoch):
             radius = radius_at(config, stage, epoch + step / self.steps_per_epoch)
             extra = () if stage == AMORTIZED else (pose_lr_scale(tc, (epoch + step / self.steps_per_epoch) / n_epochs),)
             state, out = step_fn(state, device_batch(batch, self.data.table, self.batch_sharding), radius, *extra)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from jaxcryo.io import InputError, check_stacks, read_particles
-from jaxcryo.io.loader import ImageSource, epoch_permutation, half_set_labels, iterate_batches
+from jaxcryo.io.loader import (ImageSource, block_bounds, epoch_order, epoch_permutation, half_set_labels,
+                               iterate_batches, steps_per_epoch)
 from jaxcryo.io.mrc import Stack, StackWriter, write_mrc
 from jaxcryo.io.preprocess import downsample_dataset
 from jaxcryo.io.star import write_particles_star
@@ -202,6 +203,19 @@ def test_loader_is_seeded_resumable_and_covers_the_epoch(tmp_path):
     # breaking out early stops the background thread cleanly
     for _ in iterate_batches(source, batch_size=2, seed=0, epoch=0):
         break
+
+
+def test_block_order_gives_each_device_its_own_particles():
+    """Device d's slice of every step comes from block d (where its pose-table rows live); no particle
+    twice in an epoch; one block is the plain permutation."""
+    np.testing.assert_array_equal(block_bounds(10, 4), [0, 3, 6, 9, 10])
+    assert steps_per_epoch(10, 4, blocks=4) == 1 and steps_per_epoch(100, 8, blocks=2) == 12
+    order = epoch_order(100, 8, seed=3, epoch=2, blocks=2)
+    assert order.shape == (12, 8)
+    assert (order[:, :4] < 50).all() and (order[:, 4:] >= 50).all()
+    assert len(set(order.ravel().tolist())) == 96
+    np.testing.assert_array_equal(epoch_order(100, 8, 3, 2).ravel(), epoch_permutation(100, 3, 2)[:96])
+    assert not np.array_equal(epoch_order(100, 8, 3, 1, blocks=2), order)
 
 
 def test_half_sets_from_star_or_seeded(tmp_path):

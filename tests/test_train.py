@@ -207,7 +207,11 @@ def test_two_devices_give_the_same_losses_as_one(tmp_path):
         assert p.returncode == 0, out[-2000:]
     one, two = _losses(tmp_path / "d1"), _losses(tmp_path / "d2")
     assert [s for s, _ in one] == [s for s, _ in two] and len(one) == 8
-    np.testing.assert_allclose([v for _, v in two], [v for _, v in one], rtol=2e-4)
+    amortized = [i for i, (s, _) in enumerate(one) if s == "amortized"]
+    np.testing.assert_allclose([two[i][1] for i in amortized], [one[i][1] for i in amortized], rtol=2e-4)
+    # auto-decoding batches differ: each device draws from the block of particles whose poses it holds
+    a, b = (mrcfile.read(tmp_path / d / "reconstruction.mrc") for d in ("d1", "d2"))
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95
 
 
 @pytest.mark.slow  # two end-to-end runs in subprocesses

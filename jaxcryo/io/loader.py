@@ -115,23 +115,45 @@ def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> np
     return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Full batches only: every step has the same static shape (no recompilation)."""
+def block_bounds(n: int, blocks: int) -> np.ndarray:
+    """(blocks + 1,) row bounds: block d holds rows [bounds[d], bounds[d + 1]), ceil(n / blocks) each but
+    the last. Device d of the mesh owns block d of the per-image pose tables (``jaxcryo.steps``)."""
+    size = -(-n // blocks)
+    return np.minimum(np.arange(blocks + 1) * size, n)
+
+
+def steps_per_epoch(n: int, batch_size: int, blocks: int = 1) -> int:
+    """Full batches only: every step has the same static shape (no recompilation). With ``blocks`` > 1
+    each step takes batch_size / blocks rows from every block, so the smallest block sets the count."""
     if n < batch_size:
         raise InputError(f"{n} particles is fewer than one batch of {batch_size}")
-    return n // batch_size
+    if blocks == 1:
+        return n // batch_size
+    return int(np.diff(block_bounds(n, blocks)).min()) // (batch_size // blocks)
+
+
+def epoch_order(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True, blocks: int = 1) -> np.ndarray:
+    """(steps, batch_size) rows of each step of an epoch. One block: a permutation of all rows
+    (``epoch_permutation``). Several: each step's i-th slice of batch_size / blocks rows comes from
+    block i, in that block's own permutation, so every device reads the rows whose poses it holds."""
+    n_steps = steps_per_epoch(n, batch_size, blocks)
+    if blocks == 1:
+        return epoch_permutation(n, seed, epoch, shuffle)[: n_steps * batch_size].reshape(n_steps, batch_size)
+    bounds, share = block_bounds(n, blocks), batch_size // blocks
+    parts = [bounds[d] + (np.random.default_rng([seed, epoch, d]).permutation(bounds[d + 1] - bounds[d]) if shuffle
+                          else np.arange(bounds[d + 1] - bounds[d]))[: n_steps * share].reshape(n_steps, share)
+             for d in range(blocks)]
+    return np.concatenate(parts, axis=1)
 
 
 def iterate_batches(source: ImageSource, batch_size: int, seed: int, epoch: int, start_step: int = 0,
-                    shuffle: bool = True, prefetch: int = 2, rows: np.ndarray | None = None):
-    """Yield (step, Batch) for one epoch from ``start_step`` on; reading runs on a background thread.
-    Each Batch holds this process's rows of the global batch of ``batch_size``.
-
-    ``rows`` restricts the epoch to a subset of the table (e.g. a half set); default: all particles.
+                    shuffle: bool = True, prefetch: int = 2, blocks: int = 1, max_steps: int | None = None):
+    """Yield (step, Batch) for one epoch from ``start_step`` on (``epoch_order``, at most ``max_steps``
+    steps); reading runs on a background thread. Each Batch holds this process's rows of the global
+    batch of ``batch_size``.
     """
-    rows = np.arange(len(source.table)) if rows is None else np.asarray(rows)
-    order = rows[epoch_permutation(len(rows), seed, epoch, shuffle)]
-    n_steps = steps_per_epoch(len(rows), batch_size)
+    order = epoch_order(len(source.table), batch_size, seed, epoch, shuffle, blocks)[:max_steps]
+    n_steps = len(order)
     mine = distributed.local_rows(batch_size)
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
@@ -141,7 +163,7 @@ def iterate_batches(source: ImageSource, batch_size: int, seed: int, epoch: int,
             for step in range(start_step, n_steps):
                 if stop.is_set():
                     return
-                index = order[step * batch_size : (step + 1) * batch_size]
+                index = order[step]
                 q.put((step, source.batch(index[mine])))
             q.put(None)
         except BaseException as exc:  # surfaced in the consumer

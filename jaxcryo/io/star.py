@@ -87,7 +87,7 @@ def parse_image_names(path, names: np.ndarray, datadir) -> tuple[np.ndarray, np.
         if stack not in cache:
             cache[stack] = resolve_stack_path(stack, path, datadir)
         paths[i] = cache[stack]
-    return paths.astype(str), indices
+    return paths, indices  # object array: rows of one stack share its str
 
 
 def _float(path, df, name, default=None) -> np.ndarray:

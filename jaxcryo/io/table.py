@@ -100,6 +100,11 @@ class ParticleTable:
 
     def __post_init__(self):
         n = len(self.image_index)
+        if self.image_path.dtype != object:  # one shared str per stack: 8 B per row, not 4 B per character
+            shared: dict[str, str] = {}
+            paths = np.empty(n, object)
+            paths[:] = [shared.setdefault(str(p), str(p)) for p in self.image_path]
+            object.__setattr__(self, "image_path", paths)
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, np.ndarray):
