@@ -123,8 +123,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.log_every = 20
     config.train.checkpoint_every_steps = 500
     # epoch_NNN/ (map + poses.star of every particle after each epoch) while N is at most this (-1: always,
-    # 0: never): at 10^6 particles each would cost a pass over the stack and an N-row star per epoch
-    config.train.epoch_outputs_max_particles = 100_000
+    # 0: never): each costs an inference pass over the stack (27 % of an amortized epoch, experiments.bench --scale)
+    config.train.epoch_outputs_max_particles = 20_000
 
     config.eval = ml_collections.ConfigDict()
     config.eval.ground_truth = ""  # a map to compare against (FSC) after each epoch

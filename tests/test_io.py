@@ -9,7 +9,7 @@ import pytest
 from jaxcryo.io import InputError, check_stacks, read_particles
 from jaxcryo.io.loader import (ImageSource, block_bounds, epoch_order, epoch_permutation, half_set_labels,
                                iterate_batches, steps_per_epoch)
-from jaxcryo.io.mrc import Stack, StackWriter, write_mrc
+from jaxcryo.io.mrc import Stack, StackWriter, _stack_header, write_mrc
 from jaxcryo.io.preprocess import downsample_dataset
 from jaxcryo.io.star import write_particles_star
 
@@ -173,17 +173,25 @@ def test_never_unpickles(tmp_path):
         read_particles(path)
 
 
-def test_stack_memmap_uses_int64_offsets(tmp_path):
-    n, size = 4, 8
+def test_stack_reads_any_index_form_and_offsets_past_2_gib(tmp_path):
+    n, size = 6, 8
     writer = StackWriter(tmp_path / "s.mrcs", n, size, 1.5)
     for i in range(n):
         writer.write(np.full((1, size, size), i, np.float32))
     writer.close()
     stack = Stack(tmp_path / "s.mrcs")
-    assert stack.voxel_size_angstrom == 1.5 and len(stack) == 4
-    np.testing.assert_array_equal(stack[np.array([3, 1])][:, 0, 0], [3, 1])
-    # the offset arithmetic numpy's memmap does for image 700,000 of a 128 px stack exceeds 2^31
-    assert np.int64(700_000) * 128 * 128 * 4 > 2**31 and stack._data.strides[0] == size * size * 4
+    assert stack.voxel_size_angstrom == 1.5 and len(stack) == n
+    assert stack[np.array([3, 1, 2, 5, 0])][:, 0, 0].tolist() == [3, 1, 2, 5, 0]  # runs and jumps
+    assert stack[2:5][:, 0, 0].tolist() == [2, 3, 4] and stack[-1][0, 0] == 5 and stack[4].shape == (size, size)
+    with pytest.raises(IndexError):
+        stack[np.array([6])]
+    # image 700,000 of a 128 px stack starts past 2^31 bytes: a sparse file holding only that image
+    big, count = tmp_path / "big.mrcs", 700_001
+    with open(big, "wb") as f:
+        f.write(_stack_header(count, 128, 1.0))
+        f.seek(1024 + 700_000 * 128 * 128 * 4)
+        f.write(np.full((128, 128), 7.0, "<f4").tobytes())
+    assert 700_000 * 128 * 128 * 4 > 2**31 and Stack(big)[np.array([700_000])][0, 5, 5] == 7.0
 
 
 def test_loader_is_seeded_resumable_and_covers_the_epoch(tmp_path):

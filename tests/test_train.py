@@ -317,6 +317,30 @@ def test_auto_switch_end_to_end(finished_run, tmp_path):
     assert (tmp_path / "epoch_003" / "poses.star").exists() and not (tmp_path / "epoch_004").exists()
 
 
+def test_switch_follows_a_fixed_sample_kept_on_disk(tmp_path):
+    """The automatic switch's pose change without epoch outputs: the sample is all images up to
+    SWITCH_SAMPLE, else a fixed seeded subset; the change is the median angle to the previous epoch's
+    sample (recomputed with scipy), read back from disk so a resumed run sees it; two epochs kept."""
+    import types
+
+    from scipy.spatial.transform import Rotation
+
+    from jaxcryo import outputs
+
+    run = types.SimpleNamespace(n=10, config=types.SimpleNamespace(seed=3), workdir=tmp_path)
+    np.testing.assert_array_equal(outputs.RunOutputs.switch_sample_rows(run), np.arange(10))
+    run.n = 3 * outputs.SWITCH_SAMPLE
+    rows = outputs.RunOutputs.switch_sample_rows(run)
+    assert len(np.unique(rows)) == outputs.SWITCH_SAMPLE and np.all(np.diff(rows) > 0) and rows.max() < run.n
+    np.testing.assert_array_equal(rows, outputs.RunOutputs.switch_sample_rows(run))
+    poses = [Rotation.random(50, random_state=k) for k in range(3)]
+    changes = [outputs.RunOutputs.pose_change(run, e + 1, r.as_matrix().astype(np.float32)) for e, r in enumerate(poses)]
+    assert changes[0] == {}
+    expected = np.median(np.degrees((poses[1].inv() * poses[2]).magnitude()))
+    assert changes[2]["pose_change_median_deg"] == pytest.approx(expected, abs=0.01)
+    assert sorted(p.name for p in (tmp_path / "switch_poses").iterdir()) == ["epoch_002.npy", "epoch_003.npy"]
+
+
 @pytest.mark.slow  # 77 s; its pieces have fast tests: the split (test_io), map alignment (test_align), FSC (test_evaluate)
 def test_half_sets_end_to_end(finished_run, tmp_path):
     reference, _ = finished_run

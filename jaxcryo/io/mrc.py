@@ -9,6 +9,7 @@ Written maps and stacks always carry the voxel size.
 from __future__ import annotations
 
 import functools
+import os
 import pathlib
 import warnings
 
@@ -53,8 +54,12 @@ class Stack:
             raise InputError(f"{self.path}: truncated stack ({actual} bytes, header promises {expected})")
 
     @functools.cached_property
-    def _data(self) -> np.ndarray:
-        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
+    def _fd(self) -> int:
+        return os.open(self.path, os.O_RDONLY)
+
+    def __del__(self):
+        if "_fd" in self.__dict__:
+            os.close(self.__dict__["_fd"])
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -64,7 +69,27 @@ class Stack:
         return self.shape[-1]
 
     def __getitem__(self, idx) -> np.ndarray:
-        return np.asarray(self._data[idx], dtype=np.float32)
+        """Images by index, slice or index array. Read with pread, one call per run of consecutive
+        images, not through a memory map: a map's page faults pull neighbouring pages into the
+        process (fault-around, read-ahead), and a pass over a sample of a large stack left GBs of
+        unused neighbours resident."""
+        if isinstance(idx, slice):
+            rows = np.arange(*idx.indices(len(self)))
+        else:
+            rows = np.asarray(idx, np.int64)
+        single = rows.ndim == 0
+        rows = rows.reshape(-1)
+        if rows.size and (rows.min() < -len(self) or rows.max() >= len(self)):
+            raise IndexError(f"{self.path}: image index out of range for {len(self)} images")
+        rows = np.where(rows < 0, rows + len(self), rows)
+        per_image = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        out = np.empty((len(rows),) + self.shape[1:], np.float32)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
+            count = int(stop - start)
+            buf = os.pread(self._fd, count * per_image, self.offset + int(rows[start]) * per_image)
+            out[start:stop] = np.frombuffer(buf, self.dtype).reshape((count,) + self.shape[1:])
+        return out[0] if single else out
 
 
 def read_volume(path: str | pathlib.Path) -> tuple[np.ndarray, float]:
