@@ -35,18 +35,24 @@ _SCALE_STEPS = flags.DEFINE_integer("scale_steps", 40, "Timed training steps per
 
 
 def _batch(size: int, batch_size: int, n: int, sharding, rng):
+    from jaxcryo.io.loader import epoch_order
     from jaxcryo.io.table import CTF_FIELDS
 
     values = dict(defocus_u_angstrom=15000.0, defocus_v_angstrom=14000.0, defocus_angle_deg=10.0, voltage_kv=300.0,
                   spherical_aberration_mm=2.7, amplitude_contrast=0.1, phase_shift_deg=0.0, b_factor_angstrom2=0.0)
     out = {"images": rng.normal(size=(batch_size, size, size)).astype(np.float32),
-           "index": rng.choice(n, batch_size, replace=False).astype(np.int32)}
+           # each device's rows from its own block of the pose tables, as the loader draws them
+           "index": epoch_order(n, batch_size, int(rng.integers(1 << 30)), 0, blocks=len(sharding.device_set))[0]
+           .astype(np.int32)}
     out.update({k: np.full(batch_size, values[k], np.float32) for k in CTF_FIELDS})
     return jax.device_put(out, sharding)
 
 
-def _time(step, state, batches, replicated):
-    state = jax.device_put(state, replicated)  # committed like a real run's state: no recompilation
+def _time(step, state, batches, replicated, rows=None):
+    from jaxcryo.steps import POSE_TABLES
+
+    # committed like a real run's state (pose tables sharded by particle): no recompilation, no resharding
+    state = {k: jax.device_put(v, rows if (rows is not None and k in POSE_TABLES) else replicated) for k, v in state.items()}
     state, out = step(state, batches[0], 1.0)
     jax.block_until_ready(out["loss"])
     start = time.perf_counter()
@@ -88,7 +94,7 @@ def bench_steps(config) -> None:
     step = steps.make_autodecoding_step(vo, px, config.loss.kind, tc.pose_iters, tc.vol_iters, tc.lr_pose, mesh,
                                         tc.lr_shift if shifts else 0.0)
     batches = [_batch(size, bs, n, sharding, rng) for _ in range(_STEPS.value + 1)]
-    _, seconds = _time(step, state, batches, replicated)
+    _, seconds = _time(step, state, batches, replicated, sharding)
     print(f"autodecoding  {size:4d} px  pose_iters={tc.pose_iters} vol_iters={tc.vol_iters} batch={bs} shifts={shifts}: "
           f"{_STEPS.value * bs / seconds:8.1f} images/s")
     print(f"peak RSS {peak_rss_gib():.2f} GiB")
