@@ -208,11 +208,12 @@ class AutodecodingStage:
         full = self.data.source.image_size
         vol = jax.eval_shape(lambda: models.init_volume(full, self.radial[full], jax.random.key(0)))
         vol_state = jax.eval_shape(lambda v: {"vol_params": v, "vol_opt": self.vol_opt_ad.init(v)}, vol)
-        tables = steps.init_pose_tables(np.zeros((0, 3, 3), np.float32), np.zeros((0, 2), np.float32), table_rows)
+        tables = steps.init_pose_tables(np.zeros((0, 3, 3), np.float32), np.zeros((0, 2), np.float32))  # dtypes, row shapes
         rows = self.batch_sharding if table_rows % self.blocks == 0 else self.replicated
         return dict(jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
                                            vol_state),
-                    **{k: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=rows) for k, t in tables.items()})
+                    **{k: jax.ShapeDtypeStruct((table_rows,) + t.shape[1:], t.dtype, sharding=rows)
+                       for k, t in tables.items()})
 
     def place_tables(self, tables: dict) -> dict:
         """Host pose tables of N rows -> device tables padded to whole blocks, block d on device d."""

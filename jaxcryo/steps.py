@@ -207,15 +207,13 @@ def make_pose_search(pixel_size_angstrom: float, loss_kind: str, mesh, settings:
 POSE_TABLES = ("rotations", "shifts", "pose_m", "pose_v", "shift_m", "shift_v", "pose_count")
 
 
-def init_pose_tables(rotations, shifts_px, rows: int | None = None) -> dict:
-    """Per-image auto-decoding state (host arrays) from (N, 3, 3) rotations and (N, 2) shifts in pixels,
-    padded with zero rows to ``rows`` (a whole number of device blocks; default N)."""
+def init_pose_tables(rotations, shifts_px) -> dict:
+    """Per-image auto-decoding state (host arrays) from (N, 3, 3) rotations and (N, 2) shifts in pixels."""
     n = rotations.shape[0]
-    rows = n if rows is None else rows
-    pad = lambda x: np.concatenate([np.asarray(x, np.float32), np.zeros((rows - n,) + x.shape[1:], np.float32)])  # noqa: E731
-    zeros = lambda k: np.zeros((rows, k), np.float32)  # noqa: E731
-    return {"rotations": pad(rotations), "shifts": pad(shifts_px), "pose_m": zeros(3), "pose_v": zeros(3),
-            "shift_m": zeros(2), "shift_v": zeros(2), "pose_count": np.zeros((rows,), np.int32)}
+    zeros = lambda k: np.zeros((n, k), np.float32)  # noqa: E731
+    return {"rotations": np.asarray(rotations, np.float32), "shifts": np.asarray(shifts_px, np.float32),
+            "pose_m": zeros(3), "pose_v": zeros(3), "shift_m": zeros(2), "shift_v": zeros(2),
+            "pose_count": np.zeros((n,), np.int32)}
 
 
 def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_angstrom: float, loss_kind: str,
