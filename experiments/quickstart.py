@@ -6,7 +6,9 @@ Beyond the paper's method (each a named option of experiments/common.py; see the
 * the switch to auto-decoding is automatic (``train.switch='auto'``: when the poses stop changing);
 * auto-decoding takes its volume from a direct inversion at the current poses after every epoch and,
   every 2 epochs (every epoch while a pass still moves >= 2 % of the images), checks each image's pose
-  against a fresh global search (``jaxcryo.research``).
+  against a fresh global search (``jaxcryo.research``) of 16,384 rotations ranked at half Nyquist;
+  while those searches still move >= 2 % of the images, auto-decoding goes on past its 6 epochs (up
+  to 16): a particle whose amortized stage ended far off gets the epochs it needs, an easy one none.
 """
 
 import ml_collections
@@ -26,7 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.epochs_autodecoding = 6
     config.train.autodecoding_volume = "inversion"
     config.train.research_every_epochs = 2
-    config.train.research_candidates = 2048
+    config.train.research_candidates = 16384
+    config.train.research_global_radius = 0.5
+    config.train.epochs_autodecoding_max = 16
     config.train.research_local = 4
     config.train.research_repeat_fraction = 0.02  # and after the next epoch too while a pass moves >= 2 % of the images
     config.model.estimate_shifts = False  # the simulated particles are centred; True for shifted data

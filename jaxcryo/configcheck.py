@@ -14,8 +14,8 @@ import pathlib
 from jaxcryo.io.table import InputError
 
 RESUMABLE = ("progress_bar", "train.epochs_amortized", "train.epochs_autodecoding", "train.amortized_steps",
-             "train.autodecoding_steps", "train.log_every",
-             "train.checkpoint_every_steps", "train.inference_batch_size", "train.epoch_outputs_max_particles",
+             "train.autodecoding_steps", "train.epochs_autodecoding_max", "train.log_every",
+             "train.checkpoint_every_steps", "train.inference_batch_size", "train.research_batch_size", "train.epoch_outputs_max_particles",
              "data.datadir", "eval.")
 
 
@@ -50,12 +50,13 @@ def validate(config) -> None:
     _even_box("data.image_size", int(flat.get("data.image_size", 0)))
     _even_box("train.amortized_image_size", int(flat.get("train.amortized_image_size", 0)))
     need("data.pixel_size_angstrom", lambda v: finite(v) and v >= 0, "a pixel size > 0 in A (0 = from the metadata)")
-    for key in ("train.amortized_starts", "train.amortized_start_epochs", "train.batch_size", "train.inference_batch_size", "model.n_heads", "train.log_every", "model.search_top_k"):
+    for key in ("train.amortized_starts", "train.amortized_start_epochs", "train.batch_size", "train.inference_batch_size", "train.research_batch_size", "model.n_heads", "train.log_every", "model.search_top_k"):
         need(key, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
     for key in ("train.epochs_amortized", "train.epochs_autodecoding", "train.pose_iters", "train.vol_iters",
                 "model.search_candidates", "train.checkpoint_every_steps", "train.switch_search_passes",
                 "model.search_local", "model.search_local_rounds", "train.research_every_epochs",
-                "train.research_candidates", "train.research_local", "train.amortized_steps", "train.autodecoding_steps"):
+                "train.research_candidates", "train.research_local", "train.amortized_steps", "train.autodecoding_steps",
+                "train.epochs_autodecoding_max"):
         need(key, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
     for key in ("train.lr_encoder", "train.lr_volume", "train.lr_volume_autodecoding", "train.lr_pose", "model.width",
                 "model.search_local_sigma_deg"):
@@ -63,6 +64,7 @@ def validate(config) -> None:
     for key in ("train.lr_shift", "model.distill_weight", "model.volume_init_scale"):
         need(key, lambda v: finite(v) and v >= 0, "a number >= 0")
     need("train.research_repeat_fraction", lambda v: finite(v) and 0 <= v <= 1, "a fraction in [0, 1]")
+    need("train.research_global_radius", lambda v: finite(v) and 0 <= v <= 1, "a fraction of Nyquist in [0, 1] (0 = the loss disc)")
     need("train.lr_pose_final_fraction", lambda v: finite(v) and 0 < v <= 1, "a fraction in (0, 1]")
     for key in ("loss.radius_start", "loss.radius_end"):
         need(key, lambda v: finite(v) and 0 < v <= 1.5, "a fraction of Nyquist in (0, 1.5]")

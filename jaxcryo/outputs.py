@@ -13,6 +13,7 @@ import numpy as np
 from jaxcryo import distributed, evaluate, geometry, inversion, models, runio
 from jaxcryo.dataset import AMORTIZED
 from jaxcryo.io.loader import half_set_labels
+from jaxcryo.research import autodecoding_epochs_limit
 from jaxcryo.stages import AUTODECODING, radius_at
 
 SWITCH_SAMPLE = 5_000  # images whose pose change the automatic switch follows (a median: 5,000 pin it to ~0.1 deg)
@@ -29,6 +30,11 @@ class RunOutputs:
                      coarse.pixel_size_angstrom, epochs[AMORTIZED], epochs[AMORTIZED] * self.steps_per_epoch,
                      epochs[AUTODECODING], epochs[AUTODECODING] * self.steps_per_epoch, self.config.train.batch_size,
                      2 * self.config.train.log_every)
+        limit = autodecoding_epochs_limit(self.config.train, epochs[AUTODECODING]) if self.research is not None else 0
+        if epochs[AUTODECODING] and limit > epochs[AUTODECODING]:
+            logging.info("plan: auto-decoding goes on past its %d epochs, up to %d, while each re-search still moves "
+                         ">= %.0f %% of the images", epochs[AUTODECODING], limit,
+                         100 * float(self.config.train.get("research_repeat_fraction", 0.0)))
 
     def log_expected_time(self, stage: str, seconds_per_step: float) -> None:
         """Early in a stage: its training steps' expected duration at the rate just measured (compilation

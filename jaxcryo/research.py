@@ -22,16 +22,37 @@ RESET_ON_MOVE = ("pose_m", "pose_v", "shift_m", "shift_v", "pose_count")
 
 
 def research_due(train_config, epochs_done: int, n_epochs: int, progress: dict) -> bool:
-    """After auto-decoding epoch ``epochs_done``: every ``research_every_epochs`` epochs, and also after
-    the next epoch while the previous pass still moved at least ``research_repeat_fraction`` of the
-    images (a particle whose amortized stage ended far off keeps being searched while it pays; an easy
-    one pays for the fixed schedule only). Never after the last epoch: moved poses need refining."""
-    if epochs_done >= n_epochs:
+    """After auto-decoding epoch ``epochs_done`` of ``n_epochs`` planned: every ``research_every_epochs``
+    epochs, and also after the next epoch while the previous pass still moved at least
+    ``research_repeat_fraction`` of the images (a particle whose amortized stage ended far off keeps
+    being searched while it pays; an easy one pays for the fixed schedule only). Never after the last
+    epoch the stage may run (``autodecoding_epochs_limit``): moved poses need an epoch of refining."""
+    if epochs_done >= autodecoding_epochs_limit(train_config, n_epochs):
         return False
-    if epochs_done % int(train_config.research_every_epochs) == 0:
+    if epochs_done < n_epochs and epochs_done % int(train_config.research_every_epochs) == 0:
         return True
     repeat = float(train_config.get("research_repeat_fraction", 0.0))
     return repeat > 0 and progress.get("research_moved", 0.0) >= repeat
+
+
+def autodecoding_epochs_limit(train_config, n_epochs: int) -> int:
+    """The most auto-decoding epochs: ``train.epochs_autodecoding_max`` when it is larger than the planned
+    ``n_epochs`` (and a re-search runs), else ``n_epochs``."""
+    if not (train_config.get("research_every_epochs", 0) and train_config.get("research_candidates", 0)):
+        return n_epochs
+    return max(n_epochs, int(train_config.get("epochs_autodecoding_max", 0)))
+
+
+def another_autodecoding_epoch(train_config, epochs_done: int, n_epochs: int, progress: dict) -> bool:
+    """Whether auto-decoding runs epoch ``epochs_done`` + 1: always within the ``n_epochs`` planned; past
+    them (up to ``autodecoding_epochs_limit``) only after a re-search at the end of ``epochs_done``,
+    which ran because the one before still moved ``research_repeat_fraction`` of the images: while the
+    search keeps finding better poses the map is still improving, and the images it moved need an epoch
+    of refining. A particle whose poses settle early stops at ``n_epochs``."""
+    if epochs_done < n_epochs:
+        return True
+    return (epochs_done < autodecoding_epochs_limit(train_config, n_epochs)
+            and progress.get("research_epoch") == epochs_done)
 
 
 def research_poses(pose_search, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,

@@ -17,11 +17,12 @@ plus integer ``offsets`` (shifted copies share the slices); local rounds keep ea
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 
-from jaxcryo import geometry, losses
+from jaxcryo import fourier, geometry, losses, slicing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +72,21 @@ def global_search(vol_h, grid, ctf, target, mask, shift_px=None, offsets=None, t
     return grid[flat % grid.shape[0]], -neg, shifts
 
 
+def global_crop(vol_h, ctf, target, radius_fraction: float):
+    """The central part of the centred Hartley volume (D, D, D), CTFs and images (B, L, L) that holds the
+    frequencies up to ``radius_fraction`` of Nyquist, and the loss disc on it: slices of the cropped
+    volume are the cropped slices (the same coefficients, fewer of them). A margin of one frequency
+    keeps trilinear interpolation at the disc's edge inside the crop."""
+    size, vol_size = target.shape[-1], vol_h.shape[-1]
+    crop = min(size, 2 * math.ceil(radius_fraction * size / 2) + 2)
+    if crop >= size or vol_size % size:
+        return vol_h, ctf, target, slicing.frequency_mask(size, radius_fraction)
+    vol_crop = crop * (vol_size // size)
+    mask = fourier.radial_index_grid(crop, ndim=2) <= radius_fraction * size / 2
+    return (fourier.crop_center(vol_h, vol_crop, ndim=3), fourier.crop_center(ctf, crop),
+            fourier.crop_center(target, crop), mask)
+
+
 def local_refine(vol_h, rotations, ctf, target, mask, key, n_local: int, sigma_deg: float, rounds: int,
                  shifts_px=None, loss_kind: str = "gaussian"):
     """Refine (B, k, 3, 3) candidate poses locally and return each image's best: rotation (B, 3, 3),
@@ -99,15 +115,36 @@ def local_refine(vol_h, rotations, ctf, target, mask, key, n_local: int, sigma_d
     return take(rotations), jnp.min(best_loss, axis=1), None if shifts_px is None else take(shifts_px)
 
 
-def search_poses(vol_h, ctf, target, mask, key, settings: SearchSettings, shift_px=None, loss_kind: str = "gaussian"):
+def search_poses(vol_h, ctf, target, mask, key, settings: SearchSettings, shift_px=None, loss_kind: str = "gaussian",
+                 global_radius: float | None = None):
     """The hierarchical search: global over ``settings.n_global`` fresh random rotations, keep
     ``top_k`` per image, refine each locally (when ``n_local`` and ``rounds`` are > 0). Returns each
-    image's best rotation (B, 3, 3), its loss (B,) and shift (B, 2) (None without ``shift_px``)."""
+    image's best rotation (B, 3, 3), its loss (B,) and shift (B, 2) (None without ``shift_px``).
+
+    ``global_radius`` (a Python float, fraction of Nyquist), when given, runs the global stage on the
+    frequencies up to it only, on centrally cropped arrays (``global_crop``): cryoDRGN's frequency
+    marching inside its search. Ranking random rotations at half Nyquist picks the same candidates
+    as the whole disc (measured on a particle's hard images, 30 % vs 30 % found near the truth) at a
+    quarter of the cost, so four times as many rotations cover SO(3) for the same time, and coverage
+    is what limits a search of random rotations (2,048 lie ~20 deg apart). The losses returned are
+    always on ``mask``, comparable with any other pose's."""
     grid = geometry.random_rotations(key, (settings.n_global,), target.dtype)
     k_local = jax.random.fold_in(key, 1)
     offsets = shift_offsets(settings.shift_radius_px) if (shift_px is not None and settings.shift_radius_px) else None
-    rots, loss, shifts = global_search(vol_h, grid, ctf, target, mask, shift_px, offsets, settings.top_k)
-    if settings.n_local and settings.rounds:
+    coarse = (vol_h, ctf, target, mask) if global_radius is None else global_crop(vol_h, ctf, target, global_radius)
+    c_vol, c_ctf, c_target, c_mask = coarse
+    rots, loss, shifts = global_search(c_vol, grid, c_ctf, c_target, c_mask, shift_px, offsets, settings.top_k)
+    if not (settings.n_local and settings.rounds):
+        if global_radius is None:
+            return rots[:, 0], loss[:, 0], None if shifts is None else shifts[:, 0]
+        return local_refine(vol_h, rots, ctf, target, mask, k_local, 0, 0.0, 0, shifts, loss_kind)  # rescored
+    if global_radius is None or settings.rounds == 1:
         return local_refine(vol_h, rots, ctf, target, mask, k_local, settings.n_local, settings.sigma_deg,
                             settings.rounds, shifts, loss_kind)
-    return rots[:, 0], loss[:, 0], None if shifts is None else shifts[:, 0]
+    # the marching goes on through the local rounds: all but the last on the crop (where the basins are
+    # wide and slices 4x cheaper), the last, at the finest scale, on the whole disc
+    rot, _, shift = local_refine(c_vol, rots, c_ctf, c_target, c_mask, k_local, settings.n_local, settings.sigma_deg,
+                                 settings.rounds - 1, shifts, loss_kind)
+    return local_refine(vol_h, rot[:, None], ctf, target, mask, jax.random.fold_in(k_local, 2), settings.n_local,
+                        settings.sigma_deg / 2.0 ** (settings.rounds - 1), 1, None if shift is None else shift[:, None],
+                        loss_kind)

@@ -242,11 +242,11 @@ class AutodecodingStage:
         config, epoch = self.config, progress["epoch"]
         if stage == AUTODECODING and self.research is not None and research_due(config.train, epoch, n_epochs, progress):
             tables, moved = research_poses(self.research, state["vol_params"], self.host_tables(state), self.data.source,
-                                           self.inference_batch, self.batch_sharding, radius_at(config, stage, epoch),
+                                           self.research_batch, self.batch_sharding, radius_at(config, stage, epoch),
                                            jax.random.fold_in(jax.random.key(config.seed + 11), epoch - 1),
                                            self.estimate_shifts)
             state = dict(state, **self.place_tables(tables))
-            progress = dict(progress, research_moved=moved)  # checkpointed: a resumed run makes the same choice
+            progress = dict(progress, research_moved=moved, research_epoch=epoch)  # checkpointed: a resumed run makes the same choice
             logging.info("auto-decoding epoch %d: %.1f %% of the images moved to a more likely pose found by search",
                          epoch, 100 * moved)
         if stage == AUTODECODING and self.inverted_volume:

@@ -34,6 +34,7 @@ from jaxcryo.dataset import AMORTIZED, device_batch, prepare_data, radial_log_am
 from jaxcryo.io import InputError
 from jaxcryo.io.loader import iterate_batches, steps_per_epoch
 from jaxcryo.outputs import RunOutputs
+from jaxcryo.research import another_autodecoding_epoch
 from jaxcryo.search import SearchSettings
 from jaxcryo.stages import AUTODECODING, AmortizedStage, AutodecodingStage, pose_lr_scale, radius_at, stage_epochs
 
@@ -58,6 +59,8 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
         # inference-only passes: a multiple of the device count, no larger than needed for N images
         wanted = min(int(tc.get("inference_batch_size", tc.batch_size)), -(-self.n // n_dev) * n_dev)
         self.inference_batch = max(n_dev, wanted - wanted % n_dev)
+        wanted = min(int(tc.get("research_batch_size", self.inference_batch)), -(-self.n // n_dev) * n_dev)
+        self.research_batch = max(n_dev, wanted - wanted % n_dev)
         self.known_poses = bool(config.poses)
         mc = config.model
         self.estimate_shifts = bool(mc.estimate_shifts) and not self.known_poses
@@ -87,9 +90,10 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
                                                               tc.lr_shift if self.estimate_shifts else 0.0)
         self.research = None
         if tc.get("research_every_epochs", 0) and tc.get("research_candidates", 0) and not self.known_poses:
+            coarse = float(tc.get("research_global_radius", 0.0))
             self.research = steps.make_pose_search(px, lk, self.mesh, SearchSettings(
                 n_global=int(tc.research_candidates), top_k=2, n_local=int(tc.get("research_local", 8)), sigma_deg=10.0,
-                rounds=3))
+                rounds=3), global_radius=coarse if 0 < coarse < config.loss.radius_end else None)
         self.checkpoints = runio.Checkpoints(workdir / "checkpoints")
         progress = self.checkpoints.latest_progress()  # checked before anything is written
         if progress is not None and progress.get("processes", 1) != distributed.process_count():
@@ -130,7 +134,7 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
             for stage in (AMORTIZED, AUTODECODING):
                 if progress["stage"] != stage:
                     continue
-                while progress["epoch"] < epochs[stage]:
+                while self.another_epoch(stage, progress, epochs[stage]):
                     state, progress = self.run_epoch(stage, state, progress, epochs[stage])
                     if stage == AMORTIZED and self.should_switch(progress["epoch"]):
                         break
@@ -151,6 +155,11 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
         finally:
             self.metrics.close()
             self.checkpoints.close()
+
+    def another_epoch(self, stage: str, progress: dict, n_epochs: int) -> bool:
+        if stage == AUTODECODING and self.research is not None:
+            return another_autodecoding_epoch(self.config.train, progress["epoch"], n_epochs, progress)
+        return progress["epoch"] < n_epochs
 
     def stamp(self, progress: dict) -> dict:
         return dict(progress, elapsed_s=self.elapsed(), processes=distributed.process_count(),
@@ -175,7 +184,7 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
         config, tc = self.config, self.config.train
         epoch, start_step = progress["epoch"], progress["step"]
         step_fn = self.amortized_step if stage == AMORTIZED else self.autodecoding_step
-        bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"{stage} {epoch + 1}/{n_epochs}",
+        bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"{stage} {epoch + 1}/{max(n_epochs, epoch + 1)}",
                    unit="step", leave=False, dynamic_ncols=True, disable=not (config.progress_bar and distributed.is_writer()))
         winners = np.zeros(config.model.n_heads + (1 if config.model.search_candidates else 0), np.int64)
         losses_seen, t0, images_seen = [], time.perf_counter(), 0
@@ -218,7 +227,8 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
         summary = self.end_of_epoch(stage, state, epoch + 1 + progress.get("amortized_epochs", 0))
         rate = images_seen / max(time.perf_counter() - t0, 1e-9)
         hist = f" winners {winners.tolist()}" if stage == AMORTIZED else ""
-        logging.info("%s epoch %d/%d: loss %.5f, %.0f images/s%s%s", stage, epoch + 1, n_epochs,
+        label = f"{epoch + 1}/{n_epochs}" if epoch < n_epochs else f"{epoch + 1} (past the {n_epochs} planned: the re-search still moves images)"
+        logging.info("%s epoch %s: loss %.5f, %.0f images/s%s%s", stage, label,
                      np.mean(losses_seen) if losses_seen else float("nan"), rate, hist,
                      "".join(f", {k} {v:.3g}" for k, v in summary.items() if isinstance(v, float)))
         self.metrics.write({"stage": stage, "epoch": epoch + 1, "step": self.steps_per_epoch,

@@ -73,3 +73,57 @@ def test_research_schedule_repeats_only_while_it_pays():
     assert [e for e in range(1, 7) if due(e)] == [2, 4]  # fixed schedule; never after the last epoch
     tc.research_repeat_fraction = 0.02
     assert due(3, moved=0.25) and not due(3, moved=0.01) and not due(6, moved=0.5)
+
+
+def test_autodecoding_goes_on_past_its_plan_only_while_the_research_moves_images():
+    from experiments import common
+    from jaxcryo.research import another_autodecoding_epoch, research_due
+
+    tc = common.base_config().train
+    tc.update(research_every_epochs=2, research_candidates=64, research_repeat_fraction=0.02, epochs_autodecoding_max=9)
+
+    def simulate(moved_per_research):
+        """Epochs run and epochs after which a re-search ran, when the k-th re-search moves moved_per_research[k]."""
+        progress, ran, k = {"epoch": 0}, [], 0
+        while another_autodecoding_epoch(tc, progress["epoch"], 6, progress):
+            progress["epoch"] += 1
+            if research_due(tc, progress["epoch"], 6, progress):
+                progress.update(research_moved=moved_per_research[k], research_epoch=progress["epoch"])
+                ran.append(progress["epoch"])
+                k += 1
+        return progress["epoch"], ran
+
+    # settles early: the plan (6 epochs, searches after 2 and 4; after 3 only while the one before paid)
+    assert simulate([0.01, 0.01, 0.01]) == (6, [2, 4])
+    assert simulate([0.30, 0.01, 0.01]) == (6, [2, 3, 4])
+    # still moving at the end of the plan: searched after 5 and 6, an epoch of refining after each, until
+    # a search moves < 2 % (after 7) and epoch 8 refines what it moved
+    assert simulate([0.3, 0.2, 0.1, 0.05, 0.03, 0.01, 0.01]) == (8, [2, 3, 4, 5, 6, 7])
+    # never past the cap, and no search after the last epoch the cap allows
+    assert simulate([0.5] * 10) == (9, [2, 3, 4, 5, 6, 7, 8])
+    tc.epochs_autodecoding_max = 0  # off: the plan, as before
+    assert simulate([0.5] * 10) == (6, [2, 3, 4, 5])
+
+
+def test_the_cropped_global_stage_is_the_low_frequency_disc_of_the_full_one():
+    """Slices of the cropped volume are the cropped slices, so the global stage on the crop ranks
+    candidates exactly as the whole arrays would with the loss disc cut at the same radius."""
+    vol_h, rots, ctf, target, mask = _clean(n=6)
+    c_vol, c_ctf, c_target, c_mask = search.global_crop(vol_h, ctf, target, 0.5)
+    assert c_vol.shape == (18, 18, 18) and c_target.shape == (6, 18, 18) and int(c_mask.sum()) < c_mask.size
+    full = slicing.extract_slices(vol_h, rots, 32)
+    cropped = slicing.extract_slices(c_vol, rots, 18)
+    from jaxcryo import fourier
+
+    in_disc = c_mask[None]
+    np.testing.assert_allclose(np.asarray(cropped * in_disc), np.asarray(fourier.crop_center(full, 18) * in_disc), rtol=1e-5, atol=1e-3)
+    grid = geometry.random_rotations(jax.random.key(5), (256,), jnp.float32)
+    on_crop = losses.search_losses(c_vol, grid, c_ctf, c_target, c_mask)
+    on_full = losses.search_losses(vol_h, grid, ctf, target, slicing.frequency_mask(32, 0.5))
+    np.testing.assert_allclose(np.asarray(on_crop), np.asarray(on_full), rtol=1e-4, atol=1e-6)
+    assert np.array_equal(np.argsort(np.asarray(on_crop), axis=1)[:, :5], np.argsort(np.asarray(on_full), axis=1)[:, :5])
+    # the search returns losses on the whole disc whatever the global stage used
+    settings = search.SearchSettings(n_global=512, top_k=2, n_local=4, rounds=2)
+    rot, loss, _ = search.search_poses(vol_h, ctf, target, mask, jax.random.key(0), settings, global_radius=0.5)
+    np.testing.assert_allclose(np.asarray(loss), np.asarray(losses.per_image_loss(losses.predict(vol_h, rot, ctf), target, mask)),
+                               rtol=1e-5)
