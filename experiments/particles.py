@@ -46,8 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.epochs_autodecoding = 12
     config.train.autodecoding_volume = "inversion"
     config.train.research_every_epochs = 2
-    config.train.research_candidates = 2048
+    config.train.research_candidates = 16384  # the quickstart's re-search: ranked at half Nyquist
+    config.train.research_global_radius = 0.5
     config.train.research_local = 4
-    config.train.research_repeat_fraction = 0.02  # the quickstart's schedule: search again while it pays
+    config.train.research_repeat_fraction = 0.02  # the quickstart's schedule: search again while it pays,
+    config.train.epochs_autodecoding_max = 16  # past the planned epochs too, up to this many
     config.train.switch = "auto"
     return config

@@ -93,6 +93,12 @@ def to_host(x) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def process_share(rows: np.ndarray) -> np.ndarray:
+    """This process's contiguous block of ``rows`` when every process takes one (host-side passes whose
+    results are summed over processes, e.g. the direct inversion)."""
+    return np.array_split(np.asarray(rows), jax.process_count())[jax.process_index()]
+
+
 def sum_over_processes(x: np.ndarray) -> np.ndarray:
     """The sum of a host array over processes, in every process."""
     if jax.process_count() == 1:

@@ -66,7 +66,7 @@ def accumulate(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.
     out_num, out_w = [], []
     fields = {k: np.asarray(getattr(source.table, k), np.float32) for k in CTF_FIELDS}
     for half in (1, 2):
-        rows = np.array_split(np.nonzero(labels == half)[0], jax.process_count())[jax.process_index()]
+        rows = distributed.process_share(np.nonzero(labels == half)[0])
         num, w = jnp.zeros((size,) * 3, jnp.float32), jnp.zeros((size,) * 3, jnp.float32)
         for _, idx, padded in padded_chunks(rows, batch_size):
             keep = (np.arange(batch_size) < len(idx)).astype(np.float32)
@@ -76,7 +76,8 @@ def accumulate(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.
                             jnp.asarray(keep), float(source.pixel_size_angstrom), batch.noise_radial)
         out_num.append(np.asarray(num))
         out_w.append(np.asarray(w))
-    return distributed.sum_over_processes(np.stack(out_num)), distributed.sum_over_processes(np.stack(out_w))
+    total = distributed.sum_over_processes(np.stack([np.stack(out_num), np.stack(out_w)]))  # one all-gather
+    return total[0], total[1]
 
 
 def _to_real(h: np.ndarray, box: int) -> np.ndarray:

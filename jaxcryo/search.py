@@ -133,7 +133,12 @@ def search_poses(vol_h, ctf, target, mask, key, settings: SearchSettings, shift_
     offsets = shift_offsets(settings.shift_radius_px) if (shift_px is not None and settings.shift_radius_px) else None
     coarse = (vol_h, ctf, target, mask) if global_radius is None else global_crop(vol_h, ctf, target, global_radius)
     c_vol, c_ctf, c_target, c_mask = coarse
-    rots, loss, shifts = global_search(c_vol, grid, c_ctf, c_target, c_mask, shift_px, offsets, settings.top_k)
+    # shifts are in pixels of the array's box: the crop's pixels are larger by size / crop
+    to_crop = c_target.shape[-1] / target.shape[-1]
+    scaled = lambda x, f: None if x is None else x * f  # noqa: E731
+    rots, loss, shifts = global_search(c_vol, grid, c_ctf, c_target, c_mask, scaled(shift_px, to_crop),
+                                       scaled(offsets, to_crop), settings.top_k)
+    shifts = scaled(shifts, 1.0 / to_crop)
     if not (settings.n_local and settings.rounds):
         if global_radius is None:
             return rots[:, 0], loss[:, 0], None if shifts is None else shifts[:, 0]
@@ -144,7 +149,8 @@ def search_poses(vol_h, ctf, target, mask, key, settings: SearchSettings, shift_
     # the marching goes on through the local rounds: all but the last on the crop (where the basins are
     # wide and slices 4x cheaper), the last, at the finest scale, on the whole disc
     rot, _, shift = local_refine(c_vol, rots, c_ctf, c_target, c_mask, k_local, settings.n_local, settings.sigma_deg,
-                                 settings.rounds - 1, shifts, loss_kind)
+                                 settings.rounds - 1, scaled(shifts, to_crop), loss_kind)
+    shift = scaled(shift, 1.0 / to_crop)
     return local_refine(vol_h, rot[:, None], ctf, target, mask, jax.random.fold_in(k_local, 2), settings.n_local,
                         settings.sigma_deg / 2.0 ** (settings.rounds - 1), 1, None if shift is None else shift[:, None],
                         loss_kind)

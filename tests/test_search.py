@@ -127,3 +127,24 @@ def test_the_cropped_global_stage_is_the_low_frequency_disc_of_the_full_one():
     rot, loss, _ = search.search_poses(vol_h, ctf, target, mask, jax.random.key(0), settings, global_radius=0.5)
     np.testing.assert_allclose(np.asarray(loss), np.asarray(losses.per_image_loss(losses.predict(vol_h, rot, ctf), target, mask)),
                                rtol=1e-5)
+
+
+def test_cropped_global_stage_applies_shifts_in_the_crops_pixels():
+    """A shift of s pixels of the box is s * crop / box pixels of the crop: shifted clean images are
+    matched exactly at their true pose and shift on the crop, and the shift comes back in box pixels."""
+    vol_h, rots, _, _, mask = _clean(n=4)
+    size = 32
+    shifts = jnp.array([[3.0, -2.0], [-1.5, 2.5], [0.0, 4.0], [2.0, 0.0]])
+    ctf = jnp.ones((4, size, size))
+    target = losses.images_to_hartley(simulate.clean_images(vol_h, rots, shifts, ctf)) * size
+    c_vol, c_ctf, c_target, c_mask = search.global_crop(vol_h, ctf, target, 0.5)
+    grid = jnp.concatenate([rots, geometry.random_rotations(jax.random.key(3), (60,), jnp.float32)])
+    scale = c_target.shape[-1] / size
+    _, loss, found = search.global_search(c_vol, grid, c_ctf, c_target, c_mask, shifts * scale, top_k=1)
+    unshifted = search.global_search(c_vol, grid, c_ctf, c_target, c_mask, shifts, top_k=1)[1]  # box pixels: wrong
+    typical = float(jnp.mean(losses.search_losses(c_vol, grid, c_ctf, c_target, c_mask)))
+    assert float(jnp.max(loss)) < 1e-3 * typical < float(jnp.min(unshifted))
+    settings = search.SearchSettings(n_global=64, top_k=1, n_local=4, rounds=2)
+    rot, loss, shift = search.search_poses(vol_h, ctf, target, mask, jax.random.key(0), settings, shift_px=shifts,
+                                           global_radius=0.5)
+    np.testing.assert_allclose(np.asarray(shift), np.asarray(shifts), atol=1e-5)
