@@ -1,13 +1,28 @@
 """Test set-up: float64 available (references need it), shared data located, fast compiles."""
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import pytest
 
 # Tests choose dtypes explicitly; x64 only makes float64 available where a reference needs it.
 jax.config.update("jax_enable_x64", True)
+
+# Many tests build a new run of the same tiny config, whose jitted steps are new Python functions with
+# the same programs: a persistent compilation cache, fresh for each session (never shared between
+# sessions or machines), lets XLA compile each program once. Subprocess runs inherit it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="jaxcryo-test-xla-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
 
 SHARED = pathlib.Path(os.environ.get("JAXCRYO_SHARED", pathlib.Path(__file__).resolve().parents[1] / ".." / "shared")).resolve()
 
