@@ -35,6 +35,7 @@ class SearchSettings:
     sigma_deg: float = 10.0
     rounds: int = 0
     shift_radius_px: int = 0  # with shifts: integer offsets tried around each image's shift
+    global_radius: float = 0.0  # > 0: the global stage (and all local rounds but the last) up to this fraction of Nyquist
 
     @classmethod
     def from_config(cls, model_config, estimate_shifts: bool) -> "SearchSettings":
@@ -115,19 +116,19 @@ def local_refine(vol_h, rotations, ctf, target, mask, key, n_local: int, sigma_d
     return take(rotations), jnp.min(best_loss, axis=1), None if shifts_px is None else take(shifts_px)
 
 
-def search_poses(vol_h, ctf, target, mask, key, settings: SearchSettings, shift_px=None, loss_kind: str = "gaussian",
-                 global_radius: float | None = None):
+def search_poses(vol_h, ctf, target, mask, key, settings: SearchSettings, shift_px=None, loss_kind: str = "gaussian"):
     """The hierarchical search: global over ``settings.n_global`` fresh random rotations, keep
     ``top_k`` per image, refine each locally (when ``n_local`` and ``rounds`` are > 0). Returns each
     image's best rotation (B, 3, 3), its loss (B,) and shift (B, 2) (None without ``shift_px``).
 
-    ``global_radius`` (a Python float, fraction of Nyquist), when given, runs the global stage on the
+    ``settings.global_radius`` (fraction of Nyquist), when > 0, runs the global stage on the
     frequencies up to it only, on centrally cropped arrays (``global_crop``): cryoDRGN's frequency
     marching inside its search. Ranking random rotations at half Nyquist picks the same candidates
     as the whole disc (measured on a particle's hard images, 30 % vs 30 % found near the truth) at a
     quarter of the cost, so four times as many rotations cover SO(3) for the same time, and coverage
     is what limits a search of random rotations (2,048 lie ~20 deg apart). The losses returned are
     always on ``mask``, comparable with any other pose's."""
+    global_radius = settings.global_radius or None
     grid = geometry.random_rotations(key, (settings.n_global,), target.dtype)
     k_local = jax.random.fold_in(key, 1)
     offsets = shift_offsets(settings.shift_radius_px) if (shift_px is not None and settings.shift_radius_px) else None

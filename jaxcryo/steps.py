@@ -187,19 +187,16 @@ def make_encoder_inference(encoder: models.PoseEncoder, pixel_size_angstrom: flo
                                  out_specs=(P(AXIS), P(AXIS), P(AXIS), P(AXIS), P(AXIS)), check_vma=False))
 
 
-def make_pose_search(pixel_size_angstrom: float, loss_kind: str, mesh, settings: search.SearchSettings,
-                     global_radius: float | None = None):
+def make_pose_search(pixel_size_angstrom: float, loss_kind: str, mesh, settings: search.SearchSettings):
     """(vol_params, batch, radius, key, rotations (B, 3, 3), shifts (B, 2)) -> searched rotation (B, 3, 3),
     its shift (B, 2), its loss (B,) and the loss at the given pose (B,): the hierarchical search of
     ``jaxcryo.search`` against the current map, for images that already have a pose (auto-decoding),
-    so the caller can keep whichever is more likely. ``global_radius``: the search's global stage runs
-    on the frequencies up to this fraction of Nyquist (``search.search_poses``)."""
+    so the caller can keep whichever is more likely."""
 
     def core(vol_params, batch, radius, key, rot, shift):
         target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
         vol_h = models.volume_hartley(vol_params)
-        found, found_loss, found_shift = search.search_poses(vol_h, ctf, target, mask, key, settings, shift, loss_kind,
-                                                             global_radius=global_radius)
+        found, found_loss, found_shift = search.search_poses(vol_h, ctf, target, mask, key, settings, shift, loss_kind)
         current = losses.per_image_loss(losses.predict(vol_h, rot, ctf, shift), target, mask, loss_kind)
         return found, found_shift, found_loss, current
 

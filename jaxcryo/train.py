@@ -56,11 +56,9 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
         self.blocks = n_dev  # the pose tables' row blocks, one per device (steps, loader.epoch_order)
         self.table_rows = n_dev * -(-self.n // n_dev)
         self.steps_per_epoch = steps_per_epoch(self.n, tc.batch_size, self.blocks)
-        # inference-only passes: a multiple of the device count, no larger than needed for N images
-        wanted = min(int(tc.get("inference_batch_size", tc.batch_size)), -(-self.n // n_dev) * n_dev)
-        self.inference_batch = max(n_dev, wanted - wanted % n_dev)
-        wanted = min(int(tc.get("research_batch_size", self.inference_batch)), -(-self.n // n_dev) * n_dev)
-        self.research_batch = max(n_dev, wanted - wanted % n_dev)
+        # inference-only passes (and the re-search's): a multiple of the device count, no larger than N needs
+        self.inference_batch = pass_batch(int(tc.get("inference_batch_size", tc.batch_size)), self.n, n_dev)
+        self.research_batch = pass_batch(int(tc.get("research_batch_size", self.inference_batch)), self.n, n_dev)
         self.known_poses = bool(config.poses)
         mc = config.model
         self.estimate_shifts = bool(mc.estimate_shifts) and not self.known_poses
@@ -93,7 +91,7 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
             coarse = float(tc.get("research_global_radius", 0.0))
             self.research = steps.make_pose_search(px, lk, self.mesh, SearchSettings(
                 n_global=int(tc.research_candidates), top_k=2, n_local=int(tc.get("research_local", 8)), sigma_deg=10.0,
-                rounds=3), global_radius=coarse if 0 < coarse < config.loss.radius_end else None)
+                rounds=3, global_radius=coarse if coarse < config.loss.radius_end else 0.0))
         self.checkpoints = runio.Checkpoints(workdir / "checkpoints")
         progress = self.checkpoints.latest_progress()  # checked before anything is written
         if progress is not None and progress.get("processes", 1) != distributed.process_count():
@@ -254,6 +252,13 @@ class Run(AmortizedStage, AutodecodingStage, RunOutputs):
     def save(self, state, progress: dict, what: str) -> None:
         self.check_finite(state, what)
         self.checkpoints.save(state, self.stamp(progress))
+
+def pass_batch(requested: int, n: int, n_dev: int) -> int:
+    """The batch of a pass that only reads: ``requested`` rounded down to a multiple of the device count,
+    at least one image per device, and no larger than N images need."""
+    wanted = min(requested, -(-n // n_dev) * n_dev)
+    return max(n_dev, wanted - wanted % n_dev)
+
 
 def _open_workdir(config, workdir: pathlib.Path) -> None:
     """Create the work directory, or check that the run it holds may be resumed with ``config``."""

@@ -123,8 +123,8 @@ def test_the_cropped_global_stage_is_the_low_frequency_disc_of_the_full_one():
     np.testing.assert_allclose(np.asarray(on_crop), np.asarray(on_full), rtol=1e-4, atol=1e-6)
     assert np.array_equal(np.argsort(np.asarray(on_crop), axis=1)[:, :5], np.argsort(np.asarray(on_full), axis=1)[:, :5])
     # the search returns losses on the whole disc whatever the global stage used
-    settings = search.SearchSettings(n_global=512, top_k=2, n_local=4, rounds=2)
-    rot, loss, _ = search.search_poses(vol_h, ctf, target, mask, jax.random.key(0), settings, global_radius=0.5)
+    settings = search.SearchSettings(n_global=512, top_k=2, n_local=4, rounds=2, global_radius=0.5)
+    rot, loss, _ = search.search_poses(vol_h, ctf, target, mask, jax.random.key(0), settings)
     np.testing.assert_allclose(np.asarray(loss), np.asarray(losses.per_image_loss(losses.predict(vol_h, rot, ctf), target, mask)),
                                rtol=1e-5)
 
@@ -144,7 +144,6 @@ def test_cropped_global_stage_applies_shifts_in_the_crops_pixels():
     unshifted = search.global_search(c_vol, grid, c_ctf, c_target, c_mask, shifts, top_k=1)[1]  # box pixels: wrong
     typical = float(jnp.mean(losses.search_losses(c_vol, grid, c_ctf, c_target, c_mask)))
     assert float(jnp.max(loss)) < 1e-3 * typical < float(jnp.min(unshifted))
-    settings = search.SearchSettings(n_global=64, top_k=1, n_local=4, rounds=2)
-    rot, loss, shift = search.search_poses(vol_h, ctf, target, mask, jax.random.key(0), settings, shift_px=shifts,
-                                           global_radius=0.5)
+    settings = search.SearchSettings(n_global=64, top_k=1, n_local=4, rounds=2, global_radius=0.5)
+    rot, loss, shift = search.search_poses(vol_h, ctf, target, mask, jax.random.key(0), settings, shift_px=shifts)
     np.testing.assert_allclose(np.asarray(shift), np.asarray(shifts), atol=1e-5)
