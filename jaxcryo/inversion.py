@@ -2,8 +2,8 @@
 
 The estimate at each 3D frequency k is
     V(k) = sum_i CTF_i X_i(k) / (sum_i CTF_i(k)^2 + 1 / SNR(|k|) / <1 / sum_i CTF_i^2>_shell)
-where X_i is image i's transform placed on its central slice (trilinear insertion: the adjoint of
-``jaxcryo.slicing.extract_slices``, taken with ``jax.vjp`` so slicing and insertion cannot disagree)
+where X_i is image i's transform placed on its central slice (trilinear insertion,
+``jaxcryo.slicing.insert_slices``: the adjoint of ``extract_slices``, tested against its ``jax.vjp``)
 and SNR(|k|) comes from the FSC of the two half-set reconstructions, FSC_full = 2 FSC / (1 + FSC),
 SNR = FSC_full / (1 - FSC_full): where the halves agree the data decide, where they do not the map is
 shrunk to zero. This is how RELION regularises its reconstruction (tau^2 from the FSC). The noise
@@ -50,8 +50,8 @@ def insert(numerator, weights, images, ctf_fields: dict, rotations, shifts_px, k
     if noise_radial is not None:  # the same frequency on the padded grid: radius scaled by L / P
         box = images.shape[-1]
         ctf = ctf * noise_radial[:, np.round(noise.radius_grid(size) * box / size).astype(np.int32)].astype(ctf.dtype)
-    _, adjoint = jax.vjp(lambda v: slicing.extract_slices(v, rotations, size), numerator)
-    return numerator + adjoint(h * ctf)[0], weights + adjoint(ctf**2)[0]
+    both = slicing.insert_slices(jnp.stack([numerator, weights], -1), rotations, jnp.stack([h * ctf, ctf**2], -1))
+    return both[..., 0], both[..., 1]
 
 
 def accumulate(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.ndarray,
