@@ -119,6 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.research_candidates = 0
     config.train.research_local = 8  # perturbations per kept candidate and round (best 2 kept, 3 rounds from 10 deg)
     config.train.research_repeat_fraction = 0.0  # > 0: search again after the next epoch while a pass moves this much
+    config.train.research_stop_fraction = 0.0  # > 0: no further re-search once a pass moved fewer than this
     # the re-search's global stage (and all but its last local round) on the frequencies up to this fraction
     # of Nyquist only, on cropped arrays: as good at ranking, 4x cheaper at 0.5 (jaxcryo.search); 0 = all
     config.train.research_global_radius = 0.0

@@ -5,7 +5,8 @@ Beyond the paper's method (each a named option of experiments/common.py; see the
   (2,048 fresh random rotations per step, ``jaxcryo.search``);
 * the switch to auto-decoding is automatic (``train.switch='auto'``: when the poses stop changing);
 * auto-decoding takes its volume from a direct inversion at the current poses after every epoch and,
-  every 2 epochs (every epoch while a pass still moves >= 2 % of the images), checks each image's pose
+  every 2 epochs (every epoch while a pass still moves >= 2 % of the images, no more once a pass
+  moves < 1 %), checks each image's pose
   against a fresh global search (``jaxcryo.research``) of 16,384 rotations ranked at half Nyquist;
   while those searches still move >= 2 % of the images, auto-decoding goes on past its 6 epochs (up
   to 16): a particle whose amortized stage ended far off gets the epochs it needs, an easy one none.
@@ -33,5 +34,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.epochs_autodecoding_max = 16
     config.train.research_local = 4
     config.train.research_repeat_fraction = 0.02  # and after the next epoch too while a pass moves >= 2 % of the images
+    config.train.research_stop_fraction = 0.01  # and stop searching once a pass moves < 1 %
     config.model.estimate_shifts = False  # the simulated particles are centred; True for shifted data
     return config

@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import distributed, geometry
+from jaxcryo import distributed, geometry, steps
 from jaxcryo.dataset import read_batch
 from jaxcryo.io.loader import padded_chunks
+from jaxcryo.search import SearchSettings
 
 RESET_ON_MOVE = ("pose_m", "pose_v", "shift_m", "shift_v", "pose_count")
 
@@ -26,19 +27,42 @@ def research_due(train_config, epochs_done: int, n_epochs: int, progress: dict) 
     epochs, and also after the next epoch while the previous pass still moved at least
     ``research_repeat_fraction`` of the images (a particle whose amortized stage ended far off keeps
     being searched while it pays; an easy one pays for the fixed schedule only). Never after the last
-    epoch the stage may run (``autodecoding_epochs_limit``): moved poses need an epoch of refining."""
+    epoch the stage may run (``autodecoding_epochs_limit``): moved poses need an epoch of refining.
+    Once a pass moved fewer than ``research_stop_fraction`` of the images the poses are settled in their
+    basins and the fixed schedule stops too (a search costs about an epoch of steps)."""
     if epochs_done >= autodecoding_epochs_limit(train_config, n_epochs):
+        return False
+    moved = progress.get("research_moved")
+    if moved is not None and moved < float(train_config.get("research_stop_fraction", 0.0)):
         return False
     if epochs_done < n_epochs and epochs_done % int(train_config.research_every_epochs) == 0:
         return True
     repeat = float(train_config.get("research_repeat_fraction", 0.0))
-    return repeat > 0 and progress.get("research_moved", 0.0) >= repeat
+    return repeat > 0 and (moved or 0.0) >= repeat
+
+
+def enabled(train_config) -> bool:
+    """Whether auto-decoding re-searches at all (``train.research_every_epochs`` and ``research_candidates``)."""
+    return bool(train_config.get("research_every_epochs", 0) and train_config.get("research_candidates", 0))
+
+
+def make_research(config, pixel_size_angstrom: float, mesh):
+    """The re-search's jitted pose search (``steps.make_pose_search``) on the full box, or None when off:
+    the best 2 of ``train.research_candidates`` global rotations (ranked up to
+    ``research_global_radius`` x Nyquist), each refined by 3 local rounds from 10 deg."""
+    tc = config.train
+    if not enabled(tc):
+        return None
+    coarse = float(tc.get("research_global_radius", 0.0))
+    return steps.make_pose_search(pixel_size_angstrom, config.loss.kind, mesh, SearchSettings(
+        n_global=int(tc.research_candidates), top_k=2, n_local=int(tc.get("research_local", 8)), sigma_deg=10.0,
+        rounds=3, global_radius=coarse if coarse < config.loss.radius_end else 0.0))
 
 
 def autodecoding_epochs_limit(train_config, n_epochs: int) -> int:
     """The most auto-decoding epochs: ``train.epochs_autodecoding_max`` when it is larger than the planned
     ``n_epochs`` (and a re-search runs), else ``n_epochs``."""
-    if not (train_config.get("research_every_epochs", 0) and train_config.get("research_candidates", 0)):
+    if not enabled(train_config):
         return n_epochs
     return max(n_epochs, int(train_config.get("epochs_autodecoding_max", 0)))
 

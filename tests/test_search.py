@@ -103,6 +103,10 @@ def test_autodecoding_goes_on_past_its_plan_only_while_the_research_moves_images
     assert simulate([0.5] * 10) == (9, [2, 3, 4, 5, 6, 7, 8])
     tc.epochs_autodecoding_max = 0  # off: the plan, as before
     assert simulate([0.5] * 10) == (6, [2, 3, 4, 5])
+    tc.update(epochs_autodecoding_max=9, research_stop_fraction=0.01)  # a pass that moved < 1 % ends the searches
+    assert simulate([0.30, 0.005, 0.3]) == (6, [2, 3])
+    assert simulate([0.30, 0.01, 0.01]) == (6, [2, 3, 4])
+    assert simulate([0.3, 0.2, 0.1, 0.05, 0.03, 0.005]) == (8, [2, 3, 4, 5, 6, 7])  # epoch 8 refines the last moves
 
 
 def test_the_cropped_global_stage_is_the_low_frequency_disc_of_the_full_one():
