@@ -1,0 +1,104 @@
+"""One epoch of either stage and the divergence guard, mixed into ``jaxcryo.train.Run``: the steps over
+the stack, metrics and logging, the work between epochs (``jaxcryo.stages``), the epoch's outputs
+(``jaxcryo.outputs``) and checkpoints that hold only states checked finite."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from jaxcryo import distributed
+from jaxcryo.dataset import AMORTIZED, device_batch
+from jaxcryo.io.loader import iterate_batches
+from jaxcryo.stages import pose_lr_scale, radius_at
+
+
+class EpochLoop:
+    """``run_epoch`` and the guard around every checkpoint."""
+
+    def run_epoch(self, stage: str, state, progress: dict, n_epochs: int):
+        config, tc = self.config, self.config.train
+        epoch, start_step = progress["epoch"], progress["step"]
+        step_fn = self.amortized_step if stage == AMORTIZED else self.autodecoding_step
+        bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"{stage} {epoch + 1}/{max(n_epochs, epoch + 1)}",
+                   unit="step", leave=False, dynamic_ncols=True, disable=not (config.progress_bar and distributed.is_writer()))
+        winners = np.zeros(config.model.n_heads + (1 if config.model.search_candidates else 0), np.int64)
+        losses_seen, t0, images_seen = [], time.perf_counter(), 0
+        seed = config.seed + (0 if stage == AMORTIZED else 1000)
+        for step, batch in iterate_batches(self.data.source_for(stage), tc.batch_size, seed, epoch, start_step,
+                                           blocks=1 if stage == AMORTIZED else self.blocks, max_steps=self.steps_per_epoch):
+            radius = radius_at(config, stage, epoch + step / self.steps_per_epoch)
+            extra = () if stage == AMORTIZED else (pose_lr_scale(tc, (epoch + step / self.steps_per_epoch) / n_epochs),)
+            state, out = step_fn(state, device_batch(batch, self.data.table, self.batch_sharding), radius, *extra)
+            images_seen += tc.batch_size
+            bar.update(1)
+            if epoch == 0 and start_step == 0 and step + 1 in (tc.log_every, 2 * tc.log_every):
+                jax.block_until_ready(out["loss"])  # the second window, compiled: the stage's rate
+                if step + 1 == tc.log_every:
+                    window_start = time.perf_counter()
+                else:
+                    self.log_expected_time(stage, (time.perf_counter() - window_start) / tc.log_every)
+            progress = dict(progress, stage=stage, epoch=epoch, step=step + 1, global_step=progress["global_step"] + 1)
+            log_now = (step + 1) % tc.log_every == 0 or step + 1 == self.steps_per_epoch
+            save_now = bool(tc.checkpoint_every_steps) and progress["global_step"] % tc.checkpoint_every_steps == 0
+            if log_now or save_now:  # the only host syncs: a loss is checked before anything is kept
+                loss = float(out["loss"])
+                if not np.isfinite(loss):
+                    self.stop(f"{stage} epoch {epoch + 1} step {step + 1}: loss is {loss}")
+            if log_now:
+                if "winner" in out:
+                    winners += np.bincount(distributed.to_host(out["winner"]), minlength=len(winners))
+                rate = images_seen / (time.perf_counter() - t0)
+                losses_seen.append(loss)
+                self.metrics.write({"stage": stage, "epoch": epoch + 1, "step": step + 1,
+                                    "global_step": progress["global_step"], "loss": loss, "radius": radius,
+                                    "elapsed_s": self.elapsed(), "images_per_s": rate})
+                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
+            if save_now:
+                self.save(state, progress, f"{stage} epoch {epoch + 1} step {step + 1}")
+        bar.close()
+        progress = dict(progress, epoch=epoch + 1, step=0)
+        state, progress = self.between_epochs(stage, state, progress, n_epochs)
+        self.check_finite(state, f"end of {stage} epoch {epoch + 1}")
+        summary = self.end_of_epoch(stage, state, epoch + 1 + progress.get("amortized_epochs", 0))
+        rate = images_seen / max(time.perf_counter() - t0, 1e-9)
+        hist = f" winners {winners.tolist()}" if stage == AMORTIZED else ""
+        label = f"{epoch + 1}/{n_epochs}" if epoch < n_epochs else f"{epoch + 1} (past the {n_epochs} planned: the re-search still moves images)"
+        logging.info("%s epoch %s: loss %.5f, %.0f images/s%s%s", stage, label,
+                     np.mean(losses_seen) if losses_seen else float("nan"), rate, hist,
+                     "".join(f", {k} {v:.3g}" for k, v in summary.items() if isinstance(v, float)))
+        self.metrics.write({"stage": stage, "epoch": epoch + 1, "step": self.steps_per_epoch,
+                            "global_step": progress["global_step"], "loss": float(np.mean(losses_seen or [np.nan])),
+                            "elapsed_s": self.elapsed(), "images_per_s": rate, "epoch_end": True,
+                            "winner_histogram": winners.tolist(), **summary})
+        self.save(state, progress, f"end of {stage} epoch {epoch + 1}")
+        return state, progress
+
+    def stop(self, what: str):
+        """Stop a diverged run; the checkpoints hold only states that were checked finite."""
+        latest = self.checkpoints.latest_progress()
+        kept = (f"the last good checkpoint (global step {latest['global_step']}) in {self.workdir / 'checkpoints'} "
+                "is kept" if latest else "no checkpoint had been written yet")
+        raise FloatingPointError(f"{what}; stopping ({kept}; lower the learning rates)")
+
+    def check_finite(self, state, what: str) -> None:
+        bad = sum(int(jnp.sum(~jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(state)
+                  if jnp.issubdtype(x.dtype, jnp.floating))
+        if bad:
+            self.stop(f"{what}: the model holds {bad} non-finite values")
+
+    def save(self, state, progress: dict, what: str) -> None:
+        self.check_finite(state, what)
+        self.checkpoints.save(state, self.stamp(progress))
+
+    def stamp(self, progress: dict) -> dict:
+        return dict(progress, elapsed_s=self.elapsed(), processes=distributed.process_count(),
+                    pose_table_rows=self.table_rows)
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start_time
