@@ -9,6 +9,12 @@ import tempfile
 import jax
 import pytest
 
+# Under pytest-xdist (the default: -n 2 in pyproject.toml) each worker is one process on one core:
+# XLA's own thread pools would make the two workers fight for both cores. Set before JAX starts its
+# backend; subprocess runs inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER") and "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+
 # Tests choose dtypes explicitly; x64 only makes float64 available where a reference needs it.
 jax.config.update("jax_enable_x64", True)
 
