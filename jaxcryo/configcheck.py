@@ -63,6 +63,7 @@ def validate(config) -> None:
         need(key, lambda v: finite(v) and v > 0, "a number > 0")
     for key in ("train.lr_shift", "model.distill_weight", "model.volume_init_scale"):
         need(key, lambda v: finite(v) and v >= 0, "a number >= 0")
+    need("train.switch_moved_fraction", lambda v: finite(v) and 0 < v <= 1, "a fraction in (0, 1]")
     need("train.research_stop_fraction", lambda v: finite(v) and 0 <= v <= 1, "a fraction in [0, 1]")
     need("train.research_repeat_fraction", lambda v: finite(v) and 0 <= v <= 1, "a fraction in [0, 1]")
     need("train.research_global_radius", lambda v: finite(v) and 0 <= v <= 1, "a fraction of Nyquist in [0, 1] (0 = the loss disc)")

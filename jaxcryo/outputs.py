@@ -79,7 +79,7 @@ class RunOutputs:
                 sample = rots[rows]
             else:
                 sample = self.encoder_rotations(state, radius_at(self.config, AMORTIZED, 1e9), rows=rows)[0]
-            summary.update(self.pose_change(epoch, sample))
+            summary.update(self.pose_change(epoch, sample, float(self.config.train.switch_threshold_deg)))
         self.last_summary = summary
         return summary
 
@@ -90,8 +90,9 @@ class RunOutputs:
             return np.arange(self.n)
         return np.sort(np.random.default_rng([self.config.seed, 17]).permutation(self.n)[:SWITCH_SAMPLE])
 
-    def pose_change(self, epoch: int, sample: np.ndarray) -> dict:
-        """{"pose_change_median_deg": ...} against the previous epoch's sample poses, which are kept in
+    def pose_change(self, epoch: int, sample: np.ndarray, moved_deg: float) -> dict:
+        """{"pose_change_median_deg", "pose_change_moved_fraction" (the share that moved more than
+        ``moved_deg``)} against the previous epoch's sample poses, which are kept in
         WORKDIR/switch_poses/ (so a resumed run sees them too); {} after the first epoch."""
         folder = self.workdir / "switch_poses"
         if distributed.is_writer():
@@ -107,7 +108,8 @@ class RunOutputs:
         if not previous.exists():
             return {}
         change = geometry.geodesic_distance_deg(jnp.asarray(np.load(previous)), jnp.asarray(sample))
-        return {"pose_change_median_deg": float(jnp.median(change))}
+        return {"pose_change_median_deg": float(jnp.median(change)),
+                "pose_change_moved_fraction": float(jnp.mean(change > moved_deg))}
 
     def finish(self, state, progress: dict) -> dict:
         """Final outputs: the learned volume as decoder.mrc, poses.star (RELION 3.1, with the half sets as

@@ -62,11 +62,13 @@ def stage_epochs(train_config, steps_per_epoch: int, known_poses: bool = False, 
     return {AMORTIZED: amortized, AUTODECODING: autodecoding}
 
 
-def auto_switch_due(epochs_done: int, pose_change_median_deg: float | None, threshold_deg: float,
-                    min_epochs: int) -> bool:
-    """The automatic stage switch: poses have stopped moving (median change between the last two
-    epochs below threshold_deg) and at least min_epochs of auto-encoding are done."""
-    return epochs_done >= min_epochs and pose_change_median_deg is not None and pose_change_median_deg < threshold_deg
+def auto_switch_due(epochs_done: int, moved_fraction: float | None, max_fraction: float, min_epochs: int) -> bool:
+    """The automatic stage switch: poses have stopped moving (fewer than ``max_fraction`` of the images
+    moved more than ``train.switch_threshold_deg`` between the last two epochs) and at least
+    ``min_epochs`` of auto-encoding are done. ``max_fraction`` 0.5 is "the median change is below the
+    threshold"; the epoch-end poses come from a fixed candidate set, so the median is 0 as soon as half
+    of the images keep their candidate, while the other half may still be finding their basin."""
+    return epochs_done >= min_epochs and moved_fraction is not None and moved_fraction < max_fraction
 
 
 class AmortizedStage:
@@ -181,14 +183,16 @@ class AmortizedStage:
         return (rots, shifts, winners) if heads is None else (rots, shifts, winners, heads)
 
     def should_switch(self, epochs_done: int) -> bool:
-        """train.switch='auto': leave auto-encoding once the images' poses stop moving (median change
-        between consecutive epochs below switch_threshold_deg), after at least switch_min_epochs."""
+        """train.switch='auto': leave auto-encoding once the images' poses stop moving (fewer than
+        switch_moved_fraction of them moved more than switch_threshold_deg since the previous epoch),
+        after at least switch_min_epochs."""
         tc = self.config.train
-        change = getattr(self, "last_summary", {}).get("pose_change_median_deg")
-        if tc.switch != "auto" or not auto_switch_due(epochs_done, change, tc.switch_threshold_deg, tc.switch_min_epochs):
+        moved = getattr(self, "last_summary", {}).get("pose_change_moved_fraction")
+        limit = float(tc.get("switch_moved_fraction", 0.5))
+        if tc.switch != "auto" or not auto_switch_due(epochs_done, moved, limit, tc.switch_min_epochs):
             return False
-        logging.info("switching to auto-decoding after epoch %d: median pose change %.2f deg < %.2f deg",
-                     epochs_done, change, tc.switch_threshold_deg)
+        logging.info("switching to auto-decoding after epoch %d: %.0f %% of the images moved more than %.1f deg "
+                     "(< %.0f %%)", epochs_done, 100 * moved, tc.switch_threshold_deg, 100 * limit)
         return True
 
 

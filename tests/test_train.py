@@ -291,10 +291,11 @@ def test_evaluate_report_and_figures(finished_run):
 
 
 def test_auto_switch_rule():
-    assert not stages.auto_switch_due(1, 0.5, 2.0, min_epochs=2)  # too early
-    assert not stages.auto_switch_due(3, None, 2.0, min_epochs=2)  # nothing to compare yet
-    assert not stages.auto_switch_due(3, 2.5, 2.0, min_epochs=2)  # still moving
-    assert stages.auto_switch_due(3, 1.9, 2.0, min_epochs=2)
+    assert not stages.auto_switch_due(1, 0.1, 0.2, min_epochs=2)  # too early
+    assert not stages.auto_switch_due(3, None, 0.2, min_epochs=2)  # nothing to compare yet
+    assert not stages.auto_switch_due(3, 0.46, 0.2, min_epochs=2)  # median 0, but 46 % still moving
+    assert stages.auto_switch_due(3, 0.46, 0.5, min_epochs=2)  # the median rule would switch
+    assert stages.auto_switch_due(3, 0.12, 0.2, min_epochs=2)
 
 
 def test_auto_switch_end_to_end(finished_run, tmp_path):
@@ -314,6 +315,7 @@ def test_auto_switch_end_to_end(finished_run, tmp_path):
 
     expected = np.median(np.degrees((rotations(1).inv() * rotations(2)).magnitude()))
     assert len(changes) == 1 and changes[0] == pytest.approx(expected, abs=0.05)
+    assert [r["pose_change_moved_fraction"] for r in ends if "pose_change_moved_fraction" in r] == [0.0]  # none > 180 deg
     assert (tmp_path / "epoch_003" / "poses.star").exists() and not (tmp_path / "epoch_004").exists()
 
 
@@ -334,10 +336,12 @@ def test_switch_follows_a_fixed_sample_kept_on_disk(tmp_path):
     assert len(np.unique(rows)) == outputs.SWITCH_SAMPLE and np.all(np.diff(rows) > 0) and rows.max() < run.n
     np.testing.assert_array_equal(rows, outputs.RunOutputs.switch_sample_rows(run))
     poses = [Rotation.random(50, random_state=k) for k in range(3)]
-    changes = [outputs.RunOutputs.pose_change(run, e + 1, r.as_matrix().astype(np.float32)) for e, r in enumerate(poses)]
+    changes = [outputs.RunOutputs.pose_change(run, e + 1, r.as_matrix().astype(np.float32), 90.0) for e, r in enumerate(poses)]
     assert changes[0] == {}
-    expected = np.median(np.degrees((poses[1].inv() * poses[2]).magnitude()))
-    assert changes[2]["pose_change_median_deg"] == pytest.approx(expected, abs=0.01)
+    angles = np.degrees((poses[1].inv() * poses[2]).magnitude())
+    assert changes[2]["pose_change_median_deg"] == pytest.approx(np.median(angles), abs=0.01)
+    assert changes[2]["pose_change_moved_fraction"] == pytest.approx(np.mean(angles > 90.0))
+    assert 0.2 < changes[2]["pose_change_moved_fraction"] < 0.95  # random pairs: most but not all beyond 90 deg
     assert sorted(p.name for p in (tmp_path / "switch_poses").iterdir()) == ["epoch_002.npy", "epoch_003.npy"]
 
 
