@@ -3,7 +3,8 @@
 Beyond the paper's method (each a named option of experiments/common.py; see the README):
 * the amortized stage runs on 32 px images and a pose search competes with the encoder's heads
   (2,048 fresh random rotations per step, ``jaxcryo.search``);
-* the switch to auto-decoding is automatic (``train.switch='auto'``: when the poses stop changing);
+* the switch to auto-decoding is automatic (``train.switch='auto'``: when the poses stop changing, i.e.
+  fewer than 20 % of the images moved more than 2 deg since the previous epoch);
 * auto-decoding takes its volume from a direct inversion at the current poses after every epoch and,
   every 2 epochs (every epoch while a pass still moves >= 2 % of the images, no more once a pass
   moves < 1 %), checks each image's pose
@@ -26,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.lr_encoder = 1e-3
     config.train.epochs_amortized = 6  # at most: the switch is automatic, when the map (and so the poses) stop changing
     config.train.switch = "auto"
+    config.train.switch_moved_fraction = 0.2  # when fewer than 20 % of the images moved > 2 deg in an epoch
     config.train.epochs_autodecoding = 6
     config.train.autodecoding_volume = "inversion"
     config.train.research_every_epochs = 2
