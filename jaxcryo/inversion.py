@@ -31,27 +31,25 @@ from jaxcryo.io.table import CTF_FIELDS
 PAD = 1
 
 
-@functools.partial(jax.jit, donate_argnums=(0, 1))
-def insert(numerator, weights, images, ctf_fields: dict, rotations, shifts_px, keep, pixel_size_angstrom,
-           noise_radial=None):
-    """Add a batch to the accumulators.
+@functools.partial(jax.jit, donate_argnums=(0,))
+def insert(sums, images, ctf_fields: dict, rotations, shifts_px, keep, pixel_size_angstrom, noise_radial=None):
+    """Add a batch to the accumulator.
 
     Args:
-      numerator, weights: (P, P, P) Hartley-space sums of CTF * X and CTF^2 (P = PAD * L).
+      sums: (P, P, P, 2) Hartley-space sums of CTF * X and of CTF^2 (P = PAD * L).
       images: (B, L, L) real images; ctf_fields: the CTF_FIELDS of each image, (B,) each.
       rotations: (B, 3, 3); shifts_px: (B, 2) particle displacements (x, y) in pixels.
       keep: (B,) 1 for real rows, 0 for the rows that pad the last batch to a static shape.
       noise_radial: (B, R) whitening profiles of whitened images (``jaxcryo.noise``), or None.
     """
-    size = numerator.shape[-1]
-    h = fourier.ht(fourier.pad_center(images.astype(numerator.dtype), size))
+    size = sums.shape[0]
+    h = fourier.ht(fourier.pad_center(images.astype(sums.dtype), size))
     h = losses.shift_hartley(h, -shifts_px)  # re-centre each particle
     ctf = ctf_lib.ctf_grid(size, pixel_size_angstrom, **ctf_fields).astype(h.dtype) * keep[:, None, None]
     if noise_radial is not None:  # the same frequency on the padded grid: radius scaled by L / P
         box = images.shape[-1]
         ctf = ctf * noise_radial[:, np.round(noise.radius_grid(size) * box / size).astype(np.int32)].astype(ctf.dtype)
-    both = slicing.insert_slices(jnp.stack([numerator, weights], -1), rotations, jnp.stack([h * ctf, ctf**2], -1))
-    return both[..., 0], both[..., 1]
+    return slicing.insert_slices(sums, rotations, jnp.stack([h * ctf, ctf**2], -1))
 
 
 def accumulate(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.ndarray,
@@ -63,20 +61,19 @@ def accumulate(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.
     With several processes each inserts its own block of rows and the sums are added over processes.
     """
     size = PAD * source.image_size
-    out_num, out_w = [], []
+    halves = []
     fields = {k: np.asarray(getattr(source.table, k), np.float32) for k in CTF_FIELDS}
     for half in (1, 2):
         rows = distributed.process_share(np.nonzero(labels == half)[0])
-        num, w = jnp.zeros((size,) * 3, jnp.float32), jnp.zeros((size,) * 3, jnp.float32)
+        sums = jnp.zeros((size,) * 3 + (2,), jnp.float32)
         for _, idx, padded in padded_chunks(rows, batch_size):
             keep = (np.arange(batch_size) < len(idx)).astype(np.float32)
             batch = source.batch(padded)
-            num, w = insert(num, w, jnp.asarray(batch.images), {k: v[padded] for k, v in fields.items()},
-                            jnp.asarray(rotations[padded], jnp.float32), jnp.asarray(shifts_px[padded], jnp.float32),
-                            jnp.asarray(keep), float(source.pixel_size_angstrom), batch.noise_radial)
-        out_num.append(np.asarray(num))
-        out_w.append(np.asarray(w))
-    total = distributed.sum_over_processes(np.stack([np.stack(out_num), np.stack(out_w)]))  # one all-gather
+            sums = insert(sums, jnp.asarray(batch.images), {k: v[padded] for k, v in fields.items()},
+                          jnp.asarray(rotations[padded], jnp.float32), jnp.asarray(shifts_px[padded], jnp.float32),
+                          jnp.asarray(keep), float(source.pixel_size_angstrom), batch.noise_radial)
+        halves.append(np.asarray(sums))
+    total = distributed.sum_over_processes(np.moveaxis(np.stack(halves), -1, 0))  # one all-gather
     return total[0], total[1]
 
 
