@@ -5,8 +5,10 @@ For each member (``jaxcryo.phantoms.FAMILY`` drawn with a seed) this simulates 5
 (default: the README's main config), and measures the true-pose reference: a direct Fourier inversion
 of the same images at their true poses (``jaxcryo.inversion``) and the pose-error floor (each image's
 most likely pose given the true map, ``jaxcryo.posterior.pose_error_floor``). It prints one row per
-member: FSC 0.5 against the truth, the reference's, their ratio, median pose error, the floor's median
-and wall time; the rows
+member: FSC 0.5 against the truth, the reference's, their ratio, median pose error, the floor's median,
+the share of an image's pose error that its neighbours in SO(3) share (``warp``:
+``jaxcryo.evaluate.neighbour_error_share``; ~0 for independent errors, high for a warped solution) and
+wall time; the rows
 are also written to WORKDIR/zoo.json. Finished members are not rerun (delete their folder to redo).
 
 Development members use seed 0; the held-back members (seed 1001) are for the final figures only.
@@ -89,6 +91,22 @@ def pose_floor(data_dir: pathlib.Path) -> dict:
                                       true_shifts_px=shifts)
 
 
+def neighbour_share(workdir: pathlib.Path) -> float:
+    """``evaluate.neighbour_error_share`` of a finished run's poses against the truth (a smooth, warped
+    error field shows as a share well above 0)."""
+    import jax.numpy as jnp
+
+    from jaxcryo import evaluate, geometry
+    from jaxcryo.io import read_particles
+
+    def rotations(path):
+        return np.asarray(geometry.euler_to_matrix(jnp.asarray(read_particles(path).euler_deg, jnp.float32)), np.float64)
+
+    r_est, r_true = rotations(workdir / "poses.star"), rotations(workdir / "data" / "ground_truth_poses.star")
+    a = evaluate.align_poses(r_est, r_true)
+    return evaluate.neighbour_error_share(r_true, evaluate.error_vectors_deg(r_est, r_true, a["q"], a["mirrored"]))
+
+
 def run_member(name: str, seed: int, root: pathlib.Path) -> dict:
     workdir = root / f"{name}-{seed}"
     summary_path = workdir / "summary.json"
@@ -114,7 +132,7 @@ def run_member(name: str, seed: int, root: pathlib.Path) -> dict:
     return {"member": f"{name}:{seed}", "fsc05_angstrom": fsc, "reference_fsc05_angstrom": ref["fsc05_angstrom"],
             "ratio": fsc / ref["fsc05_angstrom"], "pose_error_median_deg": summary.get("pose_error_median_deg"),
             "decoder_fsc05_angstrom": summary.get("decoder_fsc05_angstrom"), "wall_s": wall,
-            "pose_floor_median_deg": ref["floor_median_deg"]}
+            "pose_floor_median_deg": ref["floor_median_deg"], "neighbour_error_share": neighbour_share(workdir)}
 
 
 def main(argv):
@@ -125,7 +143,7 @@ def main(argv):
     from jaxcryo import runio
 
     print(f"machine: {runio.describe_machine()}")
-    print(f"{'member':16s} {'FSC0.5 A':>9s} {'ref A':>7s} {'ratio':>6s} {'pose med':>9s} {'floor':>6s} {'wall':>9s}")
+    print(f"{'member':16s} {'FSC0.5 A':>9s} {'ref A':>7s} {'ratio':>6s} {'pose med':>9s} {'floor':>6s} {'warp':>5s} {'wall':>9s}")
     for name, seed in members(_MEMBERS.value):
         row = run_member(name, seed, root)
         rows.append(row)
@@ -135,7 +153,7 @@ def main(argv):
             wall = f"{row['wall_s'] / 60:.1f} min" if row["wall_s"] else "-"
             print(f"{row['member']:16s} {row['fsc05_angstrom']:9.2f} {row['reference_fsc05_angstrom']:7.2f} "
                   f"{row['ratio']:6.3f} {row['pose_error_median_deg']:8.2f}° {row['pose_floor_median_deg']:5.2f}° "
-                  f"{wall:>9s}", flush=True)
+                  f"{row['neighbour_error_share']:5.2f} {wall:>9s}", flush=True)
     (root / "zoo.json").write_text(json.dumps(rows, indent=2))
 
 

@@ -110,6 +110,37 @@ def align_poses(r_est: np.ndarray, r_true: np.ndarray) -> dict:
     return best
 
 
+def error_vectors_deg(r_est: np.ndarray, r_true: np.ndarray, q: np.ndarray, mirrored: bool) -> np.ndarray:
+    """(N, 3) each image's pose error as a rotation vector (axis x sin(angle), in degrees; the angle for
+    small errors) in the truth's frame, after ``align_poses``' global rotation ``q`` and hand: R_est =
+    R_true Q E, E = Exp(e) with e in Q's frame, reported as Q e."""
+    est = MIRROR @ r_est @ MIRROR if mirrored else r_est
+    err = np.swapaxes(r_true @ q, 1, 2) @ est
+    skew = np.stack([err[:, 2, 1] - err[:, 1, 2], err[:, 0, 2] - err[:, 2, 0], err[:, 1, 0] - err[:, 0, 1]], 1) / 2
+    return np.degrees(skew @ np.asarray(q, np.float64).T)
+
+
+def neighbour_error_share(r_true: np.ndarray, error_vectors: np.ndarray, n_neighbours: int = 10,
+                          n_samples: int = 400, seed: int = 0) -> float:
+    """How much of an image's pose error its neighbours share: for sampled images, the mean projection
+    of the error vectors of the ``n_neighbours`` images nearest in pose (geodesic, true poses) onto the
+    image's own, over its squared length; the median over the sample.
+
+    ~0 when errors are independent (noise); near 1 when they form a smooth field over SO(3): a map and
+    poses warped together, a self-consistent solution that per-image refinement cannot leave."""
+    rng = np.random.default_rng(seed)
+    n = len(r_true)
+    shares = []
+    for i in rng.choice(n, min(n_samples, n), replace=False):
+        cos = (np.einsum("ij,nij->n", r_true[i], r_true) - 1) / 2  # cos of the geodesic distance
+        cos[i] = -np.inf
+        near = np.argpartition(-cos, n_neighbours)[:n_neighbours]
+        own = error_vectors[i] @ error_vectors[i]
+        if own > 1e-12:
+            shares.append(np.mean(error_vectors[near] @ error_vectors[i]) / own)
+    return float(np.median(shares)) if shares else float("nan")
+
+
 def shift_errors(rotations: np.ndarray, shifts_est: np.ndarray, shifts_true: np.ndarray, iters: int = 4) -> dict:
     """Per-image shift errors (N,) after removing the map's own translation; shifts (N, 2), any unit.
 

@@ -71,6 +71,33 @@ def test_align_poses_finds_a_mode_when_poses_split_between_two(mirrored):
     assert max(in_mode) > 0.95 and min(in_mode) < 0.05  # one mode aligned exactly, the other 180 deg off
 
 
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_error_vectors_are_the_rotation_vectors_of_the_pose_errors_in_the_true_frame(mirrored):
+    rng = np.random.default_rng(11)
+    r_true = Rotation.random(200, random_state=12).as_matrix()
+    q = Rotation.random(random_state=13).as_matrix()
+    e_true = rng.normal(scale=2.0, size=(200, 3))  # degrees, in the truth's frame
+    e_in_q = e_true @ q  # rows Q^T e: the same rotation seen in the estimate's frame
+    r_est = r_true @ q @ Rotation.from_rotvec(np.radians(e_in_q)).as_matrix()
+    if mirrored:
+        r_est = frames.MIRROR @ r_est @ frames.MIRROR
+    got = evaluate.error_vectors_deg(r_est, r_true, q, mirrored)
+    norm = np.linalg.norm(e_true, axis=1, keepdims=True)
+    expected = e_true / norm * np.degrees(np.sin(np.radians(norm)))  # axis x sin(angle), in degrees
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_neighbour_error_share_is_zero_for_noise_and_near_one_for_a_smooth_error_field():
+    rng = np.random.default_rng(14)
+    r_true = Rotation.random(3000, random_state=15).as_matrix()
+    noise = rng.normal(scale=3.0 / np.sqrt(3), size=(3000, 3))  # 3 deg long on average, independent
+    field = 3.0 * r_true[:, 2, :]  # 3 deg about each image's viewing direction: smooth over SO(3)
+    assert abs(evaluate.neighbour_error_share(r_true, noise)) < 0.1
+    assert evaluate.neighbour_error_share(r_true, field) > 0.8
+    half = evaluate.neighbour_error_share(r_true, field + noise)  # equal parts: about half shared
+    assert 0.3 < half < 0.7
+
+
 def test_align_map_undoes_rotation_and_mirror():
     size = 48
     vol = blob_volume(size)
