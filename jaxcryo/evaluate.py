@@ -116,8 +116,7 @@ def error_vectors_deg(r_est: np.ndarray, r_true: np.ndarray, q: np.ndarray, mirr
     R_true Q E, E = Exp(e) with e in Q's frame, reported as Q e."""
     est = MIRROR @ r_est @ MIRROR if mirrored else r_est
     err = np.swapaxes(r_true @ q, 1, 2) @ est
-    skew = np.stack([err[:, 2, 1] - err[:, 1, 2], err[:, 0, 2] - err[:, 2, 0], err[:, 1, 0] - err[:, 0, 1]], 1) / 2
-    return np.degrees(skew @ np.asarray(q, np.float64).T)
+    return np.degrees(np.asarray(geometry.vee(jnp.asarray(err)), np.float64) @ np.asarray(q, np.float64).T)
 
 
 def neighbour_error_share(r_true: np.ndarray, error_vectors: np.ndarray, n_neighbours: int = 10,
