@@ -99,6 +99,23 @@ def test_star_31_read_and_write_round_trip(tmp_path):
     assert back.extra_columns["rlnMicrographName"].tolist() == [f"mic{i}.mrc" for i in range(6)]
     assert back.random_subset.tolist() == [1, 2] * 3
     assert back.image_path[0] == str((tmp_path / "stack.mrcs").resolve())  # repaired through datadir
+    assert list(back.column_order[:3]) == list(t.column_order[:3])  # the input's columns keep their places
+
+
+def test_table_is_compact_and_reads_the_same(tmp_path):
+    """Equal values are one zero-stride value, text is variable-width strings, represented star columns
+    are not kept twice; subsets and the star writer see the same values as before."""
+    t = read_particles(make_dataset(tmp_path))
+    assert t.pixel_size_angstrom.strides == (0,) and t.pixel_size_angstrom.tolist() == [2.5] * 6
+    assert t.voltage_kv.strides != (0,)  # two optics groups differ
+    assert t.image_name.dtype.kind == ("T" if hasattr(np.dtypes, "StringDType") else "O")
+    assert "rlnImageName" not in t.extra_columns and "rlnDefocusU" not in t.extra_columns
+    assert "rlnMicrographName" in t.extra_columns
+    half = t.subset(np.array([1, 3, 5]))
+    assert half.voltage_kv.tolist() == [200.0] * 3 and half.voltage_kv.strides == (0,)
+    assert half.image_name.tolist() == t.image_name.tolist()[1::2]
+    with pytest.raises(ValueError):
+        t.defocus_u_angstrom[0] = 1.0  # read-only
 
 
 @pytest.mark.parametrize(

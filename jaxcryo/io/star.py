@@ -98,6 +98,11 @@ def _float(path, df, name, default=None) -> np.ndarray:
         raise InputError(f"{path}: column {name} is not numeric") from None
 
 
+_REPRESENTED = ("rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnCtfBfactor",
+                "rlnOpticsGroup", "rlnRandomSubset", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
+                "rlnMagnification", "rlnDetectorPixelSize", "rlnImagePixelSize")
+
+
 def read_star(path: pathlib.Path, datadir: str | None = None, pixel_size_angstrom: float | None = None) -> ParticleTable:
     blocks = read_star_blocks(path)
     particles, optics = _particles_and_optics(path, blocks)
@@ -145,6 +150,9 @@ def read_star(path: pathlib.Path, datadir: str | None = None, pixel_size_angstro
     subset = _column(path, particles, "rlnRandomSubset").astype(np.int64) if "rlnRandomSubset" in particles else None
 
     defocus_u = _float(path, particles, "rlnDefocusU")
+    # columns the table's fields hold (the writer writes them from there), so not kept twice
+    represented = set(_REPRESENTED) | ({"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"} if euler is not None else set())
+    represented |= {"rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginX", "rlnOriginY"} if origin is not None else set()
     return ParticleTable(
         source=str(path),
         image_path=image_paths,
@@ -164,7 +172,8 @@ def read_star(path: pathlib.Path, datadir: str | None = None, pixel_size_angstro
         euler_deg=euler,
         origin_angstrom=origin,
         random_subset=subset,
-        extra_columns={c: particles[c].to_numpy() for c in particles.columns},
+        extra_columns={c: particles[c].to_numpy() for c in particles.columns if c not in represented},
+        column_order=tuple(particles.columns),
         optics_table={c: optics[c].to_numpy() for c in optics.columns} if optics is not None else {},
     )
 
@@ -242,6 +251,8 @@ def write_particles_star(path, table: ParticleTable, euler_deg=None, origin_angs
         "rlnImageDimensionality": 2,
     })
     particles["rlnOpticsGroup"] = inverse.reshape(-1) + 1
+    first = [c for c in table.column_order if c in particles.columns]  # the input's order, then new columns
+    particles = particles[first + [c for c in particles.columns if c not in first]]
     tmp = path.with_name(path.name + ".tmp")
     starfile.write({"optics": optics, "particles": particles}, tmp, overwrite=True)
     tmp.replace(path)
