@@ -70,6 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
     # paper's centred synthetic data; real-data configs turn it on.
     config.model.estimate_shifts = False
     config.model.max_shift_fraction = 0.15
+    # Beyond the paper: > 0 fits each particle's contrast scale in auto-decoding (images differ in ice
+    # thickness and dose), with a N(1, this^2) prior; written as cryoSPARC's per-particle scale
+    config.model.contrast_prior_std = 0.0
     config.model.search_shift_radius_px = 2  # with search_candidates: also try shifts +-this many (amortized) px
     # hierarchical search (jaxcryo.search): keep the best top_k candidates per image and refine each by
     # search_local perturbations of ~search_local_sigma_deg, halved each of search_local_rounds rounds

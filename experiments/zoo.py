@@ -75,9 +75,7 @@ def reference(data_dir: pathlib.Path) -> dict:
 
 def pose_floor(data_dir: pathlib.Path) -> dict:
     """``posterior.pose_error_floor`` of a simulated set: the pose error even the true map leaves."""
-    import jax.numpy as jnp
-
-    from jaxcryo import geometry, posterior
+    from jaxcryo import posterior
     from jaxcryo.io import check_stacks, read_particles, read_volume
     from jaxcryo.io.loader import ImageSource
 
@@ -85,24 +83,19 @@ def pose_floor(data_dir: pathlib.Path) -> dict:
     source = ImageSource(table, check_stacks(table))
     source.estimate_normalization()
     truth = read_particles(data_dir / "ground_truth_poses.star")
-    rotations = np.asarray(geometry.euler_to_matrix(jnp.asarray(truth.euler_deg, jnp.float32)))
-    shifts = None if truth.origin_angstrom is None else -truth.origin_angstrom / source.pixel_size_angstrom
-    return posterior.pose_error_floor(read_volume(data_dir / "ground_truth.mrc")[0], source, rotations,
-                                      true_shifts_px=shifts)
+    shifts = truth.displacements_angstrom()
+    return posterior.pose_error_floor(read_volume(data_dir / "ground_truth.mrc")[0], source, truth.rotations(),
+                                      true_shifts_px=None if shifts is None else shifts / source.pixel_size_angstrom)
 
 
 def neighbour_share(workdir: pathlib.Path) -> float:
     """``evaluate.neighbour_error_share`` of a finished run's poses against the truth (a smooth, warped
     error field shows as a share well above 0)."""
-    import jax.numpy as jnp
-
-    from jaxcryo import evaluate, geometry
+    from jaxcryo import evaluate
     from jaxcryo.io import read_particles
 
-    def rotations(path):
-        return np.asarray(geometry.euler_to_matrix(jnp.asarray(read_particles(path).euler_deg, jnp.float32)), np.float64)
-
-    r_est, r_true = rotations(workdir / "poses.star"), rotations(workdir / "data" / "ground_truth_poses.star")
+    r_est, r_true = (read_particles(path).rotations().astype(np.float64)
+                     for path in (workdir / "poses.star", workdir / "data" / "ground_truth_poses.star"))
     a = evaluate.align_poses(r_est, r_true)
     return evaluate.neighbour_error_share(r_true, evaluate.error_vectors_deg(r_est, r_true, a["q"], a["mirrored"]))
 

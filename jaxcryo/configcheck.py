@@ -61,7 +61,7 @@ def validate(config) -> None:
     for key in ("train.lr_encoder", "train.lr_volume", "train.lr_volume_autodecoding", "train.lr_pose", "model.width",
                 "model.search_local_sigma_deg"):
         need(key, lambda v: finite(v) and v > 0, "a number > 0")
-    for key in ("train.lr_shift", "model.distill_weight", "model.volume_init_scale"):
+    for key in ("train.lr_shift", "model.distill_weight", "model.volume_init_scale", "model.contrast_prior_std"):
         need(key, lambda v: finite(v) and v >= 0, "a number >= 0")
     need("train.switch_moved_fraction", lambda v: finite(v) and 0 < v <= 1, "a fraction in (0, 1]")
     need("train.research_stop_fraction", lambda v: finite(v) and 0 <= v <= 1, "a fraction in [0, 1]")

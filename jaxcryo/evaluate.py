@@ -166,14 +166,14 @@ def pose_errors(rotations: np.ndarray, ground_truth_poses: str, shifts_angstrom:
     from jaxcryo.io import read_particles
 
     truth = read_particles(ground_truth_poses)
-    r_true = np.asarray(geometry.euler_to_matrix(jnp.asarray(truth.euler_deg, jnp.float32)))
+    r_true = truth.rotations()
     a = align_poses(np.asarray(rotations, np.float32), r_true)
     err, view = a["rotation_error_deg"], a["view_error_deg"]
     out = {"pose_error_median_deg": float(np.median(err)), "pose_error_mean_deg": float(np.mean(err)),
            "view_error_median_deg": float(np.median(view)), "view_error_mean_deg": float(np.mean(view)),
            "mirrored": bool(a["mirrored"])}
     if shifts_angstrom is not None:
-        true_shifts = np.zeros((len(truth), 2)) if truth.origin_angstrom is None else -truth.origin_angstrom
+        true_shifts = np.zeros((len(truth), 2)) if truth.origin_angstrom is None else truth.displacements_angstrom()
         s = shift_errors(rotations, shifts_angstrom, true_shifts)
         out.update(shift_error_median_angstrom=float(np.median(s["shift_error"])),
                    shift_error_mean_angstrom=float(np.mean(s["shift_error"])),

@@ -111,7 +111,7 @@ def combine(workdir: pathlib.Path, table, labels, halves, summaries, ground_trut
     origins = np.zeros((len(table), 2))
     for half, entry in enumerate(halves, start=1):
         poses = read_particles(workdir / f"half{half}" / "poses.star", entry["datadir"])
-        r = np.asarray(geometry.euler_to_matrix(jnp.asarray(poses.euler_deg, jnp.float32)))
+        r = poses.rotations()
         if poses.origin_angstrom is not None:  # estimated per-image shifts
             origins[entry["rows"]] = poses.origin_angstrom
         if half == 2:

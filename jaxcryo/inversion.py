@@ -32,7 +32,8 @@ PAD = 1
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
-def insert(sums, images, ctf_fields: dict, rotations, shifts_px, keep, pixel_size_angstrom, noise_radial=None):
+def insert(sums, images, ctf_fields: dict, rotations, shifts_px, keep, pixel_size_angstrom, noise_radial=None,
+           contrast=None):
     """Add a batch to the accumulator.
 
     Args:
@@ -41,11 +42,14 @@ def insert(sums, images, ctf_fields: dict, rotations, shifts_px, keep, pixel_siz
       rotations: (B, 3, 3); shifts_px: (B, 2) particle displacements (x, y) in pixels.
       keep: (B,) 1 for real rows, 0 for the rows that pad the last batch to a static shape.
       noise_radial: (B, R) whitening profiles of whitened images (``jaxcryo.noise``), or None.
+      contrast: (B,) per-image contrast scales a (image = a * CTF * slice + noise), or None for 1:
+        the sums become those of a CTF X and of a^2 CTF^2, the least-squares volume under that model.
     """
     size = sums.shape[0]
     h = fourier.ht(fourier.pad_center(images.astype(sums.dtype), size))
     h = losses.shift_hartley(h, -shifts_px)  # re-centre each particle
-    ctf = ctf_lib.ctf_grid(size, pixel_size_angstrom, **ctf_fields).astype(h.dtype) * keep[:, None, None]
+    weight = keep if contrast is None else keep * contrast
+    ctf = ctf_lib.ctf_grid(size, pixel_size_angstrom, **ctf_fields).astype(h.dtype) * weight[:, None, None]
     if noise_radial is not None:  # the same frequency on the padded grid: radius scaled by L / P
         box = images.shape[-1]
         ctf = ctf * noise_radial[:, np.round(noise.radius_grid(size) * box / size).astype(np.int32)].astype(ctf.dtype)
@@ -53,11 +57,12 @@ def insert(sums, images, ctf_fields: dict, rotations, shifts_px, keep, pixel_siz
 
 
 def accumulate(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.ndarray,
-               batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+               batch_size: int = 64, contrast: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sums of both half sets: (2, P, P, P) numerators and weights.
 
     ``source``: an ImageSource (``source.read(rows)``, ``source.table``); ``rotations`` (N, 3, 3),
-    ``shifts_px`` (N, 2) in pixels of the source's box, ``labels`` (N,) half-set labels in {1, 2}.
+    ``shifts_px`` (N, 2) in pixels of the source's box, ``labels`` (N,) half-set labels in {1, 2},
+    ``contrast`` (N,) per-particle contrast scales or None (all 1).
     With several processes each inserts its own block of rows and the sums are added over processes.
     """
     size = PAD * source.image_size
@@ -71,7 +76,8 @@ def accumulate(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.
             batch = source.batch(padded)
             sums = insert(sums, jnp.asarray(batch.images), {k: v[padded] for k, v in fields.items()},
                           jnp.asarray(rotations[padded], jnp.float32), jnp.asarray(shifts_px[padded], jnp.float32),
-                          jnp.asarray(keep), float(source.pixel_size_angstrom), batch.noise_radial)
+                          jnp.asarray(keep), float(source.pixel_size_angstrom), batch.noise_radial,
+                          None if contrast is None else jnp.asarray(contrast[padded], jnp.float32))
         halves.append(np.asarray(sums))
     total = distributed.sum_over_processes(np.moveaxis(np.stack(halves), -1, 0))  # one all-gather
     return total[0], total[1]
@@ -114,15 +120,14 @@ def wiener_maps(numerators: np.ndarray, weights: np.ndarray, box: int) -> dict:
 
 
 def reconstruct(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.ndarray,
-                batch_size: int = 64) -> dict:
+                batch_size: int = 64, contrast: np.ndarray | None = None) -> dict:
     """Direct inversion of ``source``'s images at the given poses; see ``wiener_maps`` for the result."""
-    num, w = accumulate(source, rotations, shifts_px, labels, batch_size)
+    num, w = accumulate(source, rotations, shifts_px, labels, batch_size, contrast)
     return wiener_maps(num, w, source.image_size)
 
 
 def reconstruct_from_star(particles, poses, seed: int = 0) -> dict:
     """Direct inversion of a particle file at the poses (and origins) of a star with the same rows."""
-    from jaxcryo import geometry
     from jaxcryo.io import check_stacks, read_particles
     from jaxcryo.io.loader import ImageSource, half_set_labels
 
@@ -130,11 +135,10 @@ def reconstruct_from_star(particles, poses, seed: int = 0) -> dict:
     source = ImageSource(table, check_stacks(table))
     source.estimate_normalization(seed=seed)
     known = read_particles(poses)
-    rotations = np.asarray(geometry.euler_to_matrix(jnp.asarray(known.euler_deg, jnp.float32)))
     shifts = np.zeros((len(table), 2), np.float32)
-    if known.origin_angstrom is not None:  # RELION's origin re-centres the particle: minus its displacement
-        shifts = (-known.origin_angstrom / source.pixel_size_angstrom).astype(np.float32)
-    return reconstruct(source, rotations, shifts, half_set_labels(table, seed))
+    if known.origin_angstrom is not None:
+        shifts = (known.displacements_angstrom() / source.pixel_size_angstrom).astype(np.float32)
+    return reconstruct(source, known.rotations(), shifts, half_set_labels(table, seed))
 
 
 def compare_with_truth(volume: np.ndarray, ground_truth) -> dict:

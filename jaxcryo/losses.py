@@ -94,6 +94,20 @@ def per_image_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, kind: st
     raise ValueError(f"unknown loss {kind!r} (expected 'gaussian' or 'l1_fourier')")
 
 
+def contrast_scale(pred: jax.Array, target: jax.Array, mask: jax.Array, prior_std: float) -> jax.Array:
+    """Each image's most likely contrast scale a in target = a * pred + noise: (B, L, L) -> (B,).
+
+    The noise has unit variance per Hartley coefficient (the Gaussian loss's assumption; true for
+    normalised or whitened images) and the prior is a ~ N(1, prior_std^2), so
+    a = (sum p y + 1 / prior_std^2) / (sum p^2 + 1 / prior_std^2) over the mask: an image with little
+    signal keeps a near 1. Clipped to [0.1, 10] so that a stray image cannot flip or blow up its slice.
+    """
+    m = mask.astype(pred.dtype)
+    prior = 1.0 / prior_std**2
+    a = (jnp.sum(m * pred * target, axis=(-2, -1)) + prior) / (jnp.sum(m * pred * pred, axis=(-2, -1)) + prior)
+    return jnp.clip(a, 0.1, 10.0)
+
+
 def winner_takes_all(volume_h, rotations, ctf, target, mask, kind="gaussian", shifts_px=None):
     """Per-image loss of the best of M pose candidates, with the gradient of the winner only.
 

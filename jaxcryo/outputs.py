@@ -121,19 +121,21 @@ class RunOutputs:
         if distributed.is_writer():
             (self.workdir / "reconstruction.mrc").replace(self.workdir / "decoder.mrc")
         summary = {f"decoder_{k}": v for k, v in decoder.items() if k.startswith("fsc")}
-        summary.update(self.final_map(rots, np.asarray(self.current_poses(stage, state)[1])))
+        contrast = self.contrast_table(state) if stage != AMORTIZED else None
+        summary.update(self.final_map(rots, np.asarray(self.current_poses(stage, state)[1]), contrast))
         summary.update(elapsed_s=self.elapsed(), n_particles=self.n, switch_rule=self.config.train.switch,
                        amortized_epochs_run=progress.get("amortized_epochs", 0), machine=runio.machine())
         runio.write_json(self.workdir / "summary.json", summary)
         logging.info("finished: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})
         return summary
 
-    def final_map(self, rotations: np.ndarray, shifts_px: np.ndarray) -> dict:
-        """Write reconstruction.mrc (direct inversion at the final poses) and evaluate it."""
+    def final_map(self, rotations: np.ndarray, shifts_px: np.ndarray, contrast: np.ndarray | None = None) -> dict:
+        """Write reconstruction.mrc (direct inversion at the final poses and, when fitted, contrasts)
+        and evaluate it."""
         source = self.data.source
         labels = half_set_labels(self.data.table, self.config.seed)
         rec = inversion.reconstruct(source, rotations, shifts_px if self.uses_shifts else np.zeros_like(shifts_px),
-                                    labels, self.inference_batch)
+                                    labels, self.inference_batch, contrast)
         pixel = source.pixel_size_angstrom
         volume = rec["map"]
         if self.config.model.get("volume_mask", False):  # the map the run worked with; half maps stay unmasked
@@ -149,7 +151,8 @@ class RunOutputs:
         shifts_angstrom = shifts_px * self.data.source.pixel_size_angstrom if self.uses_shifts else None
         # the final poses again, with the half sets of this map (rlnRandomSubset), and for cryoSPARC
         runio.write_poses(self.workdir / "poses.star", self.data.table, rotations,
-                          None if shifts_angstrom is None else -shifts_angstrom, labels, cs_too=True)
+                          None if shifts_angstrom is None else -shifts_angstrom, labels, cs_too=True,
+                          contrast=contrast)
         out.update(evaluate.summarize(volume, rotations, pixel, self.data.ground_truth, self.data.ground_truth_poses,
                                       shifts_angstrom, pixel))
         return out

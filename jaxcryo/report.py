@@ -13,7 +13,7 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import align, evaluate, fourier, geometry, posterior
+from jaxcryo import align, evaluate, fourier, posterior
 from jaxcryo.io import check_stacks, read_particles, read_volume, write_mrc
 from jaxcryo.io.loader import ImageSource
 
@@ -30,7 +30,7 @@ def _landscapes(workdir: pathlib.Path, volume: np.ndarray, pixel: float, pose_al
     out = {}
     if pose_alignment is not None:
         truth = read_particles(ground_truth_poses)
-        r_true = np.asarray(geometry.euler_to_matrix(jnp.asarray(truth.euler_deg[rows], jnp.float32)))
+        r_true = truth.rotations(rows)
         out["head_errors"] = posterior.per_head_error_maps(heads, r_true, pose_alignment["q"], pose_alignment["mirrored"])
     config = json.loads((workdir / "config.json").read_text())
     particles = config["data"]["particles"] or str(workdir / "data" / "particles.star")
@@ -42,8 +42,7 @@ def _landscapes(workdir: pathlib.Path, volume: np.ndarray, pixel: float, pose_al
     ctf_params = {k: jnp.asarray(v, jnp.float32) for k, v in table.ctf_params(pick).items()}
     out["log_posterior"] = posterior.view_log_posterior(volume_h, source.read(pick), ctf_params, source.pixel_size_angstrom)
     out["head_views"] = heads[:n_particles, :, 2, :]
-    final = read_particles(workdir / "poses.star").euler_deg[pick]
-    out["final_views"] = np.asarray(geometry.euler_to_matrix(jnp.asarray(final, jnp.float32)))[:, 2, :]
+    out["final_views"] = read_particles(workdir / "poses.star").rotations(pick)[:, 2, :]
     return out
 
 
@@ -60,9 +59,8 @@ def evaluate_workdir(workdir, ground_truth: str | None = None, ground_truth_pose
     pose_alignment = None
     if ground_truth_poses:
         poses = read_particles(workdir / "poses.star")
-        r_est = np.asarray(geometry.euler_to_matrix(jnp.asarray(poses.euler_deg, jnp.float32)))
-        shifts = None if poses.origin_angstrom is None else -poses.origin_angstrom  # estimated shifts, A
-        pose_alignment, figures = evaluate.pose_errors(r_est, ground_truth_poses, shifts, pixel)
+        pose_alignment, figures = evaluate.pose_errors(poses.rotations(), ground_truth_poses,
+                                                       poses.displacements_angstrom(), pixel)
         figures["hand_mirrored"] = figures.pop("mirrored")
         report.update(figures)
     curves = {}

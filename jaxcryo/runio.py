@@ -125,9 +125,10 @@ def write_volume(path: pathlib.Path, volume: np.ndarray, pixel_size_angstrom: fl
 
 def write_poses(path: pathlib.Path, table: ParticleTable, rotations: np.ndarray,
                 origin_angstrom: np.ndarray | None = None, random_subset: np.ndarray | None = None,
-                cs_too: bool = False) -> None:
+                cs_too: bool = False, contrast: np.ndarray | None = None) -> None:
     """RELION star with the input's rows and columns, poses replaced by ``rotations`` (N, 3, 3) (and,
-    with ``cs_too``, the same poses as a cryoSPARC .cs beside it, ``jaxcryo.io.cryosparc.write_cs``).
+    with ``cs_too``, the same poses as a cryoSPARC .cs beside it, ``jaxcryo.io.cryosparc.write_cs``, with
+    the fitted per-particle ``contrast`` as cryoSPARC's per-particle scale when given).
 
     Without estimated shifts the model treats particles as centred, so any input origins are written
     as 0 to stay consistent with the map.
@@ -140,7 +141,7 @@ def write_poses(path: pathlib.Path, table: ParticleTable, rotations: np.ndarray,
         origin_angstrom = np.zeros((len(table), 2))
     write_particles_star(path, table, euler_deg=euler, origin_angstrom=origin_angstrom, random_subset=random_subset)
     if cs_too:
-        write_cs(path.with_suffix(".cs"), table, rotations, origin_angstrom, random_subset)
+        write_cs(path.with_suffix(".cs"), table, rotations, origin_angstrom, random_subset, contrast)
 
 
 def write_json(path: pathlib.Path, obj) -> None:

@@ -159,7 +159,7 @@ def simulate_dataset(cfg, outdir: str | pathlib.Path, log=print) -> dict:
     key = jax.random.key(cfg.seed)
     writer = mrc.StackWriter(outdir / "particles.mrcs", n, size, pixel)
     noise_std = None
-    all_params = []
+    all_params, scales = [], []
     b_factor, spread = float(cfg.get("b_factor_angstrom2", 0.0)), float(cfg.get("contrast_spread", 0.0))
     offset_std, color = float(cfg.get("offset_std", 0.0)), float(cfg.get("noise_color", 1.0))
     if b_factor < 0 or not 0 <= spread < 1 or offset_std < 0 or color <= 0:
@@ -180,6 +180,7 @@ def simulate_dataset(cfg, outdir: str | pathlib.Path, log=print) -> dict:
         noise = coloured_noise(rng, m, size, noise_std, power)
         writer.write((clean * scale + offset + noise).astype(np.float32))
         all_params.append(params)
+        scales.append(np.broadcast_to(scale, (m, 1, 1))[:, 0, 0])
     writer.close()
     rot = np.concatenate([p.rotations for p in all_params])
     shifts = np.concatenate([p.shifts_px for p in all_params])
@@ -199,7 +200,10 @@ def simulate_dataset(cfg, outdir: str | pathlib.Path, log=print) -> dict:
     euler = np.asarray(geometry.matrix_to_euler(jnp.asarray(rot, jnp.float32)), np.float64)
     write_particles_star(outdir / "ground_truth_poses.star", table, euler_deg=euler, origin_angstrom=-shifts * pixel)
     mrc.write_mrc(outdir / "ground_truth.mrc", volume, pixel)
+    contrast = np.concatenate(scales).astype(np.float32)
+    if spread:  # the per-particle contrast scales, for checking a fitted contrast (no star column holds them)
+        np.save(outdir / "ground_truth_contrast.npy", contrast)
     seconds = time.perf_counter() - start
     log(f"simulated {n} images of {size} px in {seconds:.1f} s ({n / seconds:.0f} images/s); noise std {noise_std:.4g}")
     return {"seconds": seconds, "noise_std": noise_std, "n_images": n, "rotations": rot, "shifts_px": shifts,
-            "volume": volume}
+            "volume": volume, "contrast": contrast}

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import distributed, evaluate, fourier, geometry, inversion, models, runio, steps
+from jaxcryo import distributed, evaluate, fourier, inversion, models, runio, steps
 from jaxcryo.dataset import AMORTIZED, device_batch, read_batch
 from jaxcryo.io import InputError, read_particles
 from jaxcryo.io.loader import half_set_labels, iterate_batches, padded_chunks
@@ -118,7 +118,7 @@ class AmortizedStage:
         if not self.data.ground_truth_poses:
             return ""
         truth = read_particles(self.data.ground_truth_poses)
-        true_rot = np.asarray(geometry.euler_to_matrix(jnp.asarray(truth.euler_deg[rows], jnp.float32)))
+        true_rot = truth.rotations(rows)
         err = evaluate.align_poses(rotations, true_rot)["rotation_error_deg"]
         return f" (median pose error {np.median(err):.1f} deg against the ground truth)"
 
@@ -234,11 +234,10 @@ class AutodecodingStage:
         poses = read_particles(self.config.poses)
         if len(poses) != self.n or poses.euler_deg is None:
             raise InputError(f"{self.config.poses}: need {self.n} rows with rlnAngleRot/Tilt/Psi, got {len(poses)}")
-        rots = np.asarray(geometry.euler_to_matrix(jnp.asarray(poses.euler_deg, jnp.float32)))
         shifts = np.zeros((self.n, 2), np.float32)
-        if poses.origin_angstrom is not None:  # the particle sits at centre - origin (jaxcryo.io.table)
-            shifts = (-poses.origin_angstrom / self.data.source.pixel_size_angstrom).astype(np.float32)
-        return rots, shifts
+        if poses.origin_angstrom is not None:
+            shifts = (poses.displacements_angstrom() / self.data.source.pixel_size_angstrom).astype(np.float32)
+        return poses.rotations(), shifts
 
     def between_epochs(self, stage: str, state, progress: dict, n_epochs: int) -> tuple[dict, dict]:
         """After each epoch, beyond the paper when configured: auto-decoding's global re-search
@@ -265,11 +264,25 @@ class AutodecodingStage:
         best explains the images at those poses, where a few gradient steps per epoch only approach it."""
         poses = self.host_tables(state, ("rotations", "shifts"))
         shifts = poses["shifts"] if self.uses_shifts else np.zeros((self.n, 2), np.float32)
+        contrast = self.contrast_table(state)
         rec = inversion.reconstruct(self.data.source, poses["rotations"], shifts,
-                                    half_set_labels(self.data.table, self.config.seed), self.inference_batch)
+                                    half_set_labels(self.data.table, self.config.seed), self.inference_batch, contrast)
         volume = rec["map"] * self.volume_mask(self.data.source) if self.config.model.get("volume_mask", False) else rec["map"]
         vol = models.params_from_hartley(models.hartley_from_map(volume), state["vol_params"]["exponent"])
+        if contrast is not None:  # the map is on the scale of these contrasts now: the table must say so
+            state = dict(state, **self.place_tables(dict(self.host_tables(state), contrast=contrast)))
         return dict(state, vol_params=distributed.put_replicated(vol, self.replicated))
+
+    def contrast_table(self, state) -> np.ndarray | None:
+        """The fitted per-particle contrasts (N,) scaled to mean 1, or None when none are fitted.
+
+        Only the product of a particle's contrast and the map is determined; the Wiener filter shrinks
+        the map where the signal is weak, the contrasts fitted to it grow, and the next map shrinks
+        further. Fixing the contrasts' mean at 1 before each inversion stops that drift."""
+        if not self.fits_contrast:
+            return None
+        contrast = self.host_tables(state, ("contrast",))["contrast"].astype(np.float64)
+        return (contrast / contrast.mean()).astype(np.float32)
 
     def volume_mask(self, source) -> np.ndarray:
         """(L, L, L) soft spherical mask at ``source``'s box and pixel size: the particle's diameter x

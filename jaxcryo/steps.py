@@ -204,7 +204,7 @@ def make_pose_search(pixel_size_angstrom: float, loss_kind: str, mesh, settings:
                                  out_specs=(P(AXIS),) * 4, check_vma=False))
 
 
-POSE_TABLES = ("rotations", "shifts", "pose_m", "pose_v", "shift_m", "shift_v", "pose_count")
+POSE_TABLES = ("rotations", "shifts", "pose_m", "pose_v", "shift_m", "shift_v", "pose_count", "contrast")
 
 
 def init_pose_tables(rotations, shifts_px) -> dict:
@@ -213,19 +213,24 @@ def init_pose_tables(rotations, shifts_px) -> dict:
     zeros = lambda k: np.zeros((n, k), np.float32)  # noqa: E731
     return {"rotations": np.asarray(rotations, np.float32), "shifts": np.asarray(shifts_px, np.float32),
             "pose_m": zeros(3), "pose_v": zeros(3), "shift_m": zeros(2), "shift_v": zeros(2),
-            "pose_count": np.zeros((n,), np.int32)}
+            "pose_count": np.zeros((n,), np.int32), "contrast": np.ones((n,), np.float32)}
 
 
 def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_angstrom: float, loss_kind: str,
-                           pose_iters: int, vol_iters: int, pose_lr: float, mesh, shift_lr: float = 0.0):
+                           pose_iters: int, vol_iters: int, pose_lr: float, mesh, shift_lr: float = 0.0,
+                           contrast_prior_std: float = 0.0):
     """Per-image pose refinement then volume steps.
 
     state keys: vol_params, vol_opt and the per-image tables of ``init_pose_tables``: rotations
-    (N, 3, 3), shifts (N, 2) pixels, Adam moments of omega (N, 3) and of the shift (N, 2), step counts.
+    (N, 3, 3), shifts (N, 2) pixels, Adam moments of omega (N, 3) and of the shift (N, 2), step counts,
+    contrast scales (N,) that multiply each image's predicted slice.
     For each image, omega starts at 0, takes ``pose_iters`` Adam steps on the loss of Exp(omega) R
     (volume frozen), is folded in (R <- Exp(omega) R) and reset; with ``shift_lr`` > 0 each image's
     shift also takes the same Adam steps beside omega (learning rate in pixels), otherwise the shifts
-    stay as given (0, or a star's origins). Then ``vol_iters`` volume steps use the refined poses.
+    stay as given (0, or a star's origins). With ``contrast_prior_std`` > 0 each image's contrast is
+    then set to its most likely value at the refined pose (``losses.contrast_scale``: particles differ
+    in ice thickness and dose), otherwise it stays 1. Then ``vol_iters`` volume steps use the refined
+    poses and contrasts.
     ``pose_iters = 0`` keeps poses fixed (the known-pose oracle). ``step(state, batch, radius, lr_scale)``
     multiplies the pose and shift learning rates by ``lr_scale`` (the cosine schedule to ``train.lr_pose_final_fraction``).
 
@@ -234,6 +239,7 @@ def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_ang
     with ``experiments.bench``: 140 -> 520 images/s at 64 px), and it costs nothing measurable.
     """
     refine_shifts = shift_lr > 0
+    fit_contrast = contrast_prior_std > 0
 
     def local_rows(tables, batch):
         """This device's batch rows within its block of the tables."""
@@ -242,12 +248,13 @@ def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_ang
     def refine_poses(vol_params, tables, batch, radius, lr_scale):
         """Gather this device's rows from its block of the tables, refine them, scatter them back."""
         idx = local_rows(tables, batch)
-        rot, shift, m, v, sm, sv, count = (t[idx] for t in tables)
+        rot, shift, m, v, sm, sv, count, contrast = (t[idx] for t in tables)
         target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
         frozen = jax.lax.stop_gradient(models.volume_hartley(vol_params))
+        scaled_ctf = ctf * contrast[:, None, None]
 
         def pose_loss(omega, shift):
-            pred = losses.predict(frozen, geometry.so3_exp(omega) @ rot, ctf, shift)
+            pred = losses.predict(frozen, geometry.so3_exp(omega) @ rot, scaled_ctf, shift)
             return jnp.sum(losses.per_image_loss(pred, target, mask, loss_kind))
 
         def pose_iter(carry, _):
@@ -265,15 +272,18 @@ def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_ang
         (omega, shift, m, v, sm, sv, count), _ = jax.lax.scan(
             pose_iter, (omega0, shift, m, v, sm, sv, count), None, length=pose_iters)
         rot = geometry.so3_exp(omega) @ rot
-        new_tables = tuple(t.at[idx].set(r) for t, r in zip(tables, (rot, shift, m, v, sm, sv, count)))
-        return new_tables, rot, shift
+        if fit_contrast:
+            contrast = losses.contrast_scale(losses.predict(frozen, rot, ctf, shift), target, mask, contrast_prior_std)
+        new_tables = tuple(t.at[idx].set(r) for t, r in zip(tables, (rot, shift, m, v, sm, sv, count, contrast)))
+        return new_tables, rot, shift, contrast
 
     def fixed_poses(tables, batch):
         idx = local_rows(tables, batch)
-        return tables[0][idx], tables[1][idx]
+        return tables[0][idx], tables[1][idx], tables[-1][idx]
 
-    def volume_grad(vol_params, rot, shift, batch, radius):
+    def volume_grad(vol_params, rot, shift, contrast, batch, radius):
         target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
+        ctf = ctf * contrast[:, None, None]
 
         def vol_loss(vol_params):
             pred = losses.predict(models.volume_hartley(vol_params), rot, ctf, shift)
@@ -283,10 +293,10 @@ def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_ang
         return jax.lax.pmean((g_vol, loss), AXIS)
 
     refine = jax.shard_map(refine_poses, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(), P()),
-                           out_specs=(P(AXIS), P(AXIS), P(AXIS)), check_vma=False)
-    fixed = jax.shard_map(fixed_poses, mesh=mesh, in_specs=(P(AXIS), P(AXIS)), out_specs=(P(AXIS), P(AXIS)),
+                           out_specs=(P(AXIS),) * 4, check_vma=False)
+    fixed = jax.shard_map(fixed_poses, mesh=mesh, in_specs=(P(AXIS), P(AXIS)), out_specs=(P(AXIS),) * 3,
                           check_vma=False)
-    vol_grad = jax.shard_map(volume_grad, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS), P()),
+    vol_grad = jax.shard_map(volume_grad, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS), P(AXIS), P()),
                              out_specs=(P(), P()), check_vma=False)
 
     @functools.partial(jax.jit, donate_argnums=(0,))
@@ -294,17 +304,18 @@ def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_ang
         rows = jax.NamedSharding(mesh, P(AXIS))  # a no-op for tables placed by particle block, as a run places them
         tables = tuple(jax.reshard(state[k], rows) for k in POSE_TABLES)
         if pose_iters > 0:
-            tables, rot, shift = refine(state["vol_params"], tables, batch, radius, jnp.asarray(lr_scale, jnp.float32))
+            tables, rot, shift, contrast = refine(state["vol_params"], tables, batch, radius,
+                                                  jnp.asarray(lr_scale, jnp.float32))
         else:
-            rot, shift = fixed(tables, batch)
+            rot, shift, contrast = fixed(tables, batch)
         vol_params, vol_opt_state = state["vol_params"], state["vol_opt"]
         loss = None
         for _ in range(vol_iters):
-            g_vol, loss = vol_grad(vol_params, rot, shift, batch, radius)
+            g_vol, loss = vol_grad(vol_params, rot, shift, contrast, batch, radius)
             updates, vol_opt_state = vol_opt.update(g_vol, vol_opt_state, vol_params)
             vol_params = optax.apply_updates(vol_params, updates)
         if loss is None:  # no volume step: report the loss at the refined poses
-            _, loss = vol_grad(vol_params, rot, shift, batch, radius)
+            _, loss = vol_grad(vol_params, rot, shift, contrast, batch, radius)
         new_state = dict(state, vol_params=vol_params, vol_opt=vol_opt_state)
         new_state.update(zip(POSE_TABLES, tables))
         return new_state, {"loss": loss}

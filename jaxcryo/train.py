@@ -83,9 +83,13 @@ class Run(EpochLoop, AmortizedStage, AutodecodingStage, RunOutputs):
         # Beyond the paper: the auto-decoding map from a direct inversion at the current poses (each epoch)
         self.inverted_volume = tc.get("autodecoding_volume", "gradient") == "inversion" and not self.known_poses
         vol_iters = 0 if self.inverted_volume else tc.vol_iters
+        # Beyond the paper: a contrast scale per particle, fitted in auto-decoding (jaxcryo.steps)
+        self.contrast_prior_std = 0.0 if self.known_poses else float(mc.get("contrast_prior_std", 0.0))
+        self.fits_contrast = self.contrast_prior_std > 0
         self.autodecoding_step = steps.make_autodecoding_step(self.vol_opt_ad, px, lk, pose_iters, vol_iters,
                                                               tc.lr_pose, self.mesh,
-                                                              tc.lr_shift if self.estimate_shifts else 0.0)
+                                                              tc.lr_shift if self.estimate_shifts else 0.0,
+                                                              self.contrast_prior_std)
         self.research = make_research(config, px, self.mesh) if not self.known_poses else None
         self.checkpoints = runio.Checkpoints(workdir / "checkpoints")
         progress = self.checkpoints.latest_progress()  # checked before anything is written

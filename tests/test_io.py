@@ -1,5 +1,6 @@
 """Readers/writers round trips, bad input (one clear line each), streaming loader and downsampling."""
 
+import dataclasses
 import pathlib
 
 import mrcfile
@@ -116,6 +117,14 @@ def test_table_is_compact_and_reads_the_same(tmp_path):
     assert half.image_name.tolist() == t.image_name.tolist()[1::2]
     with pytest.raises(ValueError):
         t.defocus_u_angstrom[0] = 1.0  # read-only
+    # rotations and displacements in the conventions stated once (geometry; RELION's origin sign)
+    rot = t.rotations(np.array([2]))[0]
+    np.testing.assert_allclose(rot @ rot.T, np.eye(3), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.det(rot), 1.0, atol=1e-6)
+    np.testing.assert_allclose(t.displacements_angstrom(), -t.origin_angstrom)
+    bare = dataclasses.replace(t, euler_deg=None)
+    with pytest.raises(InputError, match="no particle angles"):
+        bare.rotations()
 
 
 @pytest.mark.parametrize(

@@ -78,12 +78,13 @@ def read_cs(path: pathlib.Path, datadir: str | None = None) -> ParticleTable:
 
 
 def write_cs(path, table: ParticleTable, rotations: np.ndarray, origin_angstrom: np.ndarray | None,
-             random_subset: np.ndarray | None = None) -> None:
+             random_subset: np.ndarray | None = None, contrast: np.ndarray | None = None) -> None:
     """A cryoSPARC particle file for import: the reader's conventions inverted.
 
     ``rotations`` (N, 3, 3) in our (RELION's) convention -> ``alignments3D/pose`` = log(A^T) (f4, 3);
     ``origin_angstrom`` (N, 2) RELION origins -> ``alignments3D/shift`` in pixels of
-    ``alignments3D/psize_A`` (the stack's pixel size); ``random_subset`` in {1, 2} -> ``alignments3D/split``.
+    ``alignments3D/psize_A`` (the stack's pixel size); ``random_subset`` in {1, 2} -> ``alignments3D/split``;
+    ``contrast`` (N,) per-particle scales -> ``alignments3D/alpha`` (cryoSPARC's per-particle scale).
     When the input was a .cs, every one of its fields is kept (``blob/*``, ``ctf/*``, ``uid``, ...) and
     only the alignments are replaced; otherwise ``uid``, ``blob/*`` and ``ctf/*`` are made from the table.
     Written under a temporary name and renamed.
@@ -100,6 +101,8 @@ def write_cs(path, table: ParticleTable, rotations: np.ndarray, origin_angstrom:
             "alignments3D/psize_A": (psize, "<f4")}
     if random_subset is not None:
         ours["alignments3D/split"] = (np.asarray(random_subset, np.uint32) - 1, "<u4")
+    if contrast is not None:
+        ours["alignments3D/alpha"] = (np.asarray(contrast, np.float32), "<f4")
     base = _input_fields(table)
     fields = [(name, base[name].dtype.descr[0][1] if base[name].ndim == 1 else (base[name].dtype.str, base[name].shape[1:]))
               for name in base if name not in ours]

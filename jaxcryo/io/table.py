@@ -179,6 +179,22 @@ class ParticleTable:
         changes["extra_columns"] = {k: np.asarray(v)[idx] for k, v in self.extra_columns.items()}
         return dataclasses.replace(self, **changes)
 
+    def rotations(self, rows=slice(None)) -> np.ndarray:
+        """(N, 3, 3) float32 rotation matrices of the selected rows' ``euler_deg`` (``jaxcryo.geometry``'s
+        convention); InputError when the file holds no angles."""
+        if self.euler_deg is None:
+            raise InputError(f"{self.source}: no particle angles (rlnAngleRot/Tilt/Psi or alignments3D/pose)")
+        import jax.numpy as jnp  # local: reading metadata stays free of JAX start-up
+
+        from jaxcryo import geometry
+
+        return np.asarray(geometry.euler_to_matrix(jnp.asarray(self.euler_deg[rows], jnp.float32)))
+
+    def displacements_angstrom(self) -> np.ndarray | None:
+        """(N, 2) each particle's displacement from the box centre in A (minus RELION's origin), or None
+        when the file holds no origins."""
+        return None if self.origin_angstrom is None else -np.asarray(self.origin_angstrom, np.float64)
+
     def with_poses(self, euler_deg: np.ndarray, origin_angstrom: np.ndarray | None = None) -> "ParticleTable":
         return dataclasses.replace(self, euler_deg=np.asarray(euler_deg, np.float64), origin_angstrom=origin_angstrom)
 
