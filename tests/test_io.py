@@ -275,3 +275,19 @@ def test_downsample_writes_new_stack_and_pixel_size(tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-5)
     with mrcfile.open(tmp_path / "small" / "particles.mrcs") as m:
         assert m.voxel_size.x == pytest.approx(5.0)
+
+
+def test_compact_column_keeps_every_value():
+    from jaxcryo.io.table import compact_column
+
+    nan = np.full(5, np.nan)
+    assert compact_column(nan).strides == (0,) and np.isnan(compact_column(nan)).all()
+    mixed = np.array([1.0, np.nan, 1.0])
+    np.testing.assert_array_equal(compact_column(mixed), mixed)  # not "all equal": NaN differs from 1
+    assert compact_column(mixed).strides != (0,)
+    ints = np.array([3, 3, 3], np.int64)
+    assert compact_column(ints).dtype == np.int64 and compact_column(ints).tolist() == [3, 3, 3]
+    text = np.array(["a@x.mrcs", "b@y.mrcs"], dtype="S")
+    assert compact_column(text).tolist() == ["a@x.mrcs", "b@y.mrcs"]
+    odd = np.array([1, "x", None], dtype=object)  # not all str: kept as it is
+    assert compact_column(odd).tolist() == [1, "x", None]

@@ -49,6 +49,7 @@ def test_fitted_contrasts_follow_the_simulated_ones(shifted_run):
     true = np.load(workdir / "data" / "ground_truth_contrast.npy")
     # the tiny run's poses are far from right (~120 deg), but an image's contrast still shows in its fit
     assert np.corrcoef(fitted, true)[0, 1] > 0.6
+    assert summary["contrast_correlation"] == pytest.approx(np.corrcoef(fitted, true)[0, 1], abs=1e-6)
     assert abs(float(np.mean(fitted)) - 1.0) < 1e-3  # scaled to mean 1: the map carries the overall level
 
 
