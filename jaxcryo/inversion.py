@@ -135,10 +135,8 @@ def reconstruct_from_star(particles, poses, seed: int = 0) -> dict:
     source = ImageSource(table, check_stacks(table))
     source.estimate_normalization(seed=seed)
     known = read_particles(poses)
-    shifts = np.zeros((len(table), 2), np.float32)
-    if known.origin_angstrom is not None:
-        shifts = (known.displacements_angstrom() / source.pixel_size_angstrom).astype(np.float32)
-    return reconstruct(source, known.rotations(), shifts, half_set_labels(table, seed))
+    return reconstruct(source, known.rotations(), known.displacements_px(source.pixel_size_angstrom),
+                       half_set_labels(table, seed))
 
 
 def compare_with_truth(volume: np.ndarray, ground_truth) -> dict:

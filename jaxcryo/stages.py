@@ -196,6 +196,16 @@ class AmortizedStage:
         return True
 
 
+def unit_mean(contrast: np.ndarray) -> np.ndarray:
+    """(N,) fitted contrasts scaled to mean 1 (float32).
+
+    Only the product of a particle's contrast and the map is determined; the Wiener filter shrinks the
+    map where the signal is weak, the contrasts fitted to it grow, and the next map shrinks further.
+    Fixing the contrasts' mean at 1 before each inversion stops that drift."""
+    contrast = np.asarray(contrast, np.float64)
+    return (contrast / contrast.mean()).astype(np.float32)
+
+
 class AutodecodingStage:
     """Per-image pose tables; known poses; the volume by direct inversion at the current poses."""
 
@@ -235,10 +245,7 @@ class AutodecodingStage:
         poses = read_particles(self.config.poses)
         if len(poses) != self.n or poses.euler_deg is None:
             raise InputError(f"{self.config.poses}: need {self.n} rows with rlnAngleRot/Tilt/Psi, got {len(poses)}")
-        shifts = np.zeros((self.n, 2), np.float32)
-        if poses.origin_angstrom is not None:
-            shifts = (poses.displacements_angstrom() / self.data.source.pixel_size_angstrom).astype(np.float32)
-        return poses.rotations(), shifts
+        return poses.rotations(), poses.displacements_px(self.data.source.pixel_size_angstrom)
 
     def between_epochs(self, stage: str, state, progress: dict, n_epochs: int) -> tuple[dict, dict]:
         """After each epoch, beyond the paper when configured: auto-decoding's global re-search
@@ -263,27 +270,21 @@ class AutodecodingStage:
         """``train.autodecoding_volume='inversion'``: the state's volume replaced by the Wiener-filtered
         direct inversion of the images at the state's poses (``jaxcryo.inversion``): the volume that
         best explains the images at those poses, where a few gradient steps per epoch only approach it."""
-        poses = self.host_tables(state, ("rotations", "shifts"))
-        shifts = poses["shifts"] if self.uses_shifts else np.zeros((self.n, 2), np.float32)
-        contrast = self.contrast_table(state)
-        rec = inversion.reconstruct(self.data.source, poses["rotations"], shifts,
+        # one copy of the tables to the host: all of them when the contrasts are rescaled and put back
+        tables = self.host_tables(state, steps.POSE_TABLES if self.fits_contrast else ("rotations", "shifts"))
+        shifts = tables["shifts"] if self.uses_shifts else np.zeros((self.n, 2), np.float32)
+        contrast = unit_mean(tables["contrast"]) if self.fits_contrast else None
+        rec = inversion.reconstruct(self.data.source, tables["rotations"], shifts,
                                     half_set_labels(self.data.table, self.config.seed), self.inference_batch, contrast)
         volume = rec["map"] * self.volume_mask(self.data.source) if self.config.model.get("volume_mask", False) else rec["map"]
         vol = models.params_from_hartley(models.hartley_from_map(volume), state["vol_params"]["exponent"])
         if contrast is not None:  # the map is on the scale of these contrasts now: the table must say so
-            state = dict(state, **self.place_tables(dict(self.host_tables(state), contrast=contrast)))
+            state = dict(state, **self.place_tables(dict(tables, contrast=contrast)))
         return dict(state, vol_params=distributed.put_replicated(vol, self.replicated))
 
     def contrast_table(self, state) -> np.ndarray | None:
-        """The fitted per-particle contrasts (N,) scaled to mean 1, or None when none are fitted.
-
-        Only the product of a particle's contrast and the map is determined; the Wiener filter shrinks
-        the map where the signal is weak, the contrasts fitted to it grow, and the next map shrinks
-        further. Fixing the contrasts' mean at 1 before each inversion stops that drift."""
-        if not self.fits_contrast:
-            return None
-        contrast = self.host_tables(state, ("contrast",))["contrast"].astype(np.float64)
-        return (contrast / contrast.mean()).astype(np.float32)
+        """The fitted per-particle contrasts (N,) at mean 1 (``unit_mean``), or None when none are fitted."""
+        return unit_mean(self.host_tables(state, ("contrast",))["contrast"]) if self.fits_contrast else None
 
     def volume_mask(self, source) -> np.ndarray:
         """(L, L, L) soft spherical mask at ``source``'s box and pixel size: the particle's diameter x

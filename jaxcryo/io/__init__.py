@@ -11,6 +11,7 @@ not truncated, index in range, box size as the metadata says) and reports all pr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 
 import numpy as np
@@ -74,14 +75,20 @@ def read_particles(path, datadir: str | None = None, pixel_size_angstrom: float 
 def _release_freed_heap() -> None:
     """Hand the parser's freed memory back to the system (glibc keeps it otherwise: ~0.2 GB per 10^6
     star rows that every process would carry through the run). A no-op where malloc_trim is absent."""
-    import ctypes
-    import ctypes.util
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
-    name = ctypes.util.find_library("c")
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim from the running process's own symbols (no library search), or None."""
+    import ctypes
+
     try:
-        getattr(ctypes.CDLL(name), "malloc_trim")(0)
-    except (OSError, AttributeError, TypeError):
-        pass
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def check_stacks(table: ParticleTable) -> dict[str, Stack]:

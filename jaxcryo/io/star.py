@@ -98,9 +98,11 @@ def _float(path, df, name, default=None) -> np.ndarray:
         raise InputError(f"{path}: column {name} is not numeric") from None
 
 
+# RELION 3.0's per-particle optics columns: the writer moves them to the optics block
+_OPTICS_COLUMNS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnMagnification",
+                   "rlnDetectorPixelSize", "rlnImagePixelSize")
 _REPRESENTED = ("rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnCtfBfactor",
-                "rlnOpticsGroup", "rlnRandomSubset", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
-                "rlnMagnification", "rlnDetectorPixelSize", "rlnImagePixelSize")
+                "rlnOpticsGroup", "rlnRandomSubset") + _OPTICS_COLUMNS
 
 
 def read_star(path: pathlib.Path, datadir: str | None = None, pixel_size_angstrom: float | None = None) -> ParticleTable:
@@ -230,9 +232,7 @@ def write_particles_star(path, table: ParticleTable, euler_deg=None, origin_angs
     if origin is not None:
         particles["rlnOriginXAngst"], particles["rlnOriginYAngst"] = origin.T
     # per-particle optics columns of RELION 3.0 move to the optics block; pixel origins become Angstrom
-    particles = particles.drop(columns=["rlnOriginX", "rlnOriginY", "rlnVoltage", "rlnSphericalAberration",
-                                        "rlnAmplitudeContrast", "rlnMagnification", "rlnDetectorPixelSize",
-                                        "rlnImagePixelSize"], errors="ignore")
+    particles = particles.drop(columns=["rlnOriginX", "rlnOriginY", *_OPTICS_COLUMNS], errors="ignore")
     if subset is not None:
         particles["rlnRandomSubset"] = subset
 

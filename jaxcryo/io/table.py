@@ -195,6 +195,13 @@ class ParticleTable:
         when the file holds no origins."""
         return None if self.origin_angstrom is None else -np.asarray(self.origin_angstrom, np.float64)
 
+    def displacements_px(self, pixel_size_angstrom: float) -> np.ndarray:
+        """(N, 2) float32 displacements in pixels of ``pixel_size_angstrom``; zeros (centred particles)
+        when the file holds no origins."""
+        if self.origin_angstrom is None:
+            return np.zeros((len(self), 2), np.float32)
+        return (self.displacements_angstrom() / pixel_size_angstrom).astype(np.float32)
+
     def with_poses(self, euler_deg: np.ndarray, origin_angstrom: np.ndarray | None = None) -> "ParticleTable":
         return dataclasses.replace(self, euler_deg=np.asarray(euler_deg, np.float64), origin_angstrom=origin_angstrom)
 
