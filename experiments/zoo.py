@@ -107,9 +107,10 @@ def run_member(name: str, seed: int, root: pathlib.Path) -> dict:
     if not summary_path.exists():
         cmd = [sys.executable, "-m", "experiments.run", f"--config={_CONFIG.value}", f"--workdir={workdir}",
                f"--config.simulate.volume=family:{name}:{seed}", f"--config.simulate.n_images={_N_IMAGES.value}",
-               "--config.progress_bar=False", *shlex.split(_RUN_ARGS.value)]
+               "--config.progress_bar=False"]
         if _REALISTIC.value:
             cmd += [f"--config.simulate.{key}={value}" for key, value in REALISTIC.items()]
+        cmd += shlex.split(_RUN_ARGS.value)  # last, so that they override REALISTIC's effects too
         start = time.perf_counter()
         with open(root / f"{name}-{seed}.log", "w") as log:
             rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)

@@ -213,7 +213,18 @@ class AutodecodingStage:
         """Auto-decoding state: (N, 3, 3) rotations and (N, 2) shifts in pixels of the full box."""
         state = distributed.put_replicated({"vol_params": vol_params, "vol_opt": self.vol_opt_ad.init(vol_params)},
                                            self.replicated)
-        return dict(state, **self.place_tables(steps.init_pose_tables(rotations, shifts_px)))
+        given = self.place_tables({"rotations": np.asarray(rotations, np.float32),
+                                   "shifts": np.asarray(shifts_px, np.float32)})
+        return dict(state, **given, **self.fresh_tables([k for k in steps.POSE_TABLES if k not in given]))
+
+    def fresh_tables(self, names) -> dict:
+        """Pose tables ``names`` at their initial values (``steps.POSE_TABLE_LAYOUT``), made on the
+        devices in their blocks: no N-row host array (on a CPU host and device share one memory)."""
+        layout = {k: steps.POSE_TABLE_LAYOUT[k] for k in names}
+        rows = self.table_rows
+        make = jax.jit(lambda: {k: jnp.full((rows,) + shape, fill, dtype) for k, (shape, dtype, fill) in layout.items()},
+                       out_shardings=self.batch_sharding)
+        return make()
 
     def abstract_autodecoding(self, table_rows: int) -> dict:
         """Shapes and shardings of an auto-decoding checkpoint: the full-box volume (whatever size the
@@ -222,18 +233,17 @@ class AutodecodingStage:
         full = self.data.source.image_size
         vol = jax.eval_shape(lambda: models.init_volume(full, self.radial[full], jax.random.key(0)))
         vol_state = jax.eval_shape(lambda v: {"vol_params": v, "vol_opt": self.vol_opt_ad.init(v)}, vol)
-        tables = steps.init_pose_tables(np.zeros((0, 3, 3), np.float32), np.zeros((0, 2), np.float32))  # dtypes, row shapes
         rows = self.batch_sharding if table_rows % self.blocks == 0 else self.replicated
         return dict(jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
                                            vol_state),
-                    **{k: jax.ShapeDtypeStruct((table_rows,) + t.shape[1:], t.dtype, sharding=rows)
-                       for k, t in tables.items()})
+                    **{k: jax.ShapeDtypeStruct((table_rows,) + shape, dtype, sharding=rows)
+                       for k, (shape, dtype, _) in steps.POSE_TABLE_LAYOUT.items()})
 
     def place_tables(self, tables: dict) -> dict:
         """Host pose tables of N rows -> device tables padded to whole blocks, block d on device d."""
         n = next(iter(tables.values())).shape[0]
         padded = {k: t if n == self.table_rows else np.concatenate([t, np.zeros((self.table_rows - n,) + t.shape[1:], t.dtype)])
-                  for k, t in tables.items()}  # no copy when nothing pads: the tables are ~90 B per particle
+                  for k, t in tables.items()}  # no copy when nothing pads: the tables are 92 B per particle
         return distributed.put_rows(padded, self.batch_sharding)
 
     def host_tables(self, state, names=steps.POSE_TABLES) -> dict:
@@ -270,8 +280,7 @@ class AutodecodingStage:
         """``train.autodecoding_volume='inversion'``: the state's volume replaced by the Wiener-filtered
         direct inversion of the images at the state's poses (``jaxcryo.inversion``): the volume that
         best explains the images at those poses, where a few gradient steps per epoch only approach it."""
-        # one copy of the tables to the host: all of them when the contrasts are rescaled and put back
-        tables = self.host_tables(state, steps.POSE_TABLES if self.fits_contrast else ("rotations", "shifts"))
+        tables = self.host_tables(state, ("rotations", "shifts", "contrast") if self.fits_contrast else ("rotations", "shifts"))
         shifts = tables["shifts"] if self.uses_shifts else np.zeros((self.n, 2), np.float32)
         contrast = unit_mean(tables["contrast"]) if self.fits_contrast else None
         rec = inversion.reconstruct(self.data.source, tables["rotations"], shifts,
@@ -279,7 +288,7 @@ class AutodecodingStage:
         volume = rec["map"] * self.volume_mask(self.data.source) if self.config.model.get("volume_mask", False) else rec["map"]
         vol = models.params_from_hartley(models.hartley_from_map(volume), state["vol_params"]["exponent"])
         if contrast is not None:  # the map is on the scale of these contrasts now: the table must say so
-            state = dict(state, **self.place_tables(dict(tables, contrast=contrast)))
+            state = dict(state, **self.place_tables({"contrast": contrast}))
         return dict(state, vol_params=distributed.put_replicated(vol, self.replicated))
 
     def contrast_table(self, state) -> np.ndarray | None:

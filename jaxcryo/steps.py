@@ -8,7 +8,7 @@ same update (1 device or 8 give the same numbers up to float summation order). T
 tables (auto-decoding) are sharded by particle: device d holds block d of the rows
 (``loader.block_bounds``; the tables are padded to a whole number of blocks) and every auto-decoding
 batch gives device d only rows of its own block (``loader.epoch_order``), so rows are gathered and
-scattered where they live and a device holds 88 B per particle / the device count.
+scattered where they live and a device holds 92 B per particle / the device count.
 
 Batch layout (a dict of arrays, leading axis B): ``images`` (B, L, L) float32, ``index`` (B,) int32
 (rows of the particle table), the CTF fields of ``jaxcryo.io.table.CTF_FIELDS`` (B,) float32 and, for
@@ -204,16 +204,20 @@ def make_pose_search(pixel_size_angstrom: float, loss_kind: str, mesh, settings:
                                  out_specs=(P(AXIS),) * 4, check_vma=False))
 
 
-POSE_TABLES = ("rotations", "shifts", "pose_m", "pose_v", "shift_m", "shift_v", "pose_count", "contrast")
+# name: (row shape, dtype, initial value). Rotations and shifts are given; Adam's moments and step
+# counts start at 0 and contrasts at 1.
+POSE_TABLE_LAYOUT = {"rotations": ((3, 3), np.float32, 0), "shifts": ((2,), np.float32, 0),
+                     "pose_m": ((3,), np.float32, 0), "pose_v": ((3,), np.float32, 0),
+                     "shift_m": ((2,), np.float32, 0), "shift_v": ((2,), np.float32, 0),
+                     "pose_count": ((), np.int32, 0), "contrast": ((), np.float32, 1)}
+POSE_TABLES = tuple(POSE_TABLE_LAYOUT)
 
 
 def init_pose_tables(rotations, shifts_px) -> dict:
     """Per-image auto-decoding state (host arrays) from (N, 3, 3) rotations and (N, 2) shifts in pixels."""
     n = rotations.shape[0]
-    zeros = lambda k: np.zeros((n, k), np.float32)  # noqa: E731
-    return {"rotations": np.asarray(rotations, np.float32), "shifts": np.asarray(shifts_px, np.float32),
-            "pose_m": zeros(3), "pose_v": zeros(3), "shift_m": zeros(2), "shift_v": zeros(2),
-            "pose_count": np.zeros((n,), np.int32), "contrast": np.ones((n,), np.float32)}
+    tables = {k: np.full((n,) + shape, fill, dtype) for k, (shape, dtype, fill) in POSE_TABLE_LAYOUT.items()}
+    return dict(tables, rotations=np.asarray(rotations, np.float32), shifts=np.asarray(shifts_px, np.float32))
 
 
 def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_angstrom: float, loss_kind: str,

@@ -110,6 +110,7 @@ def test_table_is_compact_and_reads_the_same(tmp_path):
     assert t.pixel_size_angstrom.strides == (0,) and t.pixel_size_angstrom.tolist() == [2.5] * 6
     assert t.voltage_kv.strides != (0,)  # two optics groups differ
     assert t.image_name.dtype.kind == ("T" if hasattr(np.dtypes, "StringDType") else "O")
+    assert t.image_name.codes.strides == (0,)  # one stack: the names cost nothing per row
     assert "rlnImageName" not in t.extra_columns and "rlnDefocusU" not in t.extra_columns
     assert "rlnMicrographName" in t.extra_columns
     half = t.subset(np.array([1, 3, 5]))
@@ -291,3 +292,36 @@ def test_compact_column_keeps_every_value():
     assert compact_column(text).tolist() == ["a@x.mrcs", "b@y.mrcs"]
     odd = np.array([1, "x", None], dtype=object)  # not all str: kept as it is
     assert compact_column(odd).tolist() == [1, "x", None]
+
+
+@pytest.mark.parametrize("names, compact", [
+    (["000001@Extract/job012/a.mrcs", "000002@Extract/job012/a.mrcs", "000001@b.mrcs"], True),  # RELION: 6 digits
+    (["1@a.mrcs", "12@a.mrcs", "3@b.mrcs"], True),  # unpadded
+    (["01@a.mrcs", "12@a.mrcs", "3@a.mrcs"], False),  # padded one way here, another there
+    (["1@a.mrcs", "2@a.mrcs", "c.mrcs"], False),  # a file without an index
+    (["1@a@b.mrcs", "2@a@b.mrcs", "3@c.mrcs"], True),  # '@' inside the stack's name
+])
+def test_image_names_are_kept_as_stack_and_number(names, compact):
+    """The compact name column gives back every input name exactly, or is not used."""
+    from jaxcryo.io.table import ImageNames
+
+    index = np.array([int(n.split("@")[0]) - 1 if "@" in n else 0 for n in names])
+    encoded = ImageNames.encode(np.array(names), index)
+    assert (encoded is not None) == compact
+    if compact:
+        assert encoded.tolist() == names and np.asarray(encoded).tolist() == names
+        assert encoded[1] == names[1] and encoded[np.array([2, 0])].tolist() == [names[2], names[0]]
+        assert encoded.take(np.array([True, False, True])).tolist() == [names[0], names[2]]
+        assert len(encoded) == 3 and encoded.codes.dtype == np.int32
+
+
+def test_long_image_names_round_trip_through_star(tmp_path):
+    """Names of several stacks survive read -> subset -> write -> read, and hold a 4-byte code per row."""
+    t = read_particles(make_dataset(tmp_path))
+    n = len(t)
+    long = np.array([f"{i + 1:06d}@Extract/job007/Movies/2017062{i % 2}_00021_frameImage.mrcs" for i in range(n)])
+    t2 = dataclasses.replace(t, image_name=long)
+    assert t2.image_name.codes.nbytes == 4 * n and t2.image_name.stacks[1].endswith("20170621_00021_frameImage.mrcs")
+    write_particles_star(tmp_path / "long.star", t2.subset(np.arange(1, n)))
+    back = read_particles(tmp_path / "long.star", datadir=tmp_path)
+    assert back.image_name.tolist() == long[1:].tolist()

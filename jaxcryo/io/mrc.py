@@ -57,9 +57,9 @@ class Stack:
     def _fd(self) -> int:
         return os.open(self.path, os.O_RDONLY)
 
-    def __del__(self):
+    def __del__(self, _close=os.close):  # bound now: at interpreter exit the module's globals may be gone
         if "_fd" in self.__dict__:
-            os.close(self.__dict__["_fd"])
+            _close(self.__dict__["_fd"])
 
     def __len__(self) -> int:
         return self.shape[0]

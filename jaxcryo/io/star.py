@@ -218,7 +218,7 @@ def write_particles_star(path, table: ParticleTable, euler_deg=None, origin_angs
     particles = pd.DataFrame({k: np.asarray(v) for k, v in table.extra_columns.items()})
     if particles.empty:
         particles = pd.DataFrame(index=np.arange(len(table)))
-    particles["rlnImageName"] = table.image_name
+    particles["rlnImageName"] = np.asarray(table.image_name)
     particles["rlnDefocusU"] = table.defocus_u_angstrom
     particles["rlnDefocusV"] = table.defocus_v_angstrom
     particles["rlnDefocusAngle"] = table.defocus_angle_deg

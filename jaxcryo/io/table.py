@@ -9,9 +9,10 @@ Conventions
 * ``image_index`` is 0-based (RELION's ``N@stack`` is 1-based); ``image_name`` keeps the input's text.
 * Images are used as stored (RELION stacks: protein white). ``data.invert_contrast`` flips dark data.
 
-Memory: every process holds the whole table, so it is kept compact (about 90 B per particle without
-poses at 10^6 particles): a column whose values are all equal is a zero-stride view of one value, text
-columns are numpy variable-width strings, and ``extra_columns`` keeps only the input's columns that no
+Memory: every process holds the whole table, so it is kept compact (about 50 B per particle without
+poses at 10^6 particles): a column whose values are all equal is a zero-stride view of one value, image
+names are kept as their stack and number (``ImageNames``), other text columns are numpy variable-width
+strings, and ``extra_columns`` keeps only the input's columns that no
 field above represents (``column_order`` remembers where the input had them).
 """
 
@@ -60,6 +61,61 @@ def compact_column(values: np.ndarray) -> np.ndarray:
     if values.flags.writeable:
         values.setflags(write=False)
     return values
+
+
+class ImageNames:
+    """The input's image names ('000012@Particles/stack.mrcs'), held as what they are made of: each row's
+    stack text (an int32 code into the distinct texts; a zero-stride column when there is one stack) and
+    its image number, ``image_index`` + 1 written with at least ``width`` digits. 0-4 B per row, against
+    16 B plus the text per row as numpy strings (RELION's names run to 60-80 characters).
+
+    Reads as a read-only (N,) text column: ``len``, ``x[i]`` (a str), ``x[rows]`` (a numpy text array),
+    ``tolist()``, ``np.asarray(x)``; ``take(rows)`` keeps the compact form.
+    """
+
+    def __init__(self, index: np.ndarray, codes: np.ndarray, stacks: tuple[str, ...], width: int):
+        self.index, self.codes, self.stacks, self.width = index, compact_column(codes), stacks, width
+
+    @classmethod
+    def encode(cls, names, index: np.ndarray) -> "ImageNames | None":
+        """The compact form of text ``names`` whose numbers are ``index`` + 1, or None when any name
+        is not NUMBER@STACK with that number written one way."""
+        codes, numbers, stacks = np.empty(len(index), np.int32), [], {}
+        for row, name in enumerate(np.asarray(names).tolist()):
+            number, at, stack = str(name).partition("@")
+            if not at:
+                return None
+            codes[row] = stacks.setdefault(stack, len(stacks))
+            numbers.append(number)
+        width = min(map(len, numbers), default=1)
+        if any(text != f"{k:0{width}d}" for text, k in zip(numbers, (np.asarray(index) + 1).tolist())):
+            return None
+        return cls(index, codes, tuple(stacks), width)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.asarray(self[:0]).dtype
+
+    def _text(self, index, codes) -> list[str]:
+        return [f"{k + 1:0{self.width}d}@{self.stacks[c]}" for k, c in zip(np.asarray(index).tolist(), np.asarray(codes).tolist())]
+
+    def __getitem__(self, idx):
+        if np.isscalar(idx):
+            return self._text([self.index[idx]], [self.codes[idx]])[0]
+        return compact_column(np.array(self._text(self.index[idx], self.codes[idx]), dtype=_STRINGS or object))
+
+    def take(self, idx, index: np.ndarray | None = None) -> "ImageNames":
+        """The rows ``idx``; ``index``: their image indices when the caller already holds them."""
+        return ImageNames(self.index[idx] if index is None else index, self.codes[idx], self.stacks, self.width)
+
+    def tolist(self) -> list[str]:
+        return self._text(self.index, self.codes)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[:], dtype=dtype)
 
 
 def _all_shared(paths: np.ndarray) -> bool:
@@ -118,7 +174,7 @@ class ParticleTable:
     source: str
     image_path: np.ndarray  # (N,) str, absolute or as repaired by datadir
     image_index: np.ndarray  # (N,) int64, 0-based index in the stack
-    image_name: np.ndarray  # (N,) str, e.g. "000001@Particles/stack.mrcs" as in the input
+    image_name: np.ndarray | ImageNames  # (N,) str, e.g. "000001@Particles/stack.mrcs" as in the input
     pixel_size_angstrom: np.ndarray  # (N,) float64
     image_size: np.ndarray  # (N,) int64
     optics_group: np.ndarray  # (N,) int64
@@ -147,6 +203,12 @@ class ParticleTable:
             paths = np.empty(n, object)
             paths[:] = [shared.setdefault(str(p), str(p)) for p in self.image_path]
             object.__setattr__(self, "image_path", paths)
+        if not isinstance(self.image_name, ImageNames):
+            names = ImageNames.encode(self.image_name, self.image_index)
+            if names is not None:
+                object.__setattr__(self, "image_name", names)
+        if len(self.image_name) != n:
+            raise InputError(f"{self.source}: column image_name has {len(self.image_name)} rows, expected {n}")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, np.ndarray):
@@ -176,6 +238,8 @@ class ParticleTable:
             value = getattr(self, field.name)
             if isinstance(value, np.ndarray):
                 changes[field.name] = value[idx]
+        if isinstance(self.image_name, ImageNames):
+            changes["image_name"] = self.image_name.take(idx, changes["image_index"])
         changes["extra_columns"] = {k: np.asarray(v)[idx] for k, v in self.extra_columns.items()}
         return dataclasses.replace(self, **changes)
 
