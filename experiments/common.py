@@ -127,6 +127,10 @@ def base_config() -> ml_collections.ConfigDict:
     # the re-search's global stage (and all but its last local round) on the frequencies up to this fraction
     # of Nyquist only, on cropped arrays: as good at ranking, 4x cheaper at 0.5 (jaxcryo.search); 0 = all
     config.train.research_global_radius = 0.0
+    # with each re-search, also every image's pose against its mates under the map's own pseudo-symmetry
+    # (jaxcryo.pseudosym): the modes of a pseudo-symmetric particle lie too far apart for local
+    # refinement and too alike at low frequency for the global search
+    config.train.research_mates = False
     # the re-search's batch: its global rotations' slices are shared by the batch (a performance knob)
     config.train.research_batch_size = 1024
     # > epochs_autodecoding: auto-decoding goes on past its planned epochs, up to this many, while each

@@ -55,6 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.research_local = 4
     config.train.research_repeat_fraction = 0.02  # the quickstart's schedule: search again while it pays,
     config.train.research_stop_fraction = 0.01  # and stop searching once a pass moves < 1 %
+    config.train.research_mates = True  # and each image's pose against its pseudo-symmetry mates (jaxcryo.pseudosym)
     config.train.epochs_autodecoding_max = 16  # past the planned epochs too, up to this many
     config.train.switch = "auto"
     return config

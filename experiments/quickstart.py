@@ -10,7 +10,10 @@ Beyond the paper's method (each a named option of experiments/common.py; see the
   moves < 1 %), checks each image's pose
   against a fresh global search (``jaxcryo.research``) of 16,384 rotations ranked at half Nyquist;
   while those searches still move >= 2 % of the images, auto-decoding goes on past its 6 epochs (up
-  to 16): a particle whose amortized stage ended far off gets the epochs it needs, an easy one none.
+  to 16): a particle whose amortized stage ended far off gets the epochs it needs, an easy one none;
+* with each re-search, each image's pose is also compared with its mates under the map's own
+  pseudo-symmetry (``train.research_mates``, ``jaxcryo.pseudosym``): the modes of a pseudo-symmetric
+  particle lie too far apart for local refinement and look too alike at low frequency for the search.
 """
 
 import ml_collections
@@ -37,5 +40,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.research_local = 4
     config.train.research_repeat_fraction = 0.02  # and after the next epoch too while a pass moves >= 2 % of the images
     config.train.research_stop_fraction = 0.01  # and stop searching once a pass moves < 1 %
+    config.train.research_mates = True  # and each image's pose against its pseudo-symmetry mates (jaxcryo.pseudosym)
     config.model.estimate_shifts = False  # the simulated particles are centred; True for shifted data
     return config

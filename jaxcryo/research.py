@@ -6,6 +6,9 @@ epochs each image's current pose is compared with the best pose of a hierarchica
 (``jaxcryo.search``) against the map as it now is, sharper than the amortized stage's; an image takes
 the searched pose when it is more likely (lower loss) and lies more than ``min_move_deg`` away (local
 polishing is Adam's job), and its Adam moments restart (their direction belonged to the old pose).
+With ``train.research_mates`` each pose is then compared, the same way, with its mates under the map's
+own pseudo-symmetry (``mate_poses``, ``jaxcryo.pseudosym``), which the random search rarely samples
+closely enough and ranks at too low a frequency to tell apart.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import distributed, geometry, steps
+from jaxcryo import distributed, geometry, models, pseudosym, steps
 from jaxcryo.dataset import read_batch
 from jaxcryo.io.loader import padded_chunks
 from jaxcryo.search import SearchSettings
@@ -79,12 +82,38 @@ def another_autodecoding_epoch(train_config, epochs_done: int, n_epochs: int, pr
             and progress.get("research_epoch") == epochs_done)
 
 
+def make_mate_test(config, pixel_size_angstrom: float, mesh):
+    """The pseudo-symmetry mate test's jitted function (``steps.make_mate_test``), or None when
+    ``train.research_mates`` is off or there is no re-search to go with."""
+    if not (enabled(config.train) and config.train.get("research_mates", False)):
+        return None
+    return steps.make_mate_test(pixel_size_angstrom, config.loss.kind, mesh)
+
+
+def mate_poses(mate_test, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
+               refine_shifts: bool) -> tuple[dict, float, dict]:
+    """Every image's pose against its mates under the current map's pseudo-symmetry
+    (``jaxcryo.pseudosym``): an image takes its best mate when that is more likely. Returns the tables,
+    the fraction moved and the symmetry found. Without refined shifts the mates keep the image's shift
+    (the tables could not hold another), so their centre correction is left out."""
+    sym = pseudosym.pseudo_symmetry(models.volume_hartley(vol_params), source.pixel_size_angstrom)
+    operators = jnp.asarray(sym["operators"], jnp.float32)
+    centre = jnp.asarray(sym["centre_px"] if refine_shifts else np.zeros(3), jnp.float32)
+
+    def search(vol, batch, radius, key, rots, shifts):
+        return mate_test(vol, batch, radius, key, rots, shifts, operators, centre)
+
+    tables, moved = research_poses(search, vol_params, tables, source, batch_size, sharding, radius, key, refine_shifts)
+    return tables, moved, sym
+
+
 def research_poses(pose_search, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
                    refine_shifts: bool, min_move_deg: float = 5.0) -> tuple[dict, float]:
     """Returns the pose tables (host arrays of N rows, ``steps.POSE_TABLES``) with moved images updated
     and the fraction of images moved.
 
-    ``pose_search``: ``steps.make_pose_search``'s function; ``source``: the full-box ImageSource.
+    ``pose_search``: ``steps.make_pose_search``'s function (or anything with its arguments and outputs,
+    as ``mate_poses`` makes); ``source``: the full-box ImageSource.
     """
     n = len(source.table)
     rots, shifts = tables["rotations"].copy(), tables["shifts"].copy()

@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import distributed, evaluate, fourier, inversion, models, runio, steps
+from jaxcryo import distributed, evaluate, fourier, inversion, models, pseudosym, runio, steps
 from jaxcryo.dataset import AMORTIZED, device_batch, read_batch
 from jaxcryo.io import InputError, read_particles
 from jaxcryo.io.loader import half_set_labels, iterate_batches, padded_chunks
-from jaxcryo.research import research_due, research_poses
+from jaxcryo.research import mate_poses, research_due, research_poses
 
 AUTODECODING = "autodecoding"
 MASK_MARGIN = 1.2  # the volume mask's diameter over the particle's (which the estimate already widens)
@@ -266,10 +266,22 @@ class AutodecodingStage:
                                            self.research_batch, self.batch_sharding, radius_at(config, stage, epoch),
                                            jax.random.fold_in(jax.random.key(config.seed + 11), epoch - 1),
                                            self.estimate_shifts)
-            state = dict(state, **self.place_tables(tables))
-            progress = dict(progress, research_moved=moved, research_epoch=epoch)  # checkpointed: a resumed run makes the same choice
             logging.info("auto-decoding epoch %d: %.1f %% of the images moved to a more likely pose found by search",
                          epoch, 100 * moved)
+            if self.mate_test is not None and progress.get("mates_moved", 1.0) >= float(config.train.get("research_stop_fraction", 0.0)):
+                tables, mates_moved, sym = mate_poses(self.mate_test, state["vol_params"], tables, self.data.source,
+                                                      self.research_batch, self.batch_sharding,
+                                                      radius_at(config, stage, epoch),
+                                                      jax.random.fold_in(jax.random.key(config.seed + 12), epoch - 1),
+                                                      self.estimate_shifts)
+                moved += mates_moved  # at most the share moved by either (a pose rarely moves twice)
+                progress = dict(progress, mates_moved=mates_moved)  # mates are not tested again once they stop paying
+                logging.info("auto-decoding epoch %d: the map is closest to C%d symmetry (axis %s, self-correlation "
+                             "%.2f at %.0f A); %.1f %% of the images moved to a more likely mate", epoch, sym["order"],
+                             np.round(sym["axis"], 2).tolist(), sym["correlation"], pseudosym.RESOLUTION_ANGSTROM,
+                             100 * mates_moved)
+            state = dict(state, **self.place_tables(tables))
+            progress = dict(progress, research_moved=moved, research_epoch=epoch)  # checkpointed: a resumed run makes the same choice
         if stage == AUTODECODING and self.inverted_volume:
             state = self.inverted(state)  # masked there when model.volume_mask is on
         elif config.model.get("volume_mask", False):

@@ -26,7 +26,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from jaxcryo import ctf as ctf_lib
-from jaxcryo import distributed, geometry, losses, models, noise, search, slicing
+from jaxcryo import distributed, geometry, losses, models, noise, pseudosym, search, slicing
 from jaxcryo.io.table import CTF_FIELDS
 
 AXIS = "data"
@@ -201,6 +201,32 @@ def make_pose_search(pixel_size_angstrom: float, loss_kind: str, mesh, settings:
         return found, found_shift, found_loss, current
 
     return jax.jit(jax.shard_map(core, mesh=mesh, in_specs=(P(), P(AXIS), P(), P(), P(AXIS), P(AXIS)),
+                                 out_specs=(P(AXIS),) * 4, check_vma=False))
+
+
+def make_mate_test(pixel_size_angstrom: float, loss_kind: str, mesh, n_local: int = 4, sigma_deg: float = 2.0,
+                   rounds: int = 2):
+    """(vol_params, batch, radius, key, rotations (B, 3, 3), shifts (B, 2), operators (K, 3, 3), centre (3,))
+    -> the best pseudo-symmetry mate of each pose (``jaxcryo.pseudosym.mate_poses``), refined locally
+    (``rounds`` of ``n_local`` perturbations from ``sigma_deg``: the detected axis is good to a degree or
+    two), its shift (B, 2), its loss (B,) and the loss at the given pose (B,): ``make_pose_search``'s
+    outputs, so ``jaxcryo.research`` treats both alike. Only the best of the K mates is refined (the
+    mates of a pose are exact images of it under the symmetry, so their order does not change): K + 8
+    slices per image."""
+
+    def core(vol_params, batch, radius, key, rot, shift, operators, centre):
+        target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
+        vol_h = models.volume_hartley(vol_params)
+        mates, mate_shifts = pseudosym.mate_poses(rot, shift, operators, centre)
+        mate_loss = losses.per_image_loss(losses.predict(vol_h, mates, ctf, mate_shifts), target, mask, loss_kind)
+        pick = jnp.argmin(mate_loss, axis=1)
+        best, best_shift = _take(mates, pick)[:, None], _take(mate_shifts, pick)[:, None]
+        found, found_loss, found_shift = search.local_refine(vol_h, best, ctf, target, mask, key, n_local, sigma_deg,
+                                                             rounds, best_shift, loss_kind)
+        current = losses.per_image_loss(losses.predict(vol_h, rot, ctf, shift), target, mask, loss_kind)
+        return found, found_shift, found_loss, current
+
+    return jax.jit(jax.shard_map(core, mesh=mesh, in_specs=(P(), P(AXIS), P(), P(), P(AXIS), P(AXIS), P(), P()),
                                  out_specs=(P(AXIS),) * 4, check_vma=False))
 
 

@@ -34,7 +34,7 @@ from jaxcryo.io import InputError
 from jaxcryo.io.loader import steps_per_epoch
 from jaxcryo.epochloop import EpochLoop
 from jaxcryo.outputs import RunOutputs
-from jaxcryo.research import another_autodecoding_epoch, make_research
+from jaxcryo.research import another_autodecoding_epoch, make_mate_test, make_research
 from jaxcryo.search import SearchSettings
 from jaxcryo.stages import AUTODECODING, AmortizedStage, AutodecodingStage, radius_at, stage_epochs
 
@@ -91,6 +91,7 @@ class Run(EpochLoop, AmortizedStage, AutodecodingStage, RunOutputs):
                                                               tc.lr_shift if self.estimate_shifts else 0.0,
                                                               self.contrast_prior_std)
         self.research = make_research(config, px, self.mesh) if not self.known_poses else None
+        self.mate_test = make_mate_test(config, px, self.mesh) if self.research is not None else None
         self.checkpoints = runio.Checkpoints(workdir / "checkpoints")
         progress = self.checkpoints.latest_progress()  # checked before anything is written
         if progress is not None and progress.get("processes", 1) != distributed.process_count():

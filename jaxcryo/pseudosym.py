@@ -1,0 +1,134 @@
+"""The map's own pseudo-symmetry, and each particle's pose against its symmetry mates.
+
+A pseudo-symmetric particle (a homodimer or homotrimer with one small distinguishing feature) has a
+pose posterior with n nearly equal modes: R and R S_j^T for the n - 1 rotations S_j of its cyclic
+pseudo-symmetry. Local refinement cannot cross from one to another (they lie 360/n deg apart), and a
+global search ranked at low frequency hardly tells them apart, because the feature that does is small.
+So the map's own pseudo-symmetry is found (``pseudo_symmetry``: the rotation about an axis through the
+map's centre of mass under which the low-passed map best matches itself) and every image's pose is
+compared with its mates (``mate_poses``) at full resolution (``jaxcryo.research``). There is no
+threshold: at 15 A nearly every particle is close to some symmetry (an ellipsoid has three two-folds),
+and a mate that does not explain an image as well as its pose is simply not taken.
+
+Conventions: a rotation S acts on map coordinates, f(S (x - c) + c) ~ f(x), with x and the centre c in
+voxels as (x, y, z) about the box centre. With the slice convention of ``jaxcryo.slicing`` (image
+frequency k samples the volume at R^T k) the mate of pose R is R S^T; since the pseudo-symmetry axis
+passes through c and not through the box centre, the mate's in-plane shift moves by
+(R c - R S^T c)[:2] pixels.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcryo import fourier, geometry, slicing
+
+ORDERS = (2, 3, 4, 5, 6)
+RESOLUTION_ANGSTROM = 15.0  # pseudo-symmetry is a low-resolution property: the feature that breaks it is small
+
+
+def hemisphere_axes(n: int) -> np.ndarray:
+    """(n, 3) unit axes spread evenly over the upper hemisphere (a Fibonacci lattice; an axis and its
+    opposite give the same cyclic group)."""
+    i = np.arange(n) + 0.5
+    z = 1.0 - i / n
+    phi = np.pi * (1.0 + 5**0.5) * i
+    r = np.sqrt(1.0 - z**2)
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+
+
+def rotations_about(axes: np.ndarray, angles_rad: np.ndarray) -> jax.Array:
+    """(..., 3) unit axes, (...) angles -> (..., 3, 3) rotations (right-handed)."""
+    return geometry.so3_exp(jnp.asarray(axes * np.asarray(angles_rad)[..., None], jnp.float32))
+
+
+def low_passed_map(volume_h: jax.Array, pixel_size_angstrom: float, resolution_angstrom: float) -> np.ndarray:
+    """The real-space map of a (D, D, D) Hartley volume, Fourier-cropped to Nyquist = ``resolution_angstrom``
+    (at least 24 voxels, to place the axis to a degree): (D', D', D') and its voxel size in A."""
+    d = volume_h.shape[0]
+    small = min(d, max(24, 2 * int(np.ceil(d * pixel_size_angstrom / (2 * resolution_angstrom)))))
+    cropped = fourier.crop_center(volume_h, small, ndim=3)
+    return np.asarray(slicing.hartley_to_volume(cropped)), pixel_size_angstrom * d / small
+
+
+def centre_of_mass(volume: np.ndarray) -> np.ndarray:
+    """(3,) centre of the positive density as (x, y, z) voxels about the box centre."""
+    d = volume.shape[0]
+    w = np.clip(volume, 0.0, None)
+    grid = np.arange(d) - d // 2
+    total = max(float(w.sum()), 1e-30)
+    return np.array([(w.sum(axis=(0, 1)) * grid).sum(), (w.sum(axis=(0, 2)) * grid).sum(),
+                     (w.sum(axis=(1, 2)) * grid).sum()]) / total
+
+
+@jax.jit
+def self_correlation(volume: jax.Array, operators: jax.Array, centre: jax.Array) -> jax.Array:
+    """Pearson correlation of a (D, D, D) map with itself under each (K, 3, 3) rotation about ``centre``
+    ((x, y, z) voxels about the box centre), over the sphere of radius D/2 around it: (K,)."""
+    d = volume.shape[0]
+    grid = jnp.arange(d, dtype=jnp.float32) - d // 2
+    z, y, x = jnp.meshgrid(grid, grid, grid, indexing="ij")
+    xyz = jnp.stack([x, y, z], axis=-1).reshape(-1, 3) - centre
+    inside = jnp.sum(xyz**2, axis=-1) <= (d / 2) ** 2
+    values = volume.reshape(-1)
+
+    def one(s):
+        moved = xyz @ s.T + centre + d // 2  # S (x - c) + c, as array indices (x, y, z)
+        sampled = jax.scipy.ndimage.map_coordinates(volume, [moved[:, 2], moved[:, 1], moved[:, 0]], order=1,
+                                                    mode="constant", cval=0.0)
+        a = jnp.where(inside, values - jnp.sum(values * inside) / jnp.sum(inside), 0.0)
+        b = jnp.where(inside, sampled - jnp.sum(sampled * inside) / jnp.sum(inside), 0.0)
+        return jnp.sum(a * b) / jnp.sqrt(jnp.sum(a * a) * jnp.sum(b * b) + 1e-30)
+
+    return jax.lax.map(one, operators, batch_size=64)
+
+
+@jax.jit
+def _refine_correlations(volume, operators, centres):
+    """``self_correlation`` of (K, 3, 3) operators, each about its own (K, 3) centre."""
+    return jax.vmap(lambda s, c: self_correlation(volume, s[None], c)[0])(operators, centres)
+
+
+def pseudo_symmetry(volume_h: jax.Array, pixel_size_angstrom: float, resolution_angstrom: float = RESOLUTION_ANGSTROM,
+                    n_axes: int = 600, seed: int = 0) -> dict:
+    """The map's best cyclic pseudo-symmetry: the order n in ``ORDERS`` and axis whose rotation by
+    360/n deg about the centre of mass matches the ``resolution_angstrom`` map best (``n_axes`` axes
+    per order, then the best axis and centre refined together in four rounds of 64 perturbations).
+
+    Returns {"order", "axis" (3,), "correlation", "operators" (n-1, 3, 3) — S, S^2, ... —,
+    "centre_px" (3,) the centre in voxels of the full box as (x, y, z)}."""
+    volume, voxel = low_passed_map(volume_h, pixel_size_angstrom, resolution_angstrom)
+    centre = centre_of_mass(volume)
+    axes = hemisphere_axes(n_axes)
+    angles = np.concatenate([np.full(n_axes, 2 * np.pi / n) for n in ORDERS])
+    all_axes = np.tile(axes, (len(ORDERS), 1))
+    corr = np.asarray(self_correlation(jnp.asarray(volume, jnp.float32), rotations_about(all_axes, angles),
+                                       jnp.asarray(centre, jnp.float32)))
+    best = int(np.argmax(corr))
+    order, axis, best_corr = ORDERS[best // n_axes], all_axes[best], float(corr[best])
+    # the axis and the centre (the centre of mass is only near the axis: ringing, a distinguishing
+    # feature) refined together: rounds of random perturbations, each keeping the best so far
+    rng = np.random.default_rng(seed)
+    for sigma_deg, sigma_voxel in ((4.0, 0.4), (2.0, 0.2), (1.0, 0.1), (0.5, 0.05)):
+        trial = axis + np.radians(sigma_deg) * rng.standard_normal((64, 3))
+        trial /= np.linalg.norm(trial, axis=1, keepdims=True)
+        centres = centre + sigma_voxel * rng.standard_normal((64, 3))
+        c = np.asarray(_refine_correlations(jnp.asarray(volume, jnp.float32),
+                                            rotations_about(trial, np.full(64, 2 * np.pi / order)),
+                                            jnp.asarray(centres, jnp.float32)))
+        if c.max() > best_corr:
+            axis, centre, best_corr = trial[int(np.argmax(c))], centres[int(np.argmax(c))], float(c.max())
+    powers = np.arange(1, order) * 2 * np.pi / order
+    operators = np.asarray(rotations_about(np.tile(axis, (order - 1, 1)), powers))
+    return {"order": order, "axis": axis, "correlation": best_corr, "operators": operators,
+            "centre_px": centre * voxel / pixel_size_angstrom}
+
+
+def mate_poses(rotations: jax.Array, shifts_px: jax.Array, operators: jax.Array, centre_px: jax.Array):
+    """Each pose's symmetry mates: (B, 3, 3) rotations, (B, 2) shifts, (K, 3, 3) operators, (3,) centre
+    -> rotations R S_k^T (B, K, 3, 3) and shifts (B, K, 2) that put the mate's centre where the pose's is."""
+    mates = rotations[:, None] @ jnp.swapaxes(operators, -1, -2)[None]
+    moved = (rotations @ centre_px)[:, None] - mates @ centre_px  # (B, K, 3): R c - R S^T c
+    return mates, shifts_px[:, None] + moved[..., :2]

@@ -1,0 +1,116 @@
+"""Pseudo-symmetry detection and symmetry mates (jaxcryo.pseudosym), against maps built symmetric."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcryo import geometry, losses, phantoms, pseudosym, slicing
+
+BOX, PIXEL = 48, 3.0
+
+
+def symmetric_map(order: int, axis: np.ndarray, centre_angstrom: np.ndarray, seed: int = 0, mark: float = 0.0):
+    """A cyclic oligomer of ``order`` copies of a random subunit about ``axis`` through ``centre``; with
+    ``mark`` > 0, one extra blob of that weight on one copy (the pseudo-symmetry breaker)."""
+    rng = np.random.default_rng(seed)
+    # two domains of unequal size, off the axis and off its normal plane: no other symmetry
+    subunit = np.concatenate([rng.normal(size=(60, 3)) * 4.0 + np.array([14.0, 0.0, -4.0]),
+                              rng.normal(size=(30, 3)) * 3.0 + np.array([9.0, 9.0, 9.0])])
+    points, weights = [], []
+    axis = axis / np.linalg.norm(axis)
+    # a frame whose z is the axis, so the subunit sits beside it
+    helper = np.array([1.0, 0.0, 0.0]) if abs(axis[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    u = np.cross(axis, helper)
+    u /= np.linalg.norm(u)
+    frame = np.stack([u, np.cross(axis, u), axis], axis=1)
+    for j in range(order):
+        rot = np.asarray(pseudosym.rotations_about(axis[None], np.array([2 * np.pi * j / order])))[0]
+        points.append((frame @ subunit.T).T @ rot.T + centre_angstrom)
+        weights.append(np.ones(len(subunit)))
+    if mark:
+        points.append((frame @ np.array([[14.0, 0.0, 9.0]]).T).T + centre_angstrom)
+        weights.append(np.array([mark]))
+    return phantoms.render_points(np.concatenate(points), np.concatenate(weights), BOX, PIXEL, 2.5 * PIXEL)
+
+
+@pytest.mark.parametrize("order, axis", [(2, [0.3, -0.5, 0.8]), (3, [0.9, 0.2, -0.4])])
+def test_finds_the_order_axis_and_centre_of_a_pseudo_symmetric_map(order, axis):
+    axis = np.array(axis) / np.linalg.norm(axis)
+    centre = np.array([4.0, -3.0, 2.0])  # A off the box centre: the axis need not pass through it
+    volume = symmetric_map(order, axis, centre, mark=6.0)
+    found = pseudosym.pseudo_symmetry(slicing.volume_to_hartley(jnp.asarray(volume)), PIXEL)
+    assert found["order"] == order and found["correlation"] > 0.8
+    assert np.degrees(np.arccos(min(1.0, abs(found["axis"] @ axis)))) < 4.0
+    assert found["operators"].shape == (order - 1, 3, 3)
+    # the centre of mass lies on the axis near the true centre (the mark pulls it a little)
+    off = found["centre_px"] * PIXEL - centre
+    assert np.linalg.norm(off - (off @ axis) * axis) < 2.0 * PIXEL
+
+
+def test_a_mate_pose_predicts_the_same_image_about_an_off_centre_axis():
+    """For an exactly symmetric map the image at pose (R, t) and at its mate (R S^T, t') are the same;
+    without the shift correction (or with it reversed) they are not."""
+    axis = np.array([0.2, 0.9, 0.4])
+    axis /= np.linalg.norm(axis)
+    centre = np.array([5.0, -4.0, 3.0])
+    volume = symmetric_map(3, axis, centre)
+    vol_h = slicing.volume_to_hartley(jnp.asarray(volume))
+    ops = np.asarray(pseudosym.rotations_about(np.tile(axis, (2, 1)), np.array([2, 4]) * np.pi / 3))
+    rot = np.asarray(geometry.random_rotations(__import__("jax").random.key(0), (4,)))
+    shifts = np.array([[1.0, -2.0], [0.0, 0.0], [2.5, 1.0], [-1.0, 0.5]], np.float32)
+    centre_px = jnp.asarray(centre / PIXEL, jnp.float32)
+    mates, mate_shifts = pseudosym.mate_poses(jnp.asarray(rot), jnp.asarray(shifts), jnp.asarray(ops), centre_px)
+    ctf = jnp.ones((4, BOX, BOX))
+    mask = slicing.frequency_mask(BOX, 0.6)
+
+    def corr(a, b):
+        return float(jnp.sum(a * b * mask) / jnp.sqrt(jnp.sum(a * a * mask) * jnp.sum(b * b * mask)))
+
+    ref = losses.predict(vol_h, jnp.asarray(rot), ctf, jnp.asarray(shifts))
+    for k in range(2):
+        good = losses.predict(vol_h, mates[:, k], ctf, mate_shifts[:, k])
+        plain = losses.predict(vol_h, mates[:, k], ctf, jnp.asarray(shifts))
+        wrong = losses.predict(vol_h, mates[:, k], ctf, 2 * jnp.asarray(shifts) - mate_shifts[:, k])
+        assert corr(ref, good) > 0.98
+        assert corr(ref, plain) < corr(ref, good) - 0.05 and corr(ref, wrong) < corr(ref, good) - 0.05
+
+
+def test_the_mate_test_brings_images_back_from_a_mate_and_leaves_true_poses():
+    """Noisy images of a pseudo-C3 map (one small mark breaks the symmetry) whose poses sit at a symmetry
+    mate move back to within a few degrees of the truth; images already at their true pose stay."""
+    import jax
+
+    from jaxcryo import ctf as ctf_lib
+    from jaxcryo import simulate, steps
+
+    axis = np.array([0.3, -0.2, 0.93])
+    axis /= np.linalg.norm(axis)
+    volume = symmetric_map(3, axis, np.array([3.0, 2.0, -2.0]), mark=25.0)
+    vol_h = slicing.volume_to_hartley(jnp.asarray(volume))
+    sym = pseudosym.pseudo_symmetry(vol_h, PIXEL)
+    n = 24
+    rots = geometry.random_rotations(jax.random.key(4), (n,), jnp.float32)
+    shifts = np.random.default_rng(4).uniform(-2, 2, (n, 2)).astype(np.float32)
+    fields = {"defocus_u_angstrom": 15_000.0, "defocus_v_angstrom": 15_000.0, "defocus_angle_deg": 0.0,
+              "voltage_kv": 300.0, "spherical_aberration_mm": 2.7, "amplitude_contrast": 0.1, "phase_shift_deg": 0.0,
+              "b_factor_angstrom2": 0.0}
+    ctf = ctf_lib.ctf_grid(BOX, PIXEL, **{k: jnp.full((n,), v) for k, v in fields.items()}).astype(jnp.float32)
+    clean = simulate.clean_images(vol_h, rots, jnp.asarray(shifts), ctf)
+    images = clean + 0.5 * float(clean.std()) * np.random.default_rng(5).normal(size=clean.shape).astype(np.float32)
+    mesh = steps.make_mesh()
+    batch = jax.device_put({"images": jnp.asarray(images), "index": jnp.arange(n, dtype=jnp.int32),
+                            **{k: jnp.full((n,), v, jnp.float32) for k, v in fields.items()}},
+                           jax.NamedSharding(mesh, jax.sharding.PartitionSpec(steps.AXIS)))
+    vol_params = {"mantissa": vol_h / BOX, "exponent": jnp.zeros_like(vol_h)}  # images_to_hartley's 1/L units
+    test = steps.make_mate_test(PIXEL, "gaussian", mesh)
+    ops, centre = jnp.asarray(sym["operators"]), jnp.asarray(sym["centre_px"], jnp.float32)
+    rows = jax.NamedSharding(mesh, jax.sharding.PartitionSpec(steps.AXIS))
+    start, start_shifts = pseudosym.mate_poses(rots, jnp.asarray(shifts), ops, centre)
+    found, _, found_loss, current = test(vol_params, batch, 1.0, jax.random.key(0), jax.device_put(start[:, 0], rows),
+                                         jax.device_put(start_shifts[:, 0], rows), ops, centre)
+    assert np.all(np.asarray(found_loss) < np.asarray(current))  # every image prefers a mate of its wrong pose
+    back = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(np.asarray(found)), rots))
+    assert np.median(back) < 3.0 and np.max(back) < 10.0, back
+    _, _, stay_loss, at_truth = test(vol_params, batch, 1.0, jax.random.key(0), jax.device_put(rots, rows),
+                                   jax.device_put(jnp.asarray(shifts), rows), ops, centre)
+    assert np.all(np.asarray(stay_loss) > np.asarray(at_truth))  # at the truth no mate is more likely
