@@ -90,6 +90,15 @@ def make_mate_test(config, pixel_size_angstrom: float, mesh):
     return steps.make_mate_test(pixel_size_angstrom, config.loss.kind, mesh)
 
 
+def mates_due(train_config, research_moved: float, progress: dict) -> bool:
+    """Whether the mates are tested after a re-search that moved ``research_moved`` of the images: while
+    the map is still changing (that pass moved at least ``research_repeat_fraction``; the symmetry a
+    poor map shows is not the particle's) or the last mate pass still moved ``research_stop_fraction``."""
+    last = progress.get("mates_moved")
+    return (last is None or research_moved >= float(train_config.get("research_repeat_fraction", 0.0))
+            or last >= float(train_config.get("research_stop_fraction", 0.0)))
+
+
 def mate_poses(mate_test, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
                refine_shifts: bool) -> tuple[dict, float, dict]:
     """Every image's pose against its mates under the current map's pseudo-symmetry

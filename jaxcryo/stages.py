@@ -15,7 +15,7 @@ from jaxcryo import distributed, evaluate, fourier, inversion, models, pseudosym
 from jaxcryo.dataset import AMORTIZED, device_batch, read_batch
 from jaxcryo.io import InputError, read_particles
 from jaxcryo.io.loader import half_set_labels, iterate_batches, padded_chunks
-from jaxcryo.research import mate_poses, research_due, research_poses
+from jaxcryo.research import mate_poses, mates_due, research_due, research_poses
 
 AUTODECODING = "autodecoding"
 MASK_MARGIN = 1.2  # the volume mask's diameter over the particle's (which the estimate already widens)
@@ -268,14 +268,14 @@ class AutodecodingStage:
                                            self.estimate_shifts)
             logging.info("auto-decoding epoch %d: %.1f %% of the images moved to a more likely pose found by search",
                          epoch, 100 * moved)
-            if self.mate_test is not None and progress.get("mates_moved", 1.0) >= float(config.train.get("research_stop_fraction", 0.0)):
+            if self.mate_test is not None and mates_due(config.train, moved, progress):
                 tables, mates_moved, sym = mate_poses(self.mate_test, state["vol_params"], tables, self.data.source,
                                                       self.research_batch, self.batch_sharding,
                                                       radius_at(config, stage, epoch),
                                                       jax.random.fold_in(jax.random.key(config.seed + 12), epoch - 1),
                                                       self.estimate_shifts)
                 moved += mates_moved  # at most the share moved by either (a pose rarely moves twice)
-                progress = dict(progress, mates_moved=mates_moved)  # mates are not tested again once they stop paying
+                progress = dict(progress, mates_moved=mates_moved)
                 logging.info("auto-decoding epoch %d: the map is closest to C%d symmetry (axis %s, self-correlation "
                              "%.2f at %.0f A); %.1f %% of the images moved to a more likely mate", epoch, sym["order"],
                              np.round(sym["axis"], 2).tolist(), sym["correlation"], pseudosym.RESOLUTION_ANGSTROM,

@@ -114,3 +114,15 @@ def test_the_mate_test_brings_images_back_from_a_mate_and_leaves_true_poses():
     _, _, stay_loss, at_truth = test(vol_params, batch, 1.0, jax.random.key(0), jax.device_put(rots, rows),
                                    jax.device_put(jnp.asarray(shifts), rows), ops, centre)
     assert np.all(np.asarray(stay_loss) > np.asarray(at_truth))  # at the truth no mate is more likely
+
+
+def test_mates_are_tested_while_the_map_changes_or_they_pay():
+    from ml_collections import ConfigDict
+
+    from jaxcryo.research import mates_due
+
+    tc = ConfigDict({"research_repeat_fraction": 0.02, "research_stop_fraction": 0.01})
+    assert mates_due(tc, 0.0, {})  # the first pass always
+    assert not mates_due(tc, 0.015, {"mates_moved": 0.0})  # a settled map whose mates did not pay
+    assert mates_due(tc, 0.3, {"mates_moved": 0.0})  # a map still changing: its symmetry may change too
+    assert mates_due(tc, 0.0, {"mates_moved": 0.05})  # the last mate pass still paid
