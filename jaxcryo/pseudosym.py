@@ -73,14 +73,15 @@ def self_correlation(volume: jax.Array, operators: jax.Array, centre: jax.Array)
     xyz = jnp.stack([x, y, z], axis=-1).reshape(-1, 3) - centre
     inside = jnp.sum(xyz**2, axis=-1) <= (d / 2) ** 2
     values = volume.reshape(-1)
+    a = jnp.where(inside, values - jnp.sum(values * inside) / jnp.sum(inside), 0.0)  # the same for every S
+    a_power = jnp.sum(a * a)
 
     def one(s):
         moved = xyz @ s.T + centre + d // 2  # S (x - c) + c, as array indices (x, y, z)
         sampled = jax.scipy.ndimage.map_coordinates(volume, [moved[:, 2], moved[:, 1], moved[:, 0]], order=1,
                                                     mode="constant", cval=0.0)
-        a = jnp.where(inside, values - jnp.sum(values * inside) / jnp.sum(inside), 0.0)
         b = jnp.where(inside, sampled - jnp.sum(sampled * inside) / jnp.sum(inside), 0.0)
-        return jnp.sum(a * b) / jnp.sqrt(jnp.sum(a * a) * jnp.sum(b * b) + 1e-30)
+        return jnp.sum(a * b) / jnp.sqrt(a_power * jnp.sum(b * b) + 1e-30)
 
     return jax.lax.map(one, operators, batch_size=64)
 

@@ -242,8 +242,9 @@ POSE_TABLES = tuple(POSE_TABLE_LAYOUT)
 def init_pose_tables(rotations, shifts_px) -> dict:
     """Per-image auto-decoding state (host arrays) from (N, 3, 3) rotations and (N, 2) shifts in pixels."""
     n = rotations.shape[0]
-    tables = {k: np.full((n,) + shape, fill, dtype) for k, (shape, dtype, fill) in POSE_TABLE_LAYOUT.items()}
-    return dict(tables, rotations=np.asarray(rotations, np.float32), shifts=np.asarray(shifts_px, np.float32))
+    given = {"rotations": np.asarray(rotations, np.float32), "shifts": np.asarray(shifts_px, np.float32)}
+    return {k: given[k] if k in given else np.full((n,) + shape, fill, dtype)
+            for k, (shape, dtype, fill) in POSE_TABLE_LAYOUT.items()}
 
 
 def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_angstrom: float, loss_kind: str,
