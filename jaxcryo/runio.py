@@ -168,9 +168,25 @@ def machine() -> dict:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {"cpu": model, "cpu_cores": os.cpu_count(), "load_average_1min": round(load[0], 2),
-            "devices": [str(d) for d in jax.devices()]}
+            "devices": [str(d) for d in jax.devices()], "packages": package_versions()}
+
+
+def package_versions() -> dict:
+    """Versions of the packages whose numerics shape a run: the same code and seed can take another
+    path through the amortized stage with another jax or XLA (observed between two installs)."""
+    from importlib import metadata
+
+    out = {}
+    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def describe_machine() -> str:
     m = machine()
-    return f"{m['cpu']}, {m['cpu_cores']} cores, load {m['load_average_1min']}, devices {', '.join(m['devices'])}"
+    versions = ", ".join(f"{k} {v}" for k, v in m["packages"].items() if k in ("jax", "flax") and v)
+    return (f"{m['cpu']}, {m['cpu_cores']} cores, load {m['load_average_1min']}, devices {', '.join(m['devices'])}"
+            f"; {versions}")
