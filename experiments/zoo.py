@@ -18,6 +18,7 @@ Development members use seed 0; the held-back members (seed 1001) are for the fi
 import json
 import pathlib
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -100,6 +101,34 @@ def neighbour_share(workdir: pathlib.Path) -> float:
     return evaluate.neighbour_error_share(r_true, evaluate.error_vectors_deg(r_est, r_true, a["q"], a["mirrored"]))
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the zoo dies, even by SIGKILL (Linux; elsewhere the
+    try/finally of ``run_child`` covers the catchable signals)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_child(cmd: list[str], log) -> int:
+    """Run one member's reconstruction; a zoo that is stopped (Ctrl-C, SIGTERM, SIGKILL) stops it too,
+    instead of leaving it running (it resumes from its work directory on the next zoo run)."""
+    child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
 def run_member(name: str, seed: int, root: pathlib.Path) -> dict:
     workdir = root / f"{name}-{seed}"
     summary_path = workdir / "summary.json"
@@ -113,7 +142,7 @@ def run_member(name: str, seed: int, root: pathlib.Path) -> dict:
         cmd += shlex.split(_RUN_ARGS.value)  # last, so that they override REALISTIC's effects too
         start = time.perf_counter()
         with open(root / f"{name}-{seed}.log", "w") as log:
-            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+            rc = run_child(cmd, log)
         wall = time.perf_counter() - start
         if rc != 0:
             return {"member": f"{name}:{seed}", "error": f"exit {rc}, see {root / f'{name}-{seed}.log'}"}
