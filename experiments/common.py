@@ -105,6 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.switch_threshold_deg = 2.0  # 'auto': an image "moved" when its pose changed more than this ...
     config.train.switch_moved_fraction = 0.5  # ... and the switch comes when fewer than this share moved (0.5: the median)
     config.train.switch_min_epochs = 2
+    config.train.switch_min_steps = 0  # and at least this many steps (a small stack's epochs are short)
     config.train.switch_search_passes = 4  # with a search: poses at the switch = best of this many searches
     config.train.epochs_autodecoding = 13
     config.train.lr_encoder = 1e-4

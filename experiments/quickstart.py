@@ -3,8 +3,10 @@
 Beyond the paper's method (each a named option of experiments/common.py; see the README):
 * the amortized stage runs on 32 px images and a pose search competes with the encoder's heads
   (2,048 fresh random rotations per step, ``jaxcryo.search``);
-* the switch to auto-decoding is automatic (``train.switch='auto'``: when the poses stop changing, i.e.
-  fewer than 20 % of the images moved more than 2 deg since the previous epoch);
+* the amortized stage is measured in steps (``train.amortized_steps``), so a stack of 2,000 particles
+  gets the learning one of 5,000 gets (in epochs it ended at 53 deg and failed, README), and the switch
+  to auto-decoding is automatic (``train.switch='auto'``: when the poses stop changing, i.e. fewer than
+  20 % of the images moved more than 2 deg since the previous epoch, after at least 156 steps);
 * auto-decoding takes its volume from a direct inversion at the current poses after every epoch and,
   every 2 epochs (every epoch while a pass still moves >= 2 % of the images, no more once a pass
   moves < 1 %), checks each image's pose
@@ -28,10 +30,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.search_candidates = 2048
     config.train.amortized_image_size = 32
     config.train.lr_encoder = 1e-3
-    config.train.epochs_amortized = 6  # at most: the switch is automatic, when the map (and so the poses) stop changing
+    # the encoder and the map learn per step, not per pass over the stack: at most 468 steps (6 epochs of
+    # 5,000 particles; 2,000 get 16 epochs, 50,000 the 2-epoch floor), ending sooner by the automatic switch,
+    # when the map (and so the poses) stop changing, but not before 156 steps
+    config.train.amortized_steps = 468
+    config.train.epochs_amortized = 30  # a cap for small stacks
     config.train.switch = "auto"
     config.train.switch_moved_fraction = 0.2  # when fewer than 20 % of the images moved > 2 deg in an epoch
-    config.train.epochs_autodecoding = 6
+    config.train.switch_min_steps = 156
+    config.train.epochs_autodecoding = 6  # each image's own pose is refined per visit: auto-decoding counts epochs
     config.train.autodecoding_volume = "inversion"
     config.train.research_every_epochs = 2
     config.train.research_candidates = 16384

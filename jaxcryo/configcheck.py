@@ -56,7 +56,7 @@ def validate(config) -> None:
                 "model.search_candidates", "train.checkpoint_every_steps", "train.switch_search_passes",
                 "model.search_local", "model.search_local_rounds", "train.research_every_epochs",
                 "train.research_candidates", "train.research_local", "train.amortized_steps", "train.autodecoding_steps",
-                "train.epochs_autodecoding_max"):
+                "train.epochs_autodecoding_max", "train.switch_min_steps"):
         need(key, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
     for key in ("train.lr_encoder", "train.lr_volume", "train.lr_volume_autodecoding", "train.lr_pose", "model.width",
                 "model.search_local_sigma_deg"):

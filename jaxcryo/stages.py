@@ -71,6 +71,16 @@ def auto_switch_due(epochs_done: int, moved_fraction: float | None, max_fraction
     return epochs_done >= min_epochs and moved_fraction is not None and moved_fraction < max_fraction
 
 
+def switch_min_epochs_for(train_config, steps_per_epoch: int) -> int:
+    """The fewest amortized epochs before the automatic switch: ``train.switch_min_epochs``, and enough
+    epochs for ``train.switch_min_steps`` steps. The switch compares the poses of consecutive epochs;
+    a small stack's epochs are short, so its poses move little between two of them while the map is
+    still young, and a rule in epochs alone would switch it after a fraction of the steps a large
+    stack gets."""
+    steps = int(train_config.get("switch_min_steps", 0))
+    return max(int(train_config.switch_min_epochs), -(-steps // max(steps_per_epoch, 1)))
+
+
 class AmortizedStage:
     """Encoder + volume state, the volume's carry to the full box, the encoder's poses, the switch."""
 
@@ -185,11 +195,12 @@ class AmortizedStage:
     def should_switch(self, epochs_done: int) -> bool:
         """train.switch='auto': leave auto-encoding once the images' poses stop moving (fewer than
         switch_moved_fraction of them moved more than switch_threshold_deg since the previous epoch),
-        after at least switch_min_epochs."""
+        after at least switch_min_epochs and switch_min_steps (``switch_min_epochs_for``)."""
         tc = self.config.train
         moved = getattr(self, "last_summary", {}).get("pose_change_moved_fraction")
         limit = float(tc.get("switch_moved_fraction", 0.5))
-        if tc.switch != "auto" or not auto_switch_due(epochs_done, moved, limit, tc.switch_min_epochs):
+        min_epochs = switch_min_epochs_for(tc, self.steps_per_epoch)
+        if tc.switch != "auto" or not auto_switch_due(epochs_done, moved, limit, min_epochs):
             return False
         logging.info("switching to auto-decoding after epoch %d: %.0f %% of the images moved more than %.1f deg "
                      "(< %.0f %%)", epochs_done, 100 * moved, tc.switch_threshold_deg, 100 * limit)

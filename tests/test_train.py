@@ -12,6 +12,7 @@ import time
 import jax
 import jax.numpy as jnp
 import mrcfile
+import ml_collections
 import numpy as np
 import pytest
 
@@ -298,10 +299,20 @@ def test_auto_switch_rule():
     assert stages.auto_switch_due(3, 0.12, 0.2, min_epochs=2)
 
 
+def test_auto_switch_waits_for_the_same_steps_whatever_the_stack_size():
+    tc = ml_collections.ConfigDict({"switch_min_epochs": 2, "switch_min_steps": 156})
+    assert stages.switch_min_epochs_for(tc, 78) == 2  # 5,000 particles: 2 epochs of 78 steps
+    assert stages.switch_min_epochs_for(tc, 31) == 6  # 2,000: 156 steps take 6 epochs of 31 (5 give 155)
+    assert stages.switch_min_epochs_for(tc, 3125) == 2  # 200,000: the epoch floor
+    tc.switch_min_steps = 0
+    assert stages.switch_min_epochs_for(tc, 31) == 2
+
+
 def test_auto_switch_end_to_end(finished_run, tmp_path):
     reference, _ = finished_run
     (tmp_path / "data").symlink_to(reference / "data")
-    config = tiny_config(epochs_amortized=4, switch="auto", switch_threshold_deg=180.0, switch_min_epochs=2)
+    config = tiny_config(epochs_amortized=4, switch="auto", switch_threshold_deg=180.0, switch_min_epochs=2,
+                         switch_min_steps=0)
     summary = train.train_and_evaluate(config, tmp_path)
     assert summary["amortized_epochs_run"] == 2 and summary["switch_rule"] == "auto"
     ends = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
