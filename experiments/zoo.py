@@ -101,21 +101,21 @@ def neighbour_share(workdir: pathlib.Path) -> float:
     return evaluate.neighbour_error_share(r_true, evaluate.error_vectors_deg(r_est, r_true, a["q"], a["mirrored"]))
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the zoo dies, even by SIGKILL (Linux; elsewhere the
-    try/finally of ``run_child`` covers the catchable signals)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+# run before the member's command (which it replaces by exec): SIGTERM when the zoo dies, even by
+# SIGKILL (Linux's PR_SET_PDEATHSIG, kept across exec). A launcher rather than Popen's preexec_fn,
+# which forks a process whose JAX threads may deadlock the child.
+_LAUNCHER = ("import ctypes, os, signal, sys\n"
+             "try:\n    ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)\n"
+             "except (OSError, AttributeError):\n    pass\n"
+             "if os.getppid() == 1:\n    sys.exit(128 + signal.SIGTERM)\n"
+             "os.execv(sys.argv[1], sys.argv[1:])")
 
 
 def run_child(cmd: list[str], log) -> int:
     """Run one member's reconstruction; a zoo that is stopped (Ctrl-C, SIGTERM, SIGKILL) stops it too,
     instead of leaving it running (it resumes from its work directory on the next zoo run)."""
-    child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    launch = [sys.executable, "-c", _LAUNCHER] if sys.platform.startswith("linux") else []
+    child = subprocess.Popen(launch + cmd, stdout=log, stderr=subprocess.STDOUT)
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         return child.wait()
