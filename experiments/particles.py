@@ -58,4 +58,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.research_mates = True  # and each image's pose against its pseudo-symmetry mates (jaxcryo.pseudosym)
     config.train.epochs_autodecoding_max = 16  # past the planned epochs too, up to this many
     config.train.switch = "auto"
+    config.train.switch_min_steps = 156  # the quickstart's: a small stack's short epochs do not switch it early
     return config
