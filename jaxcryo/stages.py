@@ -42,6 +42,11 @@ def pose_lr_scale(train_config, stage_progress: float) -> float:
     return final + (1.0 - final) * 0.5 * (1.0 + float(np.cos(np.pi * t)))
 
 
+def epochs_for_steps(steps: int, steps_per_epoch: int) -> int:
+    """The whole epochs that hold at least ``steps`` steps (0 for 0)."""
+    return -(-int(steps) // max(int(steps_per_epoch), 1))
+
+
 def stage_epochs(train_config, steps_per_epoch: int, known_poses: bool = False, fully_amortized: bool = False) -> dict:
     """Epochs of each stage. ``train.amortized_steps`` / ``autodecoding_steps`` (> 0) set a stage's length
     in steps, so a small and a large stack both get a sensible run: the encoder learns from a number of
@@ -52,7 +57,7 @@ def stage_epochs(train_config, steps_per_epoch: int, known_poses: bool = False, 
 
     def epochs(steps_key: str, epochs_key: str) -> int:
         steps, cap = int(tc.get(steps_key, 0)), int(tc[epochs_key])
-        return cap if steps <= 0 else int(min(cap, max(2, -(-steps // steps_per_epoch))))
+        return cap if steps <= 0 else int(min(cap, max(2, epochs_for_steps(steps, steps_per_epoch))))
 
     amortized, autodecoding = epochs("amortized_steps", "epochs_amortized"), epochs("autodecoding_steps", "epochs_autodecoding")
     if known_poses:
@@ -78,7 +83,7 @@ def switch_min_epochs_for(train_config, steps_per_epoch: int) -> int:
     still young, and a rule in epochs alone would switch it after a fraction of the steps a large
     stack gets."""
     steps = int(train_config.get("switch_min_steps", 0))
-    return max(int(train_config.switch_min_epochs), -(-steps // max(steps_per_epoch, 1)))
+    return max(int(train_config.switch_min_epochs), epochs_for_steps(steps, steps_per_epoch))
 
 
 class AmortizedStage:
