@@ -30,9 +30,12 @@ def test_a_stopped_zoo_stops_its_child(tmp_path, how):
             os.kill(child_pid, 0)
         except ProcessLookupError:
             return
-        with open(f"/proc/{child_pid}/stat") as stat:  # a zombie left for init to reap is gone too
-            if stat.read().split(")")[-1].split()[0] == "Z":
-                return
+        try:
+            with open(f"/proc/{child_pid}/stat") as stat:  # a zombie left for init to reap is gone too
+                if stat.read().split(")")[-1].split()[0] == "Z":
+                    return
+        except FileNotFoundError:  # reaped between the two looks
+            return
         time.sleep(0.1)
     os.kill(child_pid, signal.SIGKILL)
     pytest.fail(f"the zoo's child {child_pid} outlived the zoo ({how.name})")
