@@ -49,6 +49,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.normalize = "global"  # 'global': one mean and std for the stack (the paper's synthetic data)
     config.data.whiten = False
     config.data.contrast_check = True
+    # each particle's offset taken from the star's origins (rlnOriginXAngst/YAngst, cryoSPARC's shifts), e.g. from
+    # RELION's 2D classification or a previous run's poses.star: the amortized stage sees the particles
+    # re-centred by them and auto-decoding starts from them (False: the origins are ignored)
+    config.data.origins_as_shifts = False
 
     config.poses = ""  # a star with known poses: fit the volume only (the known-pose oracle)
     config.halfsets = False  # two independent half-set runs, aligned; gold-standard FSC (WORKDIR/half1, half2)
@@ -70,6 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
     # paper's centred synthetic data; real-data configs turn it on.
     config.model.estimate_shifts = False
     config.model.max_shift_fraction = 0.15
+    # with estimate_shifts: False = the amortized stage estimates no shifts (it takes the particles as centred,
+    # or centred by their origins with data.origins_as_shifts) and auto-decoding finds them (README: a
+    # shift estimate made with a young map registers the particles too poorly for the stage to form one)
+    config.model.amortized_shifts = True
     # Beyond the paper: > 0 fits each particle's contrast scale in auto-decoding (images differ in ice
     # thickness and dose), with a N(1, this^2) prior; written as cryoSPARC's per-particle scale
     config.model.contrast_prior_std = 0.0

@@ -85,10 +85,14 @@ def radial_log_amplitude(source: ImageSource, n_images: int = 256, seed: int = 0
     return 0.5 * np.log(np.maximum(power, 1e-12))
 
 
-def device_batch(batch, table: ParticleTable, sharding) -> dict:
+def device_batch(batch, table: ParticleTable, sharding, displacements_angstrom: np.ndarray | None = None) -> dict:
     """The device arrays of a batch (``steps``' layout) from this process's rows (a ``Batch``): with
-    several processes each passes its own rows and the arrays span them all."""
+    several processes each passes its own rows and the arrays span them all. ``displacements_angstrom``
+    (N, 2): each particle's known offset from the box centre, which the step takes out of its image
+    (``pre_shift_angstrom``, ``steps._targets``)."""
     out = {"images": batch.images, "index": batch.index.astype(np.int32)}
+    if displacements_angstrom is not None:
+        out["pre_shift_angstrom"] = displacements_angstrom[batch.index].astype(np.float32)
     if batch.noise_radial is not None:
         out["noise_radial"] = batch.noise_radial
     for key in CTF_FIELDS:
@@ -96,6 +100,7 @@ def device_batch(batch, table: ParticleTable, sharding) -> dict:
     return distributed.put_local(out, sharding)
 
 
-def read_batch(source, rows: np.ndarray, sharding) -> dict:
+def read_batch(source, rows: np.ndarray, sharding, displacements_angstrom: np.ndarray | None = None) -> dict:
     """``device_batch`` of the global batch ``rows``: this process reads only its own share."""
-    return device_batch(source.batch(rows[distributed.local_rows(len(rows))]), source.table, sharding)
+    return device_batch(source.batch(rows[distributed.local_rows(len(rows))]), source.table, sharding,
+                        displacements_angstrom)

@@ -34,7 +34,8 @@ class EpochLoop:
                                            blocks=1 if stage == AMORTIZED else self.blocks, max_steps=self.steps_per_epoch):
             radius = radius_at(config, stage, epoch + step / self.steps_per_epoch)
             extra = () if stage == AMORTIZED else (pose_lr_scale(tc, (epoch + step / self.steps_per_epoch) / n_epochs),)
-            state, out = step_fn(state, device_batch(batch, self.data.table, self.batch_sharding), radius, *extra)
+            pre = self.pre_shift_angstrom if stage == AMORTIZED else None  # auto-decoding's shifts are in its tables
+            state, out = step_fn(state, device_batch(batch, self.data.table, self.batch_sharding, pre), radius, *extra)
             images_seen += tc.batch_size
             bar.update(1)
             if epoch == 0 and start_step == 0 and step + 1 in (tc.log_every, 2 * tc.log_every):

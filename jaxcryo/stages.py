@@ -119,7 +119,8 @@ class AmortizedStage:
                 for step, batch in iterate_batches(source, tc.batch_size, self.config.seed + 7919 * start, epoch,
                                                    max_steps=self.steps_per_epoch):
                     radius = radius_at(self.config, AMORTIZED, epoch + step / self.steps_per_epoch)
-                    state, _ = self.amortized_step(state, device_batch(batch, self.data.table, self.batch_sharding), radius)
+                    state, _ = self.amortized_step(state, device_batch(batch, self.data.table, self.batch_sharding,
+                                                                       self.pre_shift_angstrom), radius)
             score, rotations = self.sample_inference(state, rows, radius_at(self.config, AMORTIZED, epochs))
             logging.info("amortized start %d/%d: mean loss %.5f on %d images after %d epochs%s", start + 1, n_starts,
                          score, len(rows), epochs, self.sample_pose_error(rotations, rows))
@@ -143,7 +144,7 @@ class AmortizedStage:
         total, key = 0.0, jax.random.key(self.config.seed + 13)
         rotations = np.zeros((len(rows), 3, 3), np.float32)
         for start, idx, padded in padded_chunks(rows, self.inference_batch):
-            batch = read_batch(self.data.coarse, padded, self.batch_sharding)
+            batch = read_batch(self.data.coarse, padded, self.batch_sharding, self.pre_shift_angstrom)
             out = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius,
                                          jax.random.fold_in(key, start))
             rotations[start:start + len(idx)] = distributed.to_host(out[0])[: len(idx)]
@@ -182,7 +183,7 @@ class AmortizedStage:
         key = jax.random.key(self.config.seed + 7)
         passes = passes if self.config.model.search_candidates else 1  # without a search every pass is the same
         for start, idx, padded in padded_chunks(rows, bs):
-            batch = read_batch(self.data.coarse, padded, self.batch_sharding)
+            batch = read_batch(self.data.coarse, padded, self.batch_sharding, self.pre_shift_angstrom)
             best_loss = np.full(len(idx), np.inf)
             for p in range(passes):  # pass 0 uses the key of a single pass: passes=1 is unchanged
                 pass_key = jax.random.fold_in(key, start if p == 0 else self.n * p + start)
@@ -195,6 +196,8 @@ class AmortizedStage:
             if heads is not None:
                 keep = position[idx] >= 0
                 heads[position[idx][keep]] = all_heads[keep]
+        if self.pre_shift_angstrom is not None:  # the stage saw the images re-centred by these
+            shifts += (self.pre_shift_angstrom[rows] / self.data.source.pixel_size_angstrom).astype(np.float32)
         return (rots, shifts, winners) if heads is None else (rots, shifts, winners, heads)
 
     def should_switch(self, epochs_done: int) -> bool:
@@ -265,6 +268,15 @@ class AutodecodingStage:
     def host_tables(self, state, names=steps.POSE_TABLES) -> dict:
         """The state's pose tables as host arrays of N rows (padding dropped)."""
         return {k: np.array(distributed.to_host(state[k])[: self.n]) for k in names}
+
+    def origin_displacements(self) -> np.ndarray:
+        """(N, 2) each particle's offset in A from its star's origins (``data.origins_as_shifts``): e.g.
+        RELION's 2D classification centres particles; the amortized stage needs them registered."""
+        shifts = self.data.table.displacements_angstrom()
+        if shifts is None:
+            raise InputError(f"{self.config.data.particles or 'the particle file'}: data.origins_as_shifts is set "
+                             "but it holds no origins (rlnOriginXAngst/YAngst, rlnOriginX/Y or a .cs file's alignment shifts)")
+        return shifts.astype(np.float32)
 
     def known_poses_from_file(self) -> tuple[np.ndarray, np.ndarray]:
         """Rotations (N, 3, 3) and shifts (N, 2, pixels) of config.poses; shifts from its origins."""

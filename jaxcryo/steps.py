@@ -48,7 +48,10 @@ def _targets(batch: dict, pixel_size_angstrom: float, radius_fraction):
     ctf = ctf_lib.ctf_grid(size, pixel_size_angstrom, **{k: batch[k] for k in CTF_FIELDS}).astype(images.dtype)
     if "noise_radial" in batch:  # whitened images: the model's CTF is whitened alike (jaxcryo.noise)
         ctf = ctf * noise.expand_radial(batch["noise_radial"], size)
-    return losses.images_to_hartley(images), ctf, slicing.frequency_mask(size, radius_fraction)
+    target = losses.images_to_hartley(images)
+    if "pre_shift_angstrom" in batch:  # a known offset (the star's origin): moved back to the centre
+        target = losses.shift_hartley(target, -batch["pre_shift_angstrom"] / pixel_size_angstrom)
+    return target, ctf, slicing.frequency_mask(size, radius_fraction)
 
 
 def pose_adam(grad, m, v, count, lr, b1=0.9, b2=0.999, eps=1e-8):

@@ -10,6 +10,9 @@ Shifts (``model.estimate_shifts``): the heads also predict in-plane shifts, the 
 image's best shift at its winning rotation, and auto-decoding refines it per image. Shifts are kept
 in pixels of the full box; poses.star gets RELION's origins, -shift * pixel size (jaxcryo.io.table).
 Without estimation the particles are taken as centred (a known-pose star's origins are applied).
+``data.origins_as_shifts``: the input star's origins are each particle's starting shift; the amortized
+stage sees the images re-centred by them (``steps._targets``). ``model.amortized_shifts=False``: the
+amortized stage estimates no shifts and auto-decoding finds them.
 
 Layout: ``Run`` holds the data, the mesh, the jitted steps and the stage loop; one epoch and the
 divergence guard are in ``jaxcryo.epochloop``, each stage's own pieces in ``jaxcryo.stages`` and the
@@ -64,8 +67,12 @@ class Run(EpochLoop, AmortizedStage, AutodecodingStage, RunOutputs):
         self.estimate_shifts = bool(mc.estimate_shifts) and not self.known_poses
         if self.estimate_shifts and not 0 < mc.max_shift_fraction < 0.5:
             raise InputError(f"config: model.max_shift_fraction must be in (0, 0.5), got {mc.max_shift_fraction}")
-        self.encoder = models.PoseEncoder(mc.n_heads, mc.width, steps.AXIS, self.estimate_shifts)
-        self.infer_encoder = models.PoseEncoder(mc.n_heads, mc.width, None, self.estimate_shifts)
+        # the amortized stage's own shift estimate (shift heads, offsets in its search), or none: it then
+        # takes the particles as centred (or centred by their origins) and auto-decoding finds the shifts
+        self.amortized_shifts = self.estimate_shifts and bool(mc.get("amortized_shifts", True))
+        self.pre_shift_angstrom = self.origin_displacements() if config.data.get("origins_as_shifts", False) else None
+        self.encoder = models.PoseEncoder(mc.n_heads, mc.width, steps.AXIS, self.amortized_shifts)
+        self.infer_encoder = models.PoseEncoder(mc.n_heads, mc.width, None, self.amortized_shifts)
         self.known = self.known_poses_from_file() if self.known_poses else None
         px, px_coarse, lk = self.data.source.pixel_size_angstrom, self.data.coarse.pixel_size_angstrom, config.loss.kind
         self.enc_opt, self.vol_opt = optax.adam(tc.lr_encoder), optax.adam(tc.lr_volume)
@@ -73,13 +80,14 @@ class Run(EpochLoop, AmortizedStage, AutodecodingStage, RunOutputs):
         search = config.model.search_candidates
         if search and lk != "gaussian":
             raise InputError("config: model.search_candidates needs loss.kind='gaussian'")
-        settings = SearchSettings.from_config(mc, self.estimate_shifts)
+        settings = SearchSettings.from_config(mc, self.amortized_shifts)
         self.amortized_step = steps.make_amortized_step(self.encoder, self.enc_opt, self.vol_opt, px_coarse, lk, self.mesh,
                                                         settings, mc.distill_weight, config.seed, mc.max_shift_fraction)
         self.encoder_inference = steps.make_encoder_inference(self.infer_encoder, px_coarse, lk, self.mesh, settings,
                                                               mc.max_shift_fraction)
         pose_iters = 0 if self.known_poses else tc.pose_iters
-        self.uses_shifts = self.estimate_shifts or (self.known is not None and bool(np.any(self.known[1])))
+        self.uses_shifts = (self.estimate_shifts or self.pre_shift_angstrom is not None
+                            or (self.known is not None and bool(np.any(self.known[1]))))
         # Beyond the paper: the auto-decoding map from a direct inversion at the current poses (each epoch)
         self.inverted_volume = tc.get("autodecoding_volume", "gradient") == "inversion" and not self.known_poses
         vol_iters = 0 if self.inverted_volume else tc.vol_iters

@@ -132,3 +132,21 @@ def test_search_with_offsets_recovers_rotation_and_shift():
     # without offsets the guessed shift is kept
     _, _, kept = search.global_search(vol_h, grid, ctf, target, mask, guess)
     np.testing.assert_allclose(np.asarray(kept[:, 0]), np.asarray(guess))
+
+
+def test_a_known_displacement_is_taken_out_of_the_image():
+    # data.origins_as_shifts: an image whose particle sits at t (pixels), given t in A, becomes the
+    # image of the centred particle: the centred prediction fits it, the uncentred image does not
+    vol_h, rots, shifts, ctf, images = _clean_set(n=8)
+    pixel = 6.0
+    batch = {"images": images, "defocus_u_angstrom": jnp.full((8,), 15_000.0), "defocus_v_angstrom": jnp.full((8,), 15_000.0),
+             "defocus_angle_deg": jnp.zeros(8), "voltage_kv": jnp.full((8,), 300.0),
+             "spherical_aberration_mm": jnp.full((8,), 2.7), "amplitude_contrast": jnp.full((8,), 0.1),
+             "phase_shift_deg": jnp.zeros(8), "b_factor_angstrom2": jnp.zeros(8)}
+    centred_pred = losses.predict(vol_h, rots, ctf)[:, 1:, 1:] / 32  # the 1/L scale of images_to_hartley
+    as_is, _, _ = steps._targets(batch, pixel, 1.0)
+    moved, _, _ = steps._targets(dict(batch, pre_shift_angstrom=jnp.asarray(shifts) * pixel), pixel, 1.0)
+    scale = float(jnp.max(jnp.abs(centred_pred)))
+    # away from the Nyquist row and column (see test_shift_hartley_matches_the_simulators_phase_ramp)
+    assert float(jnp.max(jnp.abs(moved[:, 1:, 1:] - centred_pred))) < 1e-3 * scale
+    assert float(jnp.max(jnp.abs(as_is[:, 1:, 1:] - centred_pred))) > 0.3 * scale

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxcryo import train
-from jaxcryo.io import read_particles
+from jaxcryo.io import InputError, read_particles
 from test_train import Interrupt, _interrupt_after, tiny_config
 
 BOX, PIXEL = 48, 4.0
@@ -103,3 +103,36 @@ def test_report_reads_the_shifts_back_from_poses_star(shifted_run):
     workdir, summary = shifted_run
     report = evaluate_workdir(workdir)
     assert report["shift_error_median_px"] == pytest.approx(summary["shift_error_median_px"], rel=1e-3, abs=1e-3)
+
+
+def test_origins_centre_the_amortized_stage(shifted_run, tmp_path):
+    # data.origins_as_shifts with model.amortized_shifts=False: the amortized stage sees each image
+    # re-centred by its star's origin and estimates no shift; auto-decoding starts from the origins.
+    # Given the true origins, the stage's shifts are exact; without them the particles are taken as centred.
+    reference, _ = shifted_run
+    truth = reference / "data" / "ground_truth_poses.star"
+    runs = {}
+    for name, use in (("origins", True), ("centred", False)):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        (workdir / "data").symlink_to(reference / "data")
+        config = shifted_config()
+        config.data.particles = str(truth)  # a star with origins (its angles are not used)
+        config.data.origins_as_shifts = use
+        config.model.amortized_shifts = False
+        config.eval.ground_truth = str(reference / "data" / "ground_truth.mrc")
+        config.eval.ground_truth_poses = str(truth)
+        train.train_and_evaluate(config, workdir)
+        ends = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+        runs[name] = next(r for r in ends if r.get("epoch_end") and r["stage"] == "amortized")
+    assert runs["origins"]["shift_error_median_px"] < 0.05, runs["origins"]
+    assert runs["centred"]["shift_error_median_px"] > 1.0, runs["centred"]
+
+
+def test_origins_as_shifts_needs_origins(shifted_run, tmp_path):
+    reference, _ = shifted_run
+    config = shifted_config()
+    config.data.particles = str(reference / "data" / "particles.star")  # no origins in it
+    config.data.origins_as_shifts = True
+    with pytest.raises(InputError, match="particles.star: data.origins_as_shifts is set but it holds no origins"):
+        train.train_and_evaluate(config, tmp_path / "run")
