@@ -164,6 +164,15 @@ class AmortizedStage:
         exponent = models.init_volume(full, self.radial[full], jax.random.key(0))["exponent"]
         return distributed.put_replicated(models.params_from_hartley(h, exponent), self.replicated)
 
+    def origin_displacements(self) -> np.ndarray:
+        """(N, 2) each particle's offset in A from its star's origins (``data.origins_as_shifts``): e.g.
+        RELION's 2D classification centres particles; the amortized stage needs them registered."""
+        shifts = self.data.table.displacements_angstrom()
+        if shifts is None:
+            raise InputError(f"{self.config.data.particles or 'the particle file'}: data.origins_as_shifts is set "
+                             "but it holds no origins (rlnOriginXAngst/YAngst, rlnOriginX/Y or a .cs file's alignment shifts)")
+        return shifts.astype(np.float32)
+
     def encoder_rotations(self, state, radius: float, heads_for: np.ndarray | None = None, passes: int = 1,
                           rows: np.ndarray | None = None):
         """Winning-head rotation (n, 3, 3), its shift (n, 2) in pixels of the full box and winner
@@ -268,15 +277,6 @@ class AutodecodingStage:
     def host_tables(self, state, names=steps.POSE_TABLES) -> dict:
         """The state's pose tables as host arrays of N rows (padding dropped)."""
         return {k: np.array(distributed.to_host(state[k])[: self.n]) for k in names}
-
-    def origin_displacements(self) -> np.ndarray:
-        """(N, 2) each particle's offset in A from its star's origins (``data.origins_as_shifts``): e.g.
-        RELION's 2D classification centres particles; the amortized stage needs them registered."""
-        shifts = self.data.table.displacements_angstrom()
-        if shifts is None:
-            raise InputError(f"{self.config.data.particles or 'the particle file'}: data.origins_as_shifts is set "
-                             "but it holds no origins (rlnOriginXAngst/YAngst, rlnOriginX/Y or a .cs file's alignment shifts)")
-        return shifts.astype(np.float32)
 
     def known_poses_from_file(self) -> tuple[np.ndarray, np.ndarray]:
         """Rotations (N, 3, 3) and shifts (N, 2, pixels) of config.poses; shifts from its origins."""
