@@ -18,6 +18,33 @@ RESUMABLE = ("progress_bar", "train.epochs_amortized", "train.epochs_autodecodin
              "train.checkpoint_every_steps", "train.inference_batch_size", "train.research_batch_size", "train.epoch_outputs_max_particles",
              "data.datadir", "eval.")
 
+# Options added after work directories first stored their config.json, each with the value that does what
+# a run stored before the option existed did (its default when it was added). A stored config without such
+# a key resumes under a config that gives it this value: a run killed before an upgrade can finish after it.
+ADDED_OPTIONS = {
+    "data.contrast_check": True, "data.normalize": "global", "data.origins_as_shifts": False,
+    "data.particle_diameter_angstrom": 0.0, "data.whiten": False,
+    "model.amortized_shifts": True, "model.contrast_prior_std": 0.0, "model.search_local": 0,
+    "model.search_local_rounds": 0, "model.search_local_sigma_deg": 10.0, "model.search_top_k": 1,
+    "model.volume_mask": False,
+    "simulate.b_factor_angstrom2": 0.0, "simulate.contrast_spread": 0.0, "simulate.noise_color": 1.0,
+    "simulate.offset_std": 0.0,
+    "train.amortized_resolution_angstrom": 0.0, "train.amortized_start_epochs": 2, "train.amortized_starts": 1,
+    "train.amortized_steps": 0, "train.autodecoding_steps": 0, "train.autodecoding_volume": "gradient",
+    "train.epochs_autodecoding_max": 0, "train.lr_pose_final_fraction": 1.0, "train.research_candidates": 0,
+    "train.research_every_epochs": 0, "train.research_global_radius": 0.0, "train.research_local": 8,
+    "train.research_mates": False, "train.research_repeat_fraction": 0.0, "train.research_stop_fraction": 0.0,
+    "train.switch_min_steps": 0, "train.switch_moved_fraction": 0.5,
+}
+
+
+def _differs(key: str, old: dict, new: dict) -> bool:
+    if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE):
+        return False
+    if key not in old and key in ADDED_OPTIONS:  # stored before the option existed
+        return new.get(key) != ADDED_OPTIONS[key]
+    return old.get(key) != new.get(key)
+
 
 def flatten(tree: dict, prefix: str = "") -> dict:
     """{"a": {"b": 1}} -> {"a.b": 1}."""
@@ -80,9 +107,7 @@ def validate(config) -> None:
 def check_resumable(stored: dict, config, stored_path: pathlib.Path) -> None:
     """Refuse (one line naming the differing keys) to resume a run stored with another config."""
     old, new = flatten(stored), flatten(config.to_dict())
-    differing = sorted(k for k in set(old) | set(new)
-                       if old.get(k) != new.get(k) and not any(k == r or (r.endswith(".") and k.startswith(r))
-                                                               for r in RESUMABLE))
+    differing = sorted(k for k in set(old) | set(new) if _differs(k, old, new))
     if differing:
         shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differing[:6])
         more = f" and {len(differing) - 6} more" if len(differing) > 6 else ""

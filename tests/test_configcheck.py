@@ -1,0 +1,48 @@
+"""Resuming a work directory: which stored configs a new config may continue (jaxcryo.configcheck)."""
+
+import pathlib
+
+import pytest
+
+from experiments import common, particles, quickstart
+from jaxcryo import configcheck
+from jaxcryo.io.table import InputError
+
+STORED = pathlib.Path("WORKDIR/config.json")
+
+
+def _without(config, keys) -> dict:
+    """A config.json as a run stored before ``keys`` existed."""
+    stored = config.to_dict()
+    for key in keys:
+        section, name = key.split(".")
+        stored[section].pop(name)
+    return stored
+
+
+def test_the_added_options_default_to_what_older_runs_did():
+    """Each option's default must still be the value that reproduces runs stored before it existed."""
+    config = configcheck.flatten(common.base_config().to_dict())
+    config.update(configcheck.flatten({"simulate": common.simulate_config().to_dict()}))
+    assert {key: config[key] for key in configcheck.ADDED_OPTIONS} == configcheck.ADDED_OPTIONS
+
+
+def test_a_run_stored_before_an_option_resumes_at_its_neutral_value():
+    config = quickstart.get_config()
+    stored = _without(config, ["data.origins_as_shifts", "model.amortized_shifts", "model.volume_mask"])
+    configcheck.check_resumable(stored, config, STORED)  # no error: those values do what the old run did
+
+
+def test_a_run_stored_before_an_option_is_refused_when_the_option_changes_the_run():
+    config = particles.get_config()  # research_mates=True: not what a run stored without the key did
+    stored = _without(config, ["train.research_mates"])
+    with pytest.raises(InputError, match=r"WORKDIR/config.json: .*another config \(train.research_mates "
+                                         r"\(None -> True\)\)"):
+        configcheck.check_resumable(stored, config, STORED)
+
+
+def test_an_unknown_key_missing_from_the_stored_run_is_a_difference():
+    config = quickstart.get_config()
+    stored = _without(config, ["model.n_heads"])
+    with pytest.raises(InputError, match=r"model.n_heads \(None -> 7\)"):
+        configcheck.check_resumable(stored, config, STORED)
