@@ -13,7 +13,6 @@ import numpy as np
 from jaxcryo import distributed, evaluate, geometry, inversion, models, runio
 from jaxcryo.dataset import AMORTIZED
 from jaxcryo.io.loader import half_set_labels
-from jaxcryo.research import autodecoding_epochs_limit
 from jaxcryo.stages import AUTODECODING, radius_at
 
 SWITCH_SAMPLE = 5_000  # images whose pose change the automatic switch follows (a median: 5,000 pin it to ~0.1 deg)
@@ -21,27 +20,6 @@ SWITCH_SAMPLE = 5_000  # images whose pose change the automatic switch follows (
 
 class RunOutputs:
     """What a run writes, from its state."""
-
-    def log_plan(self, epochs: dict) -> None:
-        src, coarse = self.data.source, self.data.coarse
-        logging.info("plan: %d particles, box %d px at %.3f A/px (amortized stage at %d px, %.2f A/px); amortized %d "
-                     "epochs (%d steps), auto-decoding %d epochs (%d steps) of %d images; the expected wall time is logged "
-                     "after each stage's first %d steps", self.n, src.image_size, src.pixel_size_angstrom, coarse.image_size,
-                     coarse.pixel_size_angstrom, epochs[AMORTIZED], epochs[AMORTIZED] * self.steps_per_epoch,
-                     epochs[AUTODECODING], epochs[AUTODECODING] * self.steps_per_epoch, self.config.train.batch_size,
-                     2 * self.config.train.log_every)
-        limit = autodecoding_epochs_limit(self.config.train, epochs[AUTODECODING]) if self.research is not None else 0
-        if epochs[AUTODECODING] and limit > epochs[AUTODECODING]:
-            logging.info("plan: auto-decoding goes on past its %d epochs, up to %d, while each re-search still moves "
-                         ">= %.0f %% of the images", epochs[AUTODECODING], limit,
-                         100 * float(self.config.train.get("research_repeat_fraction", 0.0)))
-
-    def log_expected_time(self, stage: str, seconds_per_step: float) -> None:
-        """Early in a stage: its training steps' expected duration at the rate just measured (compilation
-        excluded). The passes over the stack between epochs (poses, maps, re-search) come on top."""
-        total = self.planned_epochs[stage] * self.steps_per_epoch
-        logging.info("%s stage: %d steps at %.3f s/step = about %.1f min of training steps (the passes over the "
-                     "stack between epochs come on top)", stage, total, seconds_per_step, total * seconds_per_step / 60)
 
     def current_poses(self, stage: str, state) -> tuple[np.ndarray, np.ndarray]:
         """Rotations (N, 3, 3) and shifts (N, 2) in pixels of the full box, in table order."""

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcryo import distributed, evaluate, fourier, inversion, models, pseudosym, runio, steps
-from jaxcryo.dataset import AMORTIZED, device_batch, read_batch
+from jaxcryo.dataset import AMORTIZED, read_batch
 from jaxcryo.io import InputError, read_particles
-from jaxcryo.io.loader import half_set_labels, iterate_batches, padded_chunks
+from jaxcryo.io.loader import half_set_labels, padded_chunks
 from jaxcryo.research import mate_poses, mates_due, research_due, research_poses
 
 AUTODECODING = "autodecoding"
@@ -104,53 +104,6 @@ class AmortizedStage:
                  "step": jnp.full((), start * 1_000_000, jnp.int32)}
         return distributed.put_replicated(state, self.replicated)
 
-    def amortized_starts(self, n_starts: int, epochs: int) -> dict:
-        """Several starts chosen by likelihood (``train.amortized_starts``): each start trains ``epochs``
-        amortized epochs from its own initialisation and search draws; the one whose map explains a
-        fixed sample of images best (lowest mean loss at each image's best pose: heads or search, as at
-        the switch) is kept. Whether the amortized stage leaves its first plateau depends on the random
-        draws; the likelihood tells which start did."""
-        tc, source = self.config.train, self.data.coarse
-        rows = np.sort(np.random.default_rng([self.config.seed, 5]).permutation(self.n)[:1024])
-        best, best_score = None, np.inf
-        for start in range(n_starts):
-            state = self.init_amortized(start)
-            for epoch in range(epochs):
-                for step, batch in iterate_batches(source, tc.batch_size, self.config.seed + 7919 * start, epoch,
-                                                   max_steps=self.steps_per_epoch):
-                    radius = radius_at(self.config, AMORTIZED, epoch + step / self.steps_per_epoch)
-                    state, _ = self.amortized_step(state, device_batch(batch, self.data.table, self.batch_sharding,
-                                                                       self.pre_shift_angstrom), radius)
-            score, rotations = self.sample_inference(state, rows, radius_at(self.config, AMORTIZED, epochs))
-            logging.info("amortized start %d/%d: mean loss %.5f on %d images after %d epochs%s", start + 1, n_starts,
-                         score, len(rows), epochs, self.sample_pose_error(rotations, rows))
-            if score < best_score:
-                best, best_score, chosen = state, score, start
-        logging.info("amortized stage continues from start %d (the most likely)", chosen + 1)
-        return best
-
-    def sample_pose_error(self, rotations: np.ndarray, rows: np.ndarray) -> str:
-        """With known true poses (simulated data, for development only): the sample's median pose error."""
-        if not self.data.ground_truth_poses:
-            return ""
-        truth = read_particles(self.data.ground_truth_poses)
-        true_rot = truth.rotations(rows)
-        err = evaluate.align_poses(rotations, true_rot)["rotation_error_deg"]
-        return f" (median pose error {np.median(err):.1f} deg against the ground truth)"
-
-    def sample_inference(self, state, rows: np.ndarray, radius: float) -> tuple[float, np.ndarray]:
-        """Mean loss of ``rows``' images at their best pose (encoder heads or a fixed search), and those
-        poses (len(rows), 3, 3)."""
-        total, key = 0.0, jax.random.key(self.config.seed + 13)
-        rotations = np.zeros((len(rows), 3, 3), np.float32)
-        for start, idx, padded in padded_chunks(rows, self.inference_batch):
-            batch = read_batch(self.data.coarse, padded, self.batch_sharding, self.pre_shift_angstrom)
-            out = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius,
-                                         jax.random.fold_in(key, start))
-            rotations[start:start + len(idx)] = distributed.to_host(out[0])[: len(idx)]
-            total += float(np.sum(distributed.to_host(out[-1])[: len(idx)]))
-        return total / len(rows), rotations
-
     def upsample_volume(self, vol_params) -> dict:
         """Carry the amortized stage's volume to the full box: zero-pad its Hartley transform.
 
@@ -208,6 +161,22 @@ class AmortizedStage:
         if self.pre_shift_angstrom is not None:  # the stage saw the images re-centred by these
             shifts += (self.pre_shift_angstrom[rows] / self.data.source.pixel_size_angstrom).astype(np.float32)
         return (rots, shifts, winners) if heads is None else (rots, shifts, winners, heads)
+
+    def switch(self, state, progress: dict) -> tuple[dict, dict]:
+        """The stage switch: every image's pose from the encoder (best of ``train.switch_search_passes``
+        searches), the volume carried to the full box; every head's pose for a sample of images is kept
+        for the per-head figures (amortized_heads.npz). Returns auto-decoding's state and progress."""
+        config = self.config
+        sample = np.sort(np.random.default_rng(config.seed).permutation(self.n)[:20_000])
+        rots, shifts, winners, heads = self.encoder_rotations(state, radius_at(config, AMORTIZED, 1e9), sample,
+                                                              config.train.switch_search_passes)
+        if distributed.is_writer():
+            np.savez_compressed(self.workdir / "amortized_heads.npz", rows=sample, heads=heads,
+                                winners=winners[sample], chosen=rots[sample])
+        state = self.init_autodecoding(self.upsample_volume(state["vol_params"]), rots, shifts)
+        if self.inverted_volume:
+            state = self.inverted(state)
+        return state, dict(progress, stage=AUTODECODING, epoch=0, step=0, amortized_epochs=progress["epoch"])
 
     def should_switch(self, epochs_done: int) -> bool:
         """train.switch='auto': leave auto-encoding once the images' poses stop moving (fewer than

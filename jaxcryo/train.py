@@ -15,8 +15,9 @@ stage sees the images re-centred by them (``steps._targets``). ``model.amortized
 amortized stage estimates no shifts and auto-decoding finds them.
 
 Layout: ``Run`` holds the data, the mesh, the jitted steps and the stage loop; one epoch and the
-divergence guard are in ``jaxcryo.epochloop``, each stage's own pieces in ``jaxcryo.stages`` and the
-outputs in ``jaxcryo.outputs`` (mixins of ``Run``).
+divergence guard are in ``jaxcryo.epochloop``, each stage's own pieces (the switch among them) in
+``jaxcryo.stages``, several amortized starts in ``jaxcryo.starts``, the plan lines in ``jaxcryo.plan``
+and the outputs in ``jaxcryo.outputs`` (mixins of ``Run``).
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ from jaxcryo.io import InputError
 from jaxcryo.io.loader import steps_per_epoch
 from jaxcryo.epochloop import EpochLoop
 from jaxcryo.outputs import RunOutputs
+from jaxcryo.plan import RunPlan
 from jaxcryo.research import another_autodecoding_epoch, make_mate_test, make_research
 from jaxcryo.search import SearchSettings
-from jaxcryo.stages import AUTODECODING, AmortizedStage, AutodecodingStage, radius_at, stage_epochs
+from jaxcryo.stages import AUTODECODING, AmortizedStage, AutodecodingStage, stage_epochs
+from jaxcryo.starts import AmortizedStarts
 
 
-class Run(EpochLoop, AmortizedStage, AutodecodingStage, RunOutputs):
+class Run(EpochLoop, AmortizedStage, AmortizedStarts, AutodecodingStage, RunOutputs, RunPlan):
     """Holds the pieces of one reconstruction; ``run()`` executes or resumes it."""
 
     def __init__(self, config, workdir: pathlib.Path, devices=None):
@@ -145,17 +148,7 @@ class Run(EpochLoop, AmortizedStage, AutodecodingStage, RunOutputs):
                     if stage == AMORTIZED and self.should_switch(progress["epoch"]):
                         break
                 if stage == AMORTIZED:
-                    # every head's pose for a sample of images, kept for the per-head figures
-                    sample = np.sort(np.random.default_rng(config.seed).permutation(self.n)[:20_000])
-                    rots, shifts, winners, heads = self.encoder_rotations(state, radius_at(config, AMORTIZED, 1e9), sample,
-                                                                          tc.switch_search_passes)
-                    if distributed.is_writer():
-                        np.savez_compressed(self.workdir / "amortized_heads.npz", rows=sample, heads=heads,
-                                            winners=winners[sample], chosen=rots[sample])
-                    state = self.init_autodecoding(self.upsample_volume(state["vol_params"]), rots, shifts)
-                    if self.inverted_volume:
-                        state = self.inverted(state)
-                    progress = dict(progress, stage=AUTODECODING, epoch=0, step=0, amortized_epochs=progress["epoch"])
+                    state, progress = self.switch(state, progress)
                     self.save(state, progress, "the stage switch")
             return self.finish(state, progress)
         finally:

@@ -1,0 +1,69 @@
+"""Several amortized starts chosen by likelihood (``train.amortized_starts``, beyond the paper), mixed
+into ``jaxcryo.train.Run``: whether the amortized stage leaves its first plateau depends on the random
+draws, and how well each start's map explains a fixed sample of images tells which start did."""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import numpy as np
+
+from jaxcryo import distributed, evaluate
+from jaxcryo.dataset import AMORTIZED, device_batch, read_batch
+from jaxcryo.io import read_particles
+from jaxcryo.io.loader import iterate_batches, padded_chunks
+from jaxcryo.stages import radius_at
+
+SAMPLE = 1024  # images scoring each start
+
+
+class AmortizedStarts:
+    """The starts, their score on the sample, and (simulated data only) the sample's pose error."""
+
+    def amortized_starts(self, n_starts: int, epochs: int) -> dict:
+        """Several starts chosen by likelihood (``train.amortized_starts``): each start trains ``epochs``
+        amortized epochs from its own initialisation and search draws; the one whose map explains a
+        fixed sample of images best (lowest mean loss at each image's best pose: heads or search, as at
+        the switch) is kept. Whether the amortized stage leaves its first plateau depends on the random
+        draws; the likelihood tells which start did."""
+        tc, source = self.config.train, self.data.coarse
+        rows = np.sort(np.random.default_rng([self.config.seed, 5]).permutation(self.n)[:SAMPLE])
+        best, best_score = None, np.inf
+        for start in range(n_starts):
+            state = self.init_amortized(start)
+            for epoch in range(epochs):
+                for step, batch in iterate_batches(source, tc.batch_size, self.config.seed + 7919 * start, epoch,
+                                                   max_steps=self.steps_per_epoch):
+                    radius = radius_at(self.config, AMORTIZED, epoch + step / self.steps_per_epoch)
+                    state, _ = self.amortized_step(state, device_batch(batch, self.data.table, self.batch_sharding,
+                                                                       self.pre_shift_angstrom), radius)
+            score, rotations = self.sample_inference(state, rows, radius_at(self.config, AMORTIZED, epochs))
+            logging.info("amortized start %d/%d: mean loss %.5f on %d images after %d epochs%s", start + 1, n_starts,
+                         score, len(rows), epochs, self.sample_pose_error(rotations, rows))
+            if score < best_score:
+                best, best_score, chosen = state, score, start
+        logging.info("amortized stage continues from start %d (the most likely)", chosen + 1)
+        return best
+
+    def sample_pose_error(self, rotations: np.ndarray, rows: np.ndarray) -> str:
+        """With known true poses (simulated data, for development only): the sample's median pose error."""
+        if not self.data.ground_truth_poses:
+            return ""
+        truth = read_particles(self.data.ground_truth_poses)
+        true_rot = truth.rotations(rows)
+        err = evaluate.align_poses(rotations, true_rot)["rotation_error_deg"]
+        return f" (median pose error {np.median(err):.1f} deg against the ground truth)"
+
+    def sample_inference(self, state, rows: np.ndarray, radius: float) -> tuple[float, np.ndarray]:
+        """Mean loss of ``rows``' images at their best pose (encoder heads or a fixed search), and those
+        poses (len(rows), 3, 3)."""
+        total, key = 0.0, jax.random.key(self.config.seed + 13)
+        rotations = np.zeros((len(rows), 3, 3), np.float32)
+        for start, idx, padded in padded_chunks(rows, self.inference_batch):
+            batch = read_batch(self.data.coarse, padded, self.batch_sharding, self.pre_shift_angstrom)
+            out = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius,
+                                         jax.random.fold_in(key, start))
+            rotations[start:start + len(idx)] = distributed.to_host(out[0])[: len(idx)]
+            total += float(np.sum(distributed.to_host(out[-1])[: len(idx)]))
+        return total / len(rows), rotations
