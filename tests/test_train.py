@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from experiments import quickstart
-from jaxcryo import geometry, inversion, stages, train
+from jaxcryo import geometry, inversion, stages, starts, train
 from jaxcryo.io import InputError, read_particles
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -388,7 +388,7 @@ def test_amortized_starts_continue_from_the_most_likely(tmp_path, monkeypatch):
         scores.append(int(state["step"]))
         return -float(state["step"]), np.tile(np.eye(3, dtype=np.float32), (len(rows), 1, 1))
 
-    monkeypatch.setattr(stages.AmortizedStage, "sample_inference", fake_score)
+    monkeypatch.setattr(starts.AmortizedStarts, "sample_inference", fake_score)
     run = train.Run(config, tmp_path)
     state = run.amortized_starts(2, 1)
     steps = 96 // 16
