@@ -21,6 +21,12 @@ import numpy as np
 from jaxcryo import fourier
 
 LOWPASS_ANGSTROM = 20.0  # shape and contrast estimates look at low resolution, where the CTF spreads little
+# The diameter is where the stack's variance profile falls to this fraction of its peak: the particle's
+# full extent, not its core. A rod's ends lie at the largest radius only in its side views, so its
+# profile has a long faint tail; at 10 % the estimate was half an elongated particle's length (the
+# volume mask then cut its ends off and the run failed). At 3 % every member of the phantom family,
+# develop and held back, fits inside 1.2 x the estimate (README, "Your own particles").
+EXTENT_FRACTION = 0.03
 
 
 def n_radii(size: int) -> int:
@@ -107,8 +113,8 @@ def _lowpass(images: np.ndarray, pixel_size_angstrom: float, phase_flip: np.ndar
 def estimate_diameter_px(images: np.ndarray, pixel_size_angstrom: float) -> float:
     """The particle's diameter in pixels from (B, L, L) centred particle images: where the radial
     profile of the low-passed images' variance across the stack falls to the noise floor (measured in
-    the box's corners) plus 10 % of its peak above it. Sign-free, so the CTF's phase flips do not
-    matter; its delocalisation at 20 A widens the estimate by a few nm, which errs on the safe side."""
+    the box's corners) plus ``EXTENT_FRACTION`` of its peak above it. Sign-free, so the CTF's phase flips
+    do not matter; its delocalisation at 20 A widens the estimate by a few nm, which errs on the safe side."""
     size = images.shape[-1]
     low = _lowpass(images - images.mean(axis=(1, 2), keepdims=True), pixel_size_angstrom)
     var = low.var(axis=0)
@@ -116,7 +122,7 @@ def estimate_diameter_px(images: np.ndarray, pixel_size_angstrom: float) -> floa
     profile = np.array([var[(r >= i - 0.5) & (r < i + 0.5)].mean() for i in range(size // 2 + 1)])
     floor = np.median(var[r > 0.5 * size])
     above = profile - floor
-    level = 0.1 * above.max()
+    level = EXTENT_FRACTION * above.max()
     outside = np.nonzero(above < level)[0]
     radius = outside[0] if len(outside) else size // 2
     return float(np.clip(2.0 * radius, 0.25 * size, 0.9 * size))
