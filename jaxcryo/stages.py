@@ -104,6 +104,10 @@ class AmortizedStage:
                  "step": jnp.full((), start * 1_000_000, jnp.int32)}
         return distributed.put_replicated(state, self.replicated)
 
+    def read_amortized(self, rows: np.ndarray) -> dict:
+        """The amortized stage's batch of ``rows`` (its box; re-centred by the origins when they are known)."""
+        return read_batch(self.data.coarse, rows, self.batch_sharding, self.pre_shift_angstrom)
+
     def upsample_volume(self, vol_params) -> dict:
         """Carry the amortized stage's volume to the full box: zero-pad its Hartley transform.
 
@@ -145,7 +149,7 @@ class AmortizedStage:
         key = jax.random.key(self.config.seed + 7)
         passes = passes if self.config.model.search_candidates else 1  # without a search every pass is the same
         for start, idx, padded in padded_chunks(rows, bs):
-            batch = read_batch(self.data.coarse, padded, self.batch_sharding, self.pre_shift_angstrom)
+            batch = self.read_amortized(padded)
             best_loss = np.full(len(idx), np.inf)
             for p in range(passes):  # pass 0 uses the key of a single pass: passes=1 is unchanged
                 pass_key = jax.random.fold_in(key, start if p == 0 else self.n * p + start)

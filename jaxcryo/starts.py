@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from jaxcryo import distributed, evaluate
-from jaxcryo.dataset import AMORTIZED, device_batch, read_batch
+from jaxcryo.dataset import AMORTIZED, device_batch
 from jaxcryo.io import read_particles
 from jaxcryo.io.loader import iterate_batches, padded_chunks
 from jaxcryo.stages import radius_at
@@ -61,7 +61,7 @@ class AmortizedStarts:
         total, key = 0.0, jax.random.key(self.config.seed + 13)
         rotations = np.zeros((len(rows), 3, 3), np.float32)
         for start, idx, padded in padded_chunks(rows, self.inference_batch):
-            batch = read_batch(self.data.coarse, padded, self.batch_sharding, self.pre_shift_angstrom)
+            batch = self.read_amortized(padded)
             out = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius,
                                          jax.random.fold_in(key, start))
             rotations[start:start + len(idx)] = distributed.to_host(out[0])[: len(idx)]
