@@ -62,7 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.width = 1.0  # channel multiplier of the VGG backbone (1.0 = the paper)
     config.model.volume_init_scale = 0.0  # mantissa ~ N(0, s^2) at start (0 = empty volume)
     config.model.fully_amortized = False  # keep the encoder to the end (the paper's baseline)
-    # a soft spherical mask (the particle's diameter x MASK_MARGIN, jaxcryo.stages) on the volume after each
+    # a soft spherical mask (the particle's diameter x MASK_MARGIN, jaxcryo.volumes) on the volume after each
     # amortized epoch and on every auto-decoding inversion, as RELION and cryoSPARC mask each iteration
     config.model.volume_mask = False
     # Beyond the paper, for small compute budgets: this many random poses per step compete with the
@@ -140,6 +140,10 @@ def base_config() -> ml_collections.ConfigDict:
     # (jaxcryo.pseudosym): the modes of a pseudo-symmetric particle lie too far apart for local
     # refinement and too alike at low frequency for the global search
     config.train.research_mates = False
+    # the re-search and the mate test judge each image with the map of the half set it is not in: a map
+    # made from every image holds each image's own noise at its current pose, which then out-scores any
+    # other pose by that noise (RELION's gold-standard halves; jaxcryo.research.HalfMaps)
+    config.train.research_half_maps = False
     # the re-search's batch: its global rotations' slices are shared by the batch (a performance knob)
     config.train.research_batch_size = 1024
     # > epochs_autodecoding: auto-decoding goes on past its planned epochs, up to this many, while each

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxcryo import distributed
-from jaxcryo.dataset import AMORTIZED, device_batch
+from jaxcryo.dataset import AMORTIZED
 from jaxcryo.io.loader import iterate_batches
 from jaxcryo.stages import pose_lr_scale, radius_at
 
@@ -34,8 +34,7 @@ class EpochLoop:
                                            blocks=1 if stage == AMORTIZED else self.blocks, max_steps=self.steps_per_epoch):
             radius = radius_at(config, stage, epoch + step / self.steps_per_epoch)
             extra = () if stage == AMORTIZED else (pose_lr_scale(tc, (epoch + step / self.steps_per_epoch) / n_epochs),)
-            pre = self.pre_shift_angstrom if stage == AMORTIZED else None  # auto-decoding's shifts are in its tables
-            state, out = step_fn(state, device_batch(batch, self.data.table, self.batch_sharding, pre), radius, *extra)
+            state, out = step_fn(state, self.training_batch(batch, stage), radius, *extra)
             images_seen += tc.batch_size
             bar.update(1)
             if epoch == 0 and start_step == 0 and step + 1 in (tc.log_every, 2 * tc.log_every):

@@ -92,38 +92,52 @@ def _shell_index(size: int, box: int) -> np.ndarray:
     return np.round(np.asarray(fourier.radial_index_grid(size, 3)) * box / size).astype(int)
 
 
-def wiener_maps(numerators: np.ndarray, weights: np.ndarray, box: int) -> dict:
+def _wiener(numerator: np.ndarray, weight: np.ndarray, ssnr: np.ndarray, floor: float, box: int) -> np.ndarray:
+    """numerator / (weight + 1 / (SSNR x <1 / weight>_shell)) on the (P,)^3 grid -> (box,)^3 real space."""
+    size = numerator.shape[-1]
+    shell_all = _shell_index(size, box)
+    shell = np.minimum(shell_all, len(ssnr) - 1)
+    hit = weight > floor
+    inv_w = np.bincount(shell[hit], 1.0 / weight[hit], minlength=len(ssnr)) / np.maximum(
+        np.bincount(shell[hit], minlength=len(ssnr)), 1)
+    reg = 1.0 / (ssnr * np.maximum(inv_w, 1e-30))
+    h = np.where(hit, numerator / (weight + reg[shell]), 0.0)
+    h[shell_all > box // 2] = 0.0  # corners beyond Nyquist carry no image data
+    return _to_real(h, box)
+
+
+def _ssnr(fsc: np.ndarray) -> np.ndarray:
+    fsc = np.clip(fsc, 1e-4, 0.9999)
+    return fsc / (1 - fsc)
+
+
+def wiener_maps(numerators: np.ndarray, weights: np.ndarray, box: int, filtered_halves: bool = False) -> dict:
     """Half maps, the FSC between them, and the Wiener-filtered full map, all (box,)^3 real space.
 
     Returns {"map", "half1", "half2", "fsc_half" and "fsc_half_masked" (box//2 + 1,) (the latter inside
-    ``evaluate.soft_sphere_mask``), "ssnr" (box//2 + 1,)}.
+    ``evaluate.soft_sphere_mask``), "ssnr" (box//2 + 1,)}; with ``filtered_halves`` also
+    "half1_filtered" and "half2_filtered": each half set's own Wiener-filtered map (its SSNR is the
+    half-set FSC's), a map that has not seen the other half's images.
     """
-    size = numerators.shape[-1]
     floor = 1e-3 * float(np.mean(weights[weights > 0])) if np.any(weights > 0) else 1.0
     halves = [_to_real(n / (w + floor), box) for n, w in zip(numerators, weights)]
     fsc_half = evaluate.fsc(*halves)
     mask = evaluate.soft_sphere_mask(box)
     fsc_half_masked = evaluate.fsc(halves[0] * mask, halves[1] * mask)
-    fsc_full = np.clip(2 * fsc_half / (1 + np.maximum(fsc_half, 0)), 1e-4, 0.9999)
-    ssnr = fsc_full / (1 - fsc_full)
-    num, w = numerators.sum(0), weights.sum(0)
-    shell = np.minimum(_shell_index(size, box), len(ssnr) - 1)
-    hit = w > floor
-    inv_w = np.bincount(shell[hit], 1.0 / w[hit], minlength=len(ssnr)) / np.maximum(
-        np.bincount(shell[hit], minlength=len(ssnr)), 1)
-    reg = 1.0 / (ssnr * np.maximum(inv_w, 1e-30))
-    full = np.where(hit, num / (w + reg[shell]), 0.0)
-    beyond = _shell_index(size, box) > box // 2  # corners beyond Nyquist carry no image data
-    full[beyond] = 0.0
-    return {"map": _to_real(full, box), "half1": halves[0], "half2": halves[1], "fsc_half": fsc_half,
-            "fsc_half_masked": fsc_half_masked, "ssnr": ssnr}
+    ssnr = _ssnr(2 * fsc_half / (1 + np.maximum(fsc_half, 0)))
+    out = {"map": _wiener(numerators.sum(0), weights.sum(0), ssnr, floor, box), "half1": halves[0],
+           "half2": halves[1], "fsc_half": fsc_half, "fsc_half_masked": fsc_half_masked, "ssnr": ssnr}
+    if filtered_halves:
+        for i in range(2):
+            out[f"half{i + 1}_filtered"] = _wiener(numerators[i], weights[i], _ssnr(fsc_half), floor, box)
+    return out
 
 
 def reconstruct(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.ndarray,
-                batch_size: int = 64, contrast: np.ndarray | None = None) -> dict:
+                batch_size: int = 64, contrast: np.ndarray | None = None, filtered_halves: bool = False) -> dict:
     """Direct inversion of ``source``'s images at the given poses; see ``wiener_maps`` for the result."""
     num, w = accumulate(source, rotations, shifts_px, labels, batch_size, contrast)
-    return wiener_maps(num, w, source.image_size)
+    return wiener_maps(num, w, source.image_size, filtered_halves)
 
 
 def reconstruct_from_star(particles, poses, seed: int = 0) -> dict:

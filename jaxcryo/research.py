@@ -13,6 +13,8 @@ closely enough and ranks at too low a frequency to tell apart.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +25,24 @@ from jaxcryo.io.loader import padded_chunks
 from jaxcryo.search import SearchSettings
 
 RESET_ON_MOVE = ("pose_m", "pose_v", "shift_m", "shift_v", "pose_count")
+
+
+@dataclasses.dataclass(frozen=True)
+class HalfMaps:
+    """The two half sets' own maps, for judging a particle without its own noise: (N,) half-set labels
+    in {1, 2} and each half's volume parameters (``train.research_half_maps``).
+
+    A map made from all the images holds each image's own noise at the image's current pose, so that
+    pose out-scores any other (a mate, a searched pose) by the noise it put there; the map of the other
+    half set does not (RELION's gold-standard refinement keeps the halves apart for this reason)."""
+
+    labels: np.ndarray
+    half1: dict
+    half2: dict
+
+    def groups(self) -> list[tuple[np.ndarray, dict]]:
+        """[(rows of half 1, half 2's map), (rows of half 2, half 1's map)]."""
+        return [(np.nonzero(self.labels == 1)[0], self.half2), (np.nonzero(self.labels == 2)[0], self.half1)]
 
 
 def research_due(train_config, epochs_done: int, n_epochs: int, progress: dict) -> bool:
@@ -100,11 +120,12 @@ def mates_due(train_config, research_moved: float, progress: dict) -> bool:
 
 
 def mate_poses(mate_test, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
-               refine_shifts: bool) -> tuple[dict, float, dict]:
+               refine_shifts: bool, halves: HalfMaps | None = None) -> tuple[dict, float, dict]:
     """Every image's pose against its mates under the current map's pseudo-symmetry
-    (``jaxcryo.pseudosym``): an image takes its best mate when that is more likely. Returns the tables,
-    the fraction moved and the symmetry found. Without refined shifts the mates keep the image's shift
-    (the tables could not hold another), so their centre correction is left out."""
+    (``jaxcryo.pseudosym``, found on ``vol_params``): an image takes its best mate when that is more
+    likely (under the other half's map with ``halves``). Returns the tables, the fraction moved and the
+    symmetry found. Without refined shifts the mates keep the image's shift (the tables could not hold
+    another), so their centre correction is left out."""
     sym = pseudosym.pseudo_symmetry(models.volume_hartley(vol_params), source.pixel_size_angstrom)
     operators = jnp.asarray(sym["operators"], jnp.float32)
     centre = jnp.asarray(sym["centre_px"] if refine_shifts else np.zeros(3), jnp.float32)
@@ -112,32 +133,36 @@ def mate_poses(mate_test, vol_params, tables: dict, source, batch_size: int, sha
     def search(vol, batch, radius, key, rots, shifts):
         return mate_test(vol, batch, radius, key, rots, shifts, operators, centre)
 
-    tables, moved = research_poses(search, vol_params, tables, source, batch_size, sharding, radius, key, refine_shifts)
+    tables, moved = research_poses(search, vol_params, tables, source, batch_size, sharding, radius, key, refine_shifts,
+                                   halves=halves)
     return tables, moved, sym
 
 
 def research_poses(pose_search, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
-                   refine_shifts: bool, min_move_deg: float = 5.0) -> tuple[dict, float]:
+                   refine_shifts: bool, min_move_deg: float = 5.0, halves: HalfMaps | None = None) -> tuple[dict, float]:
     """Returns the pose tables (host arrays of N rows, ``steps.POSE_TABLES``) with moved images updated
     and the fraction of images moved.
 
     ``pose_search``: ``steps.make_pose_search``'s function (or anything with its arguments and outputs,
-    as ``mate_poses`` makes); ``source``: the full-box ImageSource.
+    as ``mate_poses`` makes); ``source``: the full-box ImageSource. With ``halves`` each image is
+    searched and judged with the map of the half set it is not in, else with ``vol_params``.
     """
     n = len(source.table)
     rots, shifts = tables["rotations"].copy(), tables["shifts"].copy()
     moved = np.zeros(n, bool)
-    for start, idx, padded in padded_chunks(np.arange(n), batch_size):
-        batch = read_batch(source, padded, sharding)
-        rows = distributed.put_rows((rots[padded], shifts[padded]), sharding)
-        found, found_shift, found_loss, current = (distributed.to_host(x)[: len(idx)] for x in pose_search(
-            vol_params, batch, radius, jax.random.fold_in(key, start), *rows))
-        far = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(found), jnp.asarray(rots[idx]))) > min_move_deg
-        better = (found_loss < current) & far
-        rots[idx[better]] = found[better]
-        if refine_shifts:
-            shifts[idx[better]] = found_shift[better]
-        moved[idx[better]] = True
+    groups = [(np.arange(n), vol_params)] if halves is None else halves.groups()
+    for g, (group_rows, vol) in enumerate(groups):
+        for start, idx, padded in padded_chunks(group_rows, batch_size):
+            batch = read_batch(source, padded, sharding)
+            rows = distributed.put_rows((rots[padded], shifts[padded]), sharding)
+            found, found_shift, found_loss, current = (distributed.to_host(x)[: len(idx)] for x in pose_search(
+                vol, batch, radius, jax.random.fold_in(key, g * n + start), *rows))
+            far = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(found), jnp.asarray(rots[idx]))) > min_move_deg
+            better = (found_loss < current) & far
+            rots[idx[better]] = found[better]
+            if refine_shifts:
+                shifts[idx[better]] = found_shift[better]
+            moved[idx[better]] = True
     new = dict(tables, rotations=rots, shifts=shifts)
     for name in RESET_ON_MOVE:
         new[name] = tables[name].copy()

@@ -1,6 +1,7 @@
 """The two stages' own pieces, mixed into ``jaxcryo.train.Run`` (which holds the data, the mesh, the
 jitted steps and the config): how each stage's state is made, how the encoder's poses are read out
-at the switch, when to switch, and (beyond the paper) the auto-decoding volume by direct inversion.
+at the switch, when to switch, and (beyond the paper) auto-decoding's global re-search between epochs
+(the volumes made by direct inversion are ``jaxcryo.volumes``'s).
 """
 
 from __future__ import annotations
@@ -11,15 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import distributed, evaluate, fourier, inversion, models, pseudosym, runio, steps
-from jaxcryo.dataset import AMORTIZED, read_batch
+from jaxcryo import distributed, fourier, models, pseudosym, steps
+from jaxcryo.dataset import AMORTIZED, device_batch, read_batch
 from jaxcryo.io import InputError, read_particles
-from jaxcryo.io.loader import half_set_labels, padded_chunks
+from jaxcryo.io.loader import padded_chunks
 from jaxcryo.research import mate_poses, mates_due, research_due, research_poses
 
 AUTODECODING = "autodecoding"
-MASK_MARGIN = 1.2  # the volume mask's diameter over the particle's (which the estimate already widens)
-MASK_EDGE_ANGSTROM = 12.0  # its cosine edge
 
 
 def radius_at(config, stage: str, epoch_progress: float) -> float:
@@ -107,6 +106,12 @@ class AmortizedStage:
     def read_amortized(self, rows: np.ndarray) -> dict:
         """The amortized stage's batch of ``rows`` (its box; re-centred by the origins when they are known)."""
         return read_batch(self.data.coarse, rows, self.batch_sharding, self.pre_shift_angstrom)
+
+    def training_batch(self, batch, stage: str) -> dict:
+        """A loader's batch on the devices for ``stage``'s step: the amortized stage's images re-centred by
+        the origins when they are known (auto-decoding's shifts are in its pose tables)."""
+        return device_batch(batch, self.data.table, self.batch_sharding,
+                            self.pre_shift_angstrom if stage == AMORTIZED else None)
 
     def upsample_volume(self, vol_params) -> dict:
         """Carry the amortized stage's volume to the full box: zero-pad its Hartley transform.
@@ -197,16 +202,6 @@ class AmortizedStage:
         return True
 
 
-def unit_mean(contrast: np.ndarray) -> np.ndarray:
-    """(N,) fitted contrasts scaled to mean 1 (float32).
-
-    Only the product of a particle's contrast and the map is determined; the Wiener filter shrinks the
-    map where the signal is weak, the contrasts fitted to it grow, and the next map shrinks further.
-    Fixing the contrasts' mean at 1 before each inversion stops that drift."""
-    contrast = np.asarray(contrast, np.float64)
-    return (contrast / contrast.mean()).astype(np.float32)
-
-
 class AutodecodingStage:
     """Per-image pose tables; known poses; the volume by direct inversion at the current poses."""
 
@@ -263,10 +258,11 @@ class AutodecodingStage:
         (``jaxcryo.research``), the volume by direct inversion at the current poses, or the volume mask."""
         config, epoch = self.config, progress["epoch"]
         if stage == AUTODECODING and self.research is not None and research_due(config.train, epoch, n_epochs, progress):
+            halves = self.half_maps(state) if config.train.get("research_half_maps", False) else None
             tables, moved = research_poses(self.research, state["vol_params"], self.host_tables(state), self.data.source,
                                            self.research_batch, self.batch_sharding, radius_at(config, stage, epoch),
                                            jax.random.fold_in(jax.random.key(config.seed + 11), epoch - 1),
-                                           self.estimate_shifts)
+                                           self.estimate_shifts, halves=halves)
             logging.info("auto-decoding epoch %d: %.1f %% of the images moved to a more likely pose found by search",
                          epoch, 100 * moved)
             if self.mate_test is not None and mates_due(config.train, moved, progress):
@@ -274,7 +270,7 @@ class AutodecodingStage:
                                                       self.research_batch, self.batch_sharding,
                                                       radius_at(config, stage, epoch),
                                                       jax.random.fold_in(jax.random.key(config.seed + 12), epoch - 1),
-                                                      self.estimate_shifts)
+                                                      self.estimate_shifts, halves=halves)
                 moved += mates_moved  # at most the share moved by either (a pose rarely moves twice)
                 progress = dict(progress, mates_moved=mates_moved)
                 logging.info("auto-decoding epoch %d: the map is closest to C%d symmetry (axis %s, self-correlation "
@@ -288,37 +284,3 @@ class AutodecodingStage:
         elif config.model.get("volume_mask", False):
             state = self.masked(state, self.data.source_for(stage))
         return state, progress
-
-    def inverted(self, state) -> dict:
-        """``train.autodecoding_volume='inversion'``: the state's volume replaced by the Wiener-filtered
-        direct inversion of the images at the state's poses (``jaxcryo.inversion``): the volume that
-        best explains the images at those poses, where a few gradient steps per epoch only approach it."""
-        tables = self.host_tables(state, ("rotations", "shifts", "contrast") if self.fits_contrast else ("rotations", "shifts"))
-        shifts = tables["shifts"] if self.uses_shifts else np.zeros((self.n, 2), np.float32)
-        contrast = unit_mean(tables["contrast"]) if self.fits_contrast else None
-        rec = inversion.reconstruct(self.data.source, tables["rotations"], shifts,
-                                    half_set_labels(self.data.table, self.config.seed), self.inference_batch, contrast)
-        volume = rec["map"] * self.volume_mask(self.data.source) if self.config.model.get("volume_mask", False) else rec["map"]
-        vol = models.params_from_hartley(models.hartley_from_map(volume), state["vol_params"]["exponent"])
-        if contrast is not None:  # the map is on the scale of these contrasts now: the table must say so
-            state = dict(state, **self.place_tables({"contrast": contrast}))
-        return dict(state, vol_params=distributed.put_replicated(vol, self.replicated))
-
-    def contrast_table(self, state) -> np.ndarray | None:
-        """The fitted per-particle contrasts (N,) at mean 1 (``unit_mean``), or None when none are fitted."""
-        return unit_mean(self.host_tables(state, ("contrast",))["contrast"]) if self.fits_contrast else None
-
-    def volume_mask(self, source) -> np.ndarray:
-        """(L, L, L) soft spherical mask at ``source``'s box and pixel size: the particle's diameter x
-        MASK_MARGIN, a cosine edge of MASK_EDGE_ANGSTROM (``model.volume_mask``)."""
-        box, pixel = source.image_size, source.pixel_size_angstrom
-        radius = min(0.5 * MASK_MARGIN * self.data.particle_diameter_angstrom / pixel / box, 0.5)
-        return evaluate.soft_sphere_mask(box, radius, max(MASK_EDGE_ANGSTROM / pixel / box, 1.0 / box))
-
-    def masked(self, state, source) -> dict:
-        """The state with its volume multiplied by ``volume_mask`` in real space (the amortized stage
-        and gradient auto-decoding, after each epoch)."""
-        real = runio.volume_to_real(models.volume_hartley(state["vol_params"]))
-        h = models.hartley_from_map(real * self.volume_mask(source))
-        vol = models.params_from_hartley(h, state["vol_params"]["exponent"])
-        return dict(state, vol_params=distributed.put_replicated(vol, self.replicated))

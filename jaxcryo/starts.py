@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from jaxcryo import distributed, evaluate
-from jaxcryo.dataset import AMORTIZED, device_batch
+from jaxcryo.dataset import AMORTIZED
 from jaxcryo.io import read_particles
 from jaxcryo.io.loader import iterate_batches, padded_chunks
 from jaxcryo.stages import radius_at
@@ -36,8 +36,7 @@ class AmortizedStarts:
                 for step, batch in iterate_batches(source, tc.batch_size, self.config.seed + 7919 * start, epoch,
                                                    max_steps=self.steps_per_epoch):
                     radius = radius_at(self.config, AMORTIZED, epoch + step / self.steps_per_epoch)
-                    state, _ = self.amortized_step(state, device_batch(batch, self.data.table, self.batch_sharding,
-                                                                       self.pre_shift_angstrom), radius)
+                    state, _ = self.amortized_step(state, self.training_batch(batch, AMORTIZED), radius)
             score, rotations = self.sample_inference(state, rows, radius_at(self.config, AMORTIZED, epochs))
             logging.info("amortized start %d/%d: mean loss %.5f on %d images after %d epochs%s", start + 1, n_starts,
                          score, len(rows), epochs, self.sample_pose_error(rotations, rows))

@@ -43,9 +43,10 @@ from jaxcryo.research import another_autodecoding_epoch, make_mate_test, make_re
 from jaxcryo.search import SearchSettings
 from jaxcryo.stages import AUTODECODING, AmortizedStage, AutodecodingStage, stage_epochs
 from jaxcryo.starts import AmortizedStarts
+from jaxcryo.volumes import RunVolumes
 
 
-class Run(EpochLoop, AmortizedStage, AmortizedStarts, AutodecodingStage, RunOutputs, RunPlan):
+class Run(EpochLoop, AmortizedStage, AmortizedStarts, AutodecodingStage, RunVolumes, RunOutputs, RunPlan):
     """Holds the pieces of one reconstruction; ``run()`` executes or resumes it."""
 
     def __init__(self, config, workdir: pathlib.Path, devices=None):

@@ -151,3 +151,55 @@ def test_cropped_global_stage_applies_shifts_in_the_crops_pixels():
     settings = search.SearchSettings(n_global=64, top_k=1, n_local=4, rounds=2, global_radius=0.5)
     rot, loss, shift = search.search_poses(vol_h, ctf, target, mask, jax.random.key(0), settings, shift_px=shifts)
     np.testing.assert_allclose(np.asarray(shift), np.asarray(shifts), atol=1e-5)
+
+
+def test_with_half_maps_each_image_is_searched_and_judged_with_the_other_halfs_map():
+    """``research_poses`` with ``HalfMaps``: the rows of half set 1 meet half 2's map and vice versa,
+    every row once (a stub search whose found pose wins only under the map tagged 1)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxcryo import steps
+    from jaxcryo.io.loader import Batch
+    from jaxcryo.io.table import CTF_FIELDS
+    from jaxcryo.research import HalfMaps, research_poses
+
+    n, size = 10, 8
+
+    class Table:
+        def __len__(self):
+            return n
+
+    table = Table()
+    for key in CTF_FIELDS:
+        setattr(table, key, np.zeros(n, np.float32))
+
+    class Source:
+        def __init__(self):
+            self.table, self.image_size, self.seen = table, size, []
+
+        def batch(self, rows):
+            self.seen.append(np.array(rows))
+            return Batch(np.asarray(rows), np.zeros((len(rows), size, size), np.float32))
+
+    def search(vol, batch, radius, key, rots, shifts):
+        half_turn = jnp.asarray(np.diag([-1.0, -1.0, 1.0]), jnp.float32)
+        ones = jnp.ones(rots.shape[0], jnp.float32)
+        return rots @ half_turn, shifts, vol["tag"] * ones, 1.5 * ones  # more likely only under map 1
+
+    labels = np.array([1, 2, 2, 1, 1, 2, 1, 2, 2, 1])
+    tables = steps.init_pose_tables(np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)), np.zeros((n, 2), np.float32))
+    mesh = steps.make_mesh(jax.devices()[:1])
+    sharding = jax.NamedSharding(mesh, jax.sharding.PartitionSpec(steps.AXIS))
+    source = Source()
+    new, moved = research_poses(search, {"tag": jnp.float32(0.0)}, tables, source, 4, sharding, 1.0, jax.random.key(0),
+                                False, halves=HalfMaps(labels, {"tag": jnp.float32(1.0)}, {"tag": jnp.float32(2.0)}))
+    went = np.abs(new["rotations"][:, 0, 0] + 1) < 1e-6  # the rows that took the half-turned pose
+    np.testing.assert_array_equal(went, labels == 2)
+    assert moved == np.mean(labels == 2)
+    seen = np.concatenate(source.seen)
+    assert set(seen.tolist()) == set(range(n))  # every row searched (the padded chunks repeat rows)
+    # without halves every row meets the one map (tag 0: every found pose wins)
+    new, moved = research_poses(search, {"tag": jnp.float32(0.0)}, tables, Source(), 4, sharding, 1.0,
+                                jax.random.key(0), False)
+    assert moved == 1.0
