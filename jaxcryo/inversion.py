@@ -128,8 +128,9 @@ def wiener_maps(numerators: np.ndarray, weights: np.ndarray, box: int, filtered_
     out = {"map": _wiener(numerators.sum(0), weights.sum(0), ssnr, floor, box), "half1": halves[0],
            "half2": halves[1], "fsc_half": fsc_half, "fsc_half_masked": fsc_half_masked, "ssnr": ssnr}
     if filtered_halves:
+        ssnr_half = _ssnr(fsc_half)
         for i in range(2):
-            out[f"half{i + 1}_filtered"] = _wiener(numerators[i], weights[i], _ssnr(fsc_half), floor, box)
+            out[f"half{i + 1}_filtered"] = _wiener(numerators[i], weights[i], ssnr_half, floor, box)
     return out
 
 

@@ -53,10 +53,11 @@ class RunVolumes:
                                     filtered_halves)
         return rec, contrast
 
-    def volume_params(self, volume: np.ndarray, state) -> dict:
-        """A real-space map as the state's volume parameters (masked when ``model.volume_mask`` is on), replicated."""
+    def volume_params(self, volume: np.ndarray, state, source=None) -> dict:
+        """A real-space map at ``source``'s box (default: the full box) as the state's volume parameters,
+        masked when ``model.volume_mask`` is on, replicated."""
         if self.config.model.get("volume_mask", False):
-            volume = volume * self.volume_mask(self.data.source)
+            volume = volume * self.volume_mask(source or self.data.source)
         vol = models.params_from_hartley(models.hartley_from_map(volume), state["vol_params"]["exponent"])
         return distributed.put_replicated(vol, self.replicated)
 
@@ -73,8 +74,6 @@ class RunVolumes:
 
     def masked(self, state, source) -> dict:
         """The state with its volume multiplied by ``volume_mask`` in real space (the amortized stage
-        and gradient auto-decoding, after each epoch)."""
+        and gradient auto-decoding, after each epoch; called only when ``model.volume_mask`` is on)."""
         real = runio.volume_to_real(models.volume_hartley(state["vol_params"]))
-        h = models.hartley_from_map(real * self.volume_mask(source))
-        vol = models.params_from_hartley(h, state["vol_params"]["exponent"])
-        return dict(state, vol_params=distributed.put_replicated(vol, self.replicated))
+        return dict(state, vol_params=self.volume_params(real, state, source))
