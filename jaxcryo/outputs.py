@@ -12,7 +12,6 @@ import numpy as np
 
 from jaxcryo import distributed, evaluate, geometry, inversion, models, runio
 from jaxcryo.dataset import AMORTIZED
-from jaxcryo.io.loader import half_set_labels
 from jaxcryo.stages import AUTODECODING, radius_at
 
 SWITCH_SAMPLE = 5_000  # images whose pose change the automatic switch follows (a median: 5,000 pin it to ~0.1 deg)
@@ -114,9 +113,8 @@ class RunOutputs:
         """Write reconstruction.mrc (direct inversion at the final poses and, when fitted, contrasts)
         and evaluate it."""
         source = self.data.source
-        labels = half_set_labels(self.data.table, self.config.seed)
         rec = inversion.reconstruct(source, rotations, shifts_px if self.uses_shifts else np.zeros_like(shifts_px),
-                                    labels, self.inference_batch, contrast)
+                                    self.half_labels, self.inference_batch, contrast)
         pixel = source.pixel_size_angstrom
         volume = rec["map"]
         if self.config.model.get("volume_mask", False):  # the map the run worked with; half maps stay unmasked
@@ -132,7 +130,7 @@ class RunOutputs:
         shifts_angstrom = shifts_px * self.data.source.pixel_size_angstrom if self.uses_shifts else None
         # the final poses again, with the half sets of this map (rlnRandomSubset), and for cryoSPARC
         runio.write_poses(self.workdir / "poses.star", self.data.table, rotations,
-                          None if shifts_angstrom is None else -shifts_angstrom, labels, cs_too=True,
+                          None if shifts_angstrom is None else -shifts_angstrom, self.half_labels, cs_too=True,
                           contrast=contrast)
         out.update(evaluate.summarize(volume, rotations, pixel, self.data.ground_truth, self.data.ground_truth_poses,
                                       shifts_angstrom, pixel))

@@ -39,18 +39,24 @@ class RunVolumes:
 
     def half_maps(self, state) -> HalfMaps:
         """Each half set's own map at the state's poses (``research.HalfMaps``, ``train.research_half_maps``)."""
-        rec, _ = self.inversion(state, filtered_halves=True)
-        return HalfMaps(half_set_labels(self.data.table, self.config.seed),
-                        self.volume_params(rec["half1_filtered"], state), self.volume_params(rec["half2_filtered"], state))
+        rec, _ = self.inversion(state, halves_only=True)
+        return HalfMaps(self.half_labels, self.volume_params(rec["half1_filtered"], state),
+                        self.volume_params(rec["half2_filtered"], state))
 
-    def inversion(self, state, filtered_halves: bool = False) -> tuple[dict, np.ndarray | None]:
-        """``inversion.reconstruct`` at the state's poses (and fitted contrasts, brought to mean 1, returned)."""
+    @property
+    def half_labels(self) -> np.ndarray:
+        """(N,) half-set labels in {1, 2} (``io.loader.half_set_labels``)."""
+        return half_set_labels(self.data.table, self.config.seed)
+
+    def inversion(self, state, halves_only: bool = False) -> tuple[dict, np.ndarray | None]:
+        """``inversion.reconstruct`` at the state's poses (and fitted contrasts, brought to mean 1, returned);
+        with ``halves_only`` each half set's filtered map and no full map."""
         tables = self.host_tables(state, ("rotations", "shifts", "contrast") if self.fits_contrast else ("rotations", "shifts"))
         shifts = tables["shifts"] if self.uses_shifts else np.zeros((self.n, 2), np.float32)
         contrast = unit_mean(tables["contrast"]) if self.fits_contrast else None
         rec = inversion.reconstruct(self.data.source, tables["rotations"], shifts,
-                                    half_set_labels(self.data.table, self.config.seed), self.inference_batch, contrast,
-                                    filtered_halves)
+                                    self.half_labels, self.inference_batch, contrast,
+                                    filtered_halves=halves_only, full_map=not halves_only)
         return rec, contrast
 
     def volume_params(self, volume: np.ndarray, state, source=None) -> dict:
