@@ -114,3 +114,7 @@ def test_a_map_of_every_image_favours_each_images_own_pose_and_the_other_halfs_m
     # each half's filtered map is still a map of the particle
     for half in ("half1_filtered", "half2_filtered"):
         assert evaluate.resolution_at(evaluate.fsc(out[half], truth), 0.5, 6.0) < 30.0
+    # the re-search asks for the halves alone: the same maps, no full map filtered for nothing
+    alone = inversion.reconstruct(source, rots, shifts, labels, filtered_halves=True, full_map=False)
+    assert "map" not in alone
+    np.testing.assert_array_equal(alone["half1_filtered"], out["half1_filtered"])
