@@ -16,6 +16,8 @@ against the other half's map; two sets are then compared at their nearest self-c
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +25,9 @@ import numpy as np
 
 from jaxcryo import evaluate, inversion, losses, models, search, steps
 from jaxcryo.dataset import read_batch
-from jaxcryo.io.loader import padded_chunks
+from jaxcryo.io import read_particles
+from jaxcryo.io.loader import half_set_labels, padded_chunks
+from jaxcryo.io.table import InputError
 
 POLISH_CANDIDATES = 16  # local candidates per round
 POLISH_SIGMA_DEG = 3.0  # first round's spread, halved each round
@@ -98,4 +102,48 @@ def compare(scores: dict[str, Score], baseline: str) -> dict[str, dict]:
         rows[name] = {"mean_loss": float(s.losses.mean()), "difference": float(diff.mean()),
                       "difference_se": float(diff.std() / np.sqrt(len(diff))),
                       "fsc0143_halfmaps_angstrom": s.fsc0143_halfmaps_angstrom}
+    return rows
+
+
+def _pose_sets(workdir: pathlib.Path, others: list[str], n: int, pixel: float) -> dict:
+    """{name: (rotations (N, 3, 3), shifts (N, 2) px)}: the run's poses.star, RUN/data's true poses when
+    present, and ``others``."""
+    paths = {"run": workdir / "poses.star"}
+    truth = workdir / "data" / "ground_truth_poses.star"
+    if truth.exists():
+        paths["truth"] = truth
+    paths.update({pathlib.Path(p).name: pathlib.Path(p) for p in others})
+    sets = {}
+    for name, path in paths.items():
+        if not path.exists():
+            raise InputError(f"{path}: no such pose file")
+        table = read_particles(str(path))
+        if len(table) != n or table.euler_deg is None:
+            raise InputError(f"{path}: need {n} rows with poses (the run's particles, in order), got {len(table)}")
+        sets[name] = (table.rotations(), table.displacements_px(pixel))
+    return sets
+
+
+def score_workdir(workdir, others: list[str] = (), polish: int = 3) -> dict[str, dict]:
+    """``compare`` of a finished run's poses (baseline "run"), its simulated true poses ("truth", when
+    RUN/data holds them) and the pose files ``others`` of the same particles, each polished ``polish``
+    times; with true poses each row also has "pose_error_median_deg" (after global alignment)."""
+    from jaxcryo import dataset
+    import ml_collections
+
+    workdir = pathlib.Path(workdir)
+    if not (workdir / "config.json").exists():
+        raise InputError(f"{workdir}: not a run's work directory (no config.json)")
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    config.progress_bar = False
+    data = dataset.prepare_data(config, workdir, log=lambda *a: None)
+    sets = _pose_sets(workdir, list(others), len(data.table), data.source.pixel_size_angstrom)
+    labels = half_set_labels(data.table, config.seed)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    scores = {name: score_poses(data.source, r, s, labels, sharding, polish=polish) for name, (r, s) in sets.items()}
+    rows = compare(scores, "run")
+    if "truth" in sets:
+        for name, row in rows.items():
+            aligned = evaluate.align_poses(scores[name].rotations.astype(np.float64), sets["truth"][0].astype(np.float64))
+            row["pose_error_median_deg"] = float(np.median(aligned["rotation_error_deg"]))
     return rows

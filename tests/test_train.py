@@ -393,3 +393,34 @@ def test_amortized_starts_continue_from_the_most_likely(tmp_path, monkeypatch):
     state = run.amortized_starts(2, 1)
     steps = 96 // 16
     assert scores == [steps, 1_000_000 + steps] and int(state["step"]) == 1_000_000 + steps
+
+
+def test_crossval_of_a_run_prefers_the_true_poses_to_random_ones(finished_run, tmp_path):
+    """experiments.crossval's scores of a finished run: the run's poses, the simulator's and a random set."""
+    import starfile
+
+    from jaxcryo import crossval
+    from jaxcryo.io.table import InputError
+
+    workdir, _ = finished_run
+    star = starfile.read(workdir / "data" / "ground_truth_poses.star", always_dict=True)
+    block = "particles" if "particles" in star else next(iter(star))
+    rng = np.random.default_rng(0)
+    n = len(star[block])
+    star[block]["rlnAngleRot"] = rng.uniform(-180, 180, n)
+    star[block]["rlnAngleTilt"] = np.degrees(np.arccos(rng.uniform(-1, 1, n)))
+    star[block]["rlnAnglePsi"] = rng.uniform(-180, 180, n)
+    starfile.write(star, tmp_path / "random.star")
+    rows = crossval.score_workdir(workdir, [str(tmp_path / "random.star")], polish=0)
+    assert set(rows) == {"run", "truth", "random.star"}
+    assert rows["run"]["difference"] == 0.0
+    assert rows["truth"]["pose_error_median_deg"] < 1e-3
+    assert rows["random.star"]["pose_error_median_deg"] > 60
+    truth, random = rows["truth"], rows["random.star"]
+    assert random["difference"] - truth["difference"] > 3 * (random["difference_se"] + truth["difference_se"]), rows
+    with pytest.raises(InputError, match="not a run's work directory"):
+        crossval.score_workdir(tmp_path)
+    star[block] = star[block].iloc[:10]
+    starfile.write(star, tmp_path / "short.star", overwrite=True)
+    with pytest.raises(InputError, match="short.star: need 96 rows"):
+        crossval.score_workdir(workdir, [str(tmp_path / "short.star")], polish=0)
