@@ -1,16 +1,14 @@
-"""Which of several pose sets do the images support: each set scored by cross-validated likelihood.
+"""Which of several pose sets do the images support: each set scored on images its map has not seen.
 
 A pose set's own map always fits its own images (the map holds their noise), so two solutions of one
 stack — two runs, two programs, or a run against the simulator's truth — are compared here the way
-RELION keeps its half sets apart: each half set's images are scored at their poses under the map of the
-*other* half set, both maps inverted from that pose set (``inversion.reconstruct``, each half
-Wiener-filtered with its own SSNR). The score is the mean per-image loss (``losses.per_image_loss``:
-half the squared residual per Fourier coefficient, unit noise variance), so differences between sets
-are per-image log-likelihood differences over the number of coefficients.
-
-Poses given to a comparison are rarely each image's most likely pose under the map (a simulator's true
-poses never are), so ``polish`` first alternates the half maps with a local refinement of every pose
-against the other half's map; two sets are then compared at their nearest self-consistent solutions.
+RELION keeps its half sets apart: each half set's images are scored under the map of the *other* half
+set, inverted from that pose set (``inversion.reconstruct``, each half Wiener-filtered with its own
+SSNR). Given poses are rarely each image's most likely pose under that map (a simulator's true poses
+never are), so each scored image's pose is first refined locally against it (``search.local_refine``);
+the maps are not rebuilt from the refined poses, so no image's noise reaches the map it is scored
+under. The score is the mean per-image loss (``losses.per_image_loss``: half the squared residual per
+Fourier coefficient); a lower score is a map and poses that predict unseen images better.
 """
 
 from __future__ import annotations
@@ -29,15 +27,15 @@ from jaxcryo.io import read_particles
 from jaxcryo.io.loader import half_set_labels, padded_chunks
 from jaxcryo.io.table import InputError
 
-POLISH_CANDIDATES = 16  # local candidates per round
-POLISH_SIGMA_DEG = 3.0  # first round's spread, halved each round
-POLISH_ROUNDS = 4
+REFINE_CANDIDATES = 16  # local candidates per round
+REFINE_SIGMA_DEG = 3.0  # first round's spread, halved each round
+REFINE_ROUNDS = 4
 
 
 @dataclasses.dataclass(frozen=True)
 class Score:
-    """(N,) per-image losses under the other half's map, the (N, 3, 3) rotations scored, and the half
-    maps' FSC 0.143 (A)."""
+    """(N,) per-image losses under the other half's map, the (N, 3, 3) rotations scored (refined), and
+    the half maps' FSC 0.143 (A)."""
 
     losses: np.ndarray
     rotations: np.ndarray
@@ -61,34 +59,34 @@ def _make_scorers(pixel_size_angstrom: float):
     @jax.jit
     def refine(vol_h, batch, rots, shifts, key):
         target, ctf, mask = steps._targets(batch, pixel_size_angstrom, 1.0)
-        found, loss, _ = search.local_refine(vol_h, rots[:, None], ctf, target, mask, key, POLISH_CANDIDATES,
-                                             POLISH_SIGMA_DEG, POLISH_ROUNDS, shifts[:, None])
+        found, loss, _ = search.local_refine(vol_h, rots[:, None], ctf, target, mask, key, REFINE_CANDIDATES,
+                                             REFINE_SIGMA_DEG, REFINE_ROUNDS, shifts[:, None])
         return found, loss
 
     return score, refine
 
 
 def score_poses(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.ndarray, sharding,
-                batch_size: int = 128, polish: int = 0, seed: int = 0) -> Score:
+                batch_size: int = 128, refine: bool = True, seed: int = 0) -> Score:
     """Score one pose set: ``rotations`` (N, 3, 3), ``shifts_px`` (N, 2) in pixels of ``source``'s box,
-    ``labels`` (N,) half sets in {1, 2}; ``polish`` alternations of half maps and local refinement first
-    (the shifts stay as given)."""
-    score, refine = _make_scorers(float(source.pixel_size_angstrom))
+    ``labels`` (N,) half sets in {1, 2}; with ``refine`` each image's pose is refined locally against the
+    other half's map before it is scored (the shifts stay as given)."""
+    score, local = _make_scorers(float(source.pixel_size_angstrom))
     rotations = np.array(rotations, np.float32)
     shifts_px = np.asarray(shifts_px, np.float32)
     key = jax.random.PRNGKey(seed)
-    for rnd in range(polish + 1):
-        vols, fsc0143 = _other_half_volumes(source, rotations, shifts_px, labels, batch_size)
-        out = np.zeros(len(rotations))
-        for half in (1, 2):
-            for start, idx, padded in padded_chunks(np.nonzero(labels == half)[0], batch_size):
-                batch = read_batch(source, padded, sharding)
-                rots, shifts = jnp.asarray(rotations[padded]), jnp.asarray(shifts_px[padded])
-                if rnd < polish:
-                    found, _ = refine(vols[half], batch, rots, shifts, jax.random.fold_in(key, rnd * len(labels) + start + half))
-                    rotations[idx] = np.asarray(found)[: len(idx)]
-                else:
-                    out[idx] = np.asarray(score(vols[half], batch, rots, shifts))[: len(idx)]
+    vols, fsc0143 = _other_half_volumes(source, rotations, shifts_px, labels, batch_size)
+    out = np.zeros(len(rotations))
+    for half in (1, 2):
+        for start, idx, padded in padded_chunks(np.nonzero(labels == half)[0], batch_size):
+            batch = read_batch(source, padded, sharding)
+            rots, shifts = jnp.asarray(rotations[padded]), jnp.asarray(shifts_px[padded])
+            if refine:
+                found, loss = local(vols[half], batch, rots, shifts, jax.random.fold_in(key, start * 2 + half))
+                rotations[idx] = np.asarray(found)[: len(idx)]
+            else:
+                loss = score(vols[half], batch, rots, shifts)
+            out[idx] = np.asarray(loss)[: len(idx)]
     return Score(out, rotations, fsc0143)
 
 
@@ -124,10 +122,10 @@ def _pose_sets(workdir: pathlib.Path, others: list[str], n: int, pixel: float) -
     return sets
 
 
-def score_workdir(workdir, others: list[str] = (), polish: int = 3) -> dict[str, dict]:
+def score_workdir(workdir, others: list[str] = (), refine: bool = True) -> dict[str, dict]:
     """``compare`` of a finished run's poses (baseline "run"), its simulated true poses ("truth", when
-    RUN/data holds them) and the pose files ``others`` of the same particles, each polished ``polish``
-    times; with true poses each row also has "pose_error_median_deg" (after global alignment)."""
+    RUN/data holds them) and the pose files ``others`` of the same particles (``score_poses``); with
+    true poses each row also has "pose_error_median_deg" of the poses scored (after global alignment)."""
     from jaxcryo import dataset
     import ml_collections
 
@@ -140,7 +138,7 @@ def score_workdir(workdir, others: list[str] = (), polish: int = 3) -> dict[str,
     sets = _pose_sets(workdir, list(others), len(data.table), data.source.pixel_size_angstrom)
     labels = half_set_labels(data.table, config.seed)
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    scores = {name: score_poses(data.source, r, s, labels, sharding, polish=polish) for name, (r, s) in sets.items()}
+    scores = {name: score_poses(data.source, r, s, labels, sharding, refine=refine) for name, (r, s) in sets.items()}
     rows = compare(scores, "run")
     if "truth" in sets:
         for name, row in rows.items():

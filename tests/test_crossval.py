@@ -18,22 +18,24 @@ def _error_deg(a, b):
     return np.asarray(geometry.geodesic_distance_deg(jnp.asarray(a), jnp.asarray(b)))
 
 
-def test_the_images_support_the_true_poses_over_poses_turned_away_and_polish_brings_them_back():
+def test_unseen_images_support_the_true_poses_over_poses_turned_away_refined_or_not():
     _, source, rots, shifts = _projections(n=600, noise=3.0)
     labels = np.where(np.arange(len(rots)) % 2 == 0, 1, 2)
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     turned = _perturbed(rots, 8.0)
-    scores = {"true": crossval.score_poses(source, rots, shifts, labels, sharding),
-              "turned": crossval.score_poses(source, turned, shifts, labels, sharding)}
+    scores = {f"{name}{'_refined' if refine else ''}": crossval.score_poses(source, r, shifts, labels, sharding,
+                                                                           refine=refine)
+              for name, r in (("true", rots), ("turned", turned)) for refine in (False, True)}
     rows = crossval.compare(scores, "true")
     assert rows["true"]["difference"] == 0.0
-    assert rows["turned"]["difference"] > 5 * rows["turned"]["difference_se"] > 0, rows
+    assert rows["turned"]["difference"] > 10 * rows["turned"]["difference_se"] > 0, rows
     assert rows["true"]["fsc0143_halfmaps_angstrom"] < rows["turned"]["fsc0143_halfmaps_angstrom"]
-    # unpolished sets are scored as given
-    np.testing.assert_array_equal(scores["turned"].rotations, turned)
-    # two alternations of half maps and local refinement take half of the 8 degrees back (this noise allows no better than ~4), and the
-    # polished set's score approaches the truth's
-    polished = crossval.score_poses(source, turned, shifts, labels, sharding, polish=2)
-    assert np.median(_error_deg(polished.rotations, rots)) < 5.0  # 4.05 measured; the true poses polished: 3.95
-    gap = crossval.compare({"true": scores["true"], "polished": polished}, "true")["polished"]["difference"]
-    assert gap < 0.5 * rows["turned"]["difference"], (gap, rows)
+    np.testing.assert_array_equal(scores["turned"].rotations, turned)  # scored as given
+    # refined against the other half's map each image moves to a likelier pose (the given one stays a
+    # candidate) — the turned ones most of the way back (8 -> 4.7 deg; the true ones end at 3.6, this
+    # noise's spread) — but the turned set's map, made at the turned poses, still predicts worse
+    for name in ("true", "turned"):
+        assert np.all(scores[f"{name}_refined"].losses <= scores[name].losses + 1e-7)
+    assert np.median(_error_deg(scores["turned_refined"].rotations, rots)) < 6.0
+    gap = scores["turned_refined"].losses - scores["true_refined"].losses
+    assert gap.mean() > 10 * gap.std() / np.sqrt(len(gap)), gap.mean()

@@ -411,7 +411,7 @@ def test_crossval_of_a_run_prefers_the_true_poses_to_random_ones(finished_run, t
     star[block]["rlnAngleTilt"] = np.degrees(np.arccos(rng.uniform(-1, 1, n)))
     star[block]["rlnAnglePsi"] = rng.uniform(-180, 180, n)
     starfile.write(star, tmp_path / "random.star")
-    rows = crossval.score_workdir(workdir, [str(tmp_path / "random.star")], polish=0)
+    rows = crossval.score_workdir(workdir, [str(tmp_path / "random.star")], refine=False)
     assert set(rows) == {"run", "truth", "random.star"}
     assert rows["run"]["difference"] == 0.0
     assert rows["truth"]["pose_error_median_deg"] < 1e-3
@@ -423,4 +423,4 @@ def test_crossval_of_a_run_prefers_the_true_poses_to_random_ones(finished_run, t
     star[block] = star[block].iloc[:10]
     starfile.write(star, tmp_path / "short.star", overwrite=True)
     with pytest.raises(InputError, match="short.star: need 96 rows"):
-        crossval.score_workdir(workdir, [str(tmp_path / "short.star")], polish=0)
+        crossval.score_workdir(workdir, [str(tmp_path / "short.star")], refine=False)
