@@ -25,9 +25,10 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from jaxcryo import evaluate, inversion, losses, models, search, steps
+from jaxcryo import dataset, evaluate, inversion, losses, models, search, steps
 from jaxcryo.dataset import read_batch
 from jaxcryo.io import read_particles
 from jaxcryo.io.loader import half_set_labels, padded_chunks
@@ -133,9 +134,6 @@ def score_workdir(workdir, others: list[str] = (), refine: bool = True) -> dict[
     """``compare`` of a finished run's poses (baseline "run"), its simulated true poses ("truth", when
     RUN/data holds them) and the pose files ``others`` of the same particles (``score_poses``); with
     true poses each row also has "pose_error_median_deg" of the poses scored (after global alignment)."""
-    from jaxcryo import dataset
-    import ml_collections
-
     workdir = pathlib.Path(workdir)
     if not (workdir / "config.json").exists():
         raise InputError(f"{workdir}: not a run's work directory (no config.json)")
