@@ -260,6 +260,9 @@ def test_half_sets_from_star_or_seeded(tmp_path):
     np.testing.assert_array_equal(labels, half_set_labels(t, seed=3))
     with_subset = t.__class__(**{**t.__dict__, "random_subset": np.array([2, 1] * 5)})
     np.testing.assert_array_equal(half_set_labels(with_subset, seed=3), [2, 1] * 5)
+    # one half of a gold-standard run (every row rlnRandomSubset 1) is split in two again
+    one_half = t.__class__(**{**t.__dict__, "random_subset": np.ones(10, np.int64)})
+    np.testing.assert_array_equal(half_set_labels(one_half, seed=3), labels)
 
 
 def test_downsample_writes_new_stack_and_pixel_size(tmp_path):

@@ -197,8 +197,11 @@ def padded_chunks(rows: np.ndarray, batch_size: int):
 
 
 def half_set_labels(table: ParticleTable, seed: int) -> np.ndarray:
-    """(N,) labels in {1, 2}: the table's rlnRandomSubset when present, else a seeded even split."""
-    if table.random_subset is not None and set(np.unique(table.random_subset).tolist()) <= {1, 2}:
+    """(N,) labels in {1, 2}: the table's rlnRandomSubset when it holds both halves, else a seeded even
+    split. A table whose subsets are all one value (one half set of a gold-standard run, whose star
+    says rlnRandomSubset 1 on every row) must still be split: inverting it as one half and an empty
+    other gives a half-set FSC of 0 and a Wiener filter that erases the map."""
+    if table.random_subset is not None and set(np.unique(table.random_subset).tolist()) == {1, 2}:
         return np.asarray(table.random_subset, np.int64)
     labels = np.ones(len(table), np.int64)
     labels[np.random.default_rng([seed, 12]).permutation(len(table))[len(table) // 2 :]] = 2
