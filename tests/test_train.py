@@ -375,6 +375,11 @@ def test_half_sets_end_to_end(finished_run, tmp_path):
 
     assert summary["fsc0143_halfmaps_unmasked_angstrom"] == pytest.approx(evaluate.resolution_at(csv[:, 1], 0.143, 4.0))
     assert "pose_error_median_deg" in summary["half1"] and "pose_error_median_deg" in summary["half2"]
+    # each half run splits its own images in two for its Wiener filter (its star says subset 1 or 2 on
+    # every row; read as the split, one inner half was empty and the filter erased the map)
+    for half in (1, 2):
+        inner = read_particles(tmp_path / f"half{half}" / "poses.star").random_subset
+        assert sorted(np.bincount(inner)[1:].tolist()) == [24, 24], inner
 
 
 @pytest.mark.slow  # ~25 s; the option is off by default
