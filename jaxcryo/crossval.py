@@ -137,7 +137,10 @@ def score_workdir(workdir, others: list[str] = (), refine: bool = True) -> dict[
     workdir = pathlib.Path(workdir)
     if not (workdir / "config.json").exists():
         raise InputError(f"{workdir}: not a run's work directory (no config.json)")
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    try:
+        config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    except ValueError:
+        raise InputError(f"{workdir / 'config.json'}: unreadable; this work directory holds a damaged run") from None
     config.progress_bar = False
     data = dataset.prepare_data(config, workdir, log=lambda *a: None)
     sets = _pose_sets(workdir, list(others), len(data.table), data.source.pixel_size_angstrom, config.seed)

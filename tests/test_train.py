@@ -425,6 +425,9 @@ def test_crossval_of_a_run_prefers_the_true_poses_to_random_ones(finished_run, t
     assert random["difference"] - truth["difference"] > 3 * (random["difference_se"] + truth["difference_se"]), rows
     with pytest.raises(InputError, match="not a run's work directory"):
         crossval.score_workdir(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(InputError, match="config.json: unreadable"):
+        crossval.score_workdir(tmp_path)
     star[block] = star[block].iloc[:10]
     starfile.write(star, tmp_path / "short.star", overwrite=True)
     with pytest.raises(InputError, match="short.star: need 96 rows"):
