@@ -3,11 +3,11 @@ cryoDRGN 4.3.1), stored with their provenance in tests/golden/outside_values.jso
 tests/golden/make_outside_values.py. The other test files check our own re-derivations; these do not
 share a line of code with jaxcryo.
 
-``test_images_match_cryojax`` goes further: whole particle images that cryoJAX formed from a
+``test_images_match_cryojax`` goes further: whole, shifted particle images that cryoJAX formed from a
 pseudo-atomic particle (analytic real-space projection, its own CTF and pose code;
 tests/golden/make_outside_images.py) against jaxcryo's forward model (Fourier slice of the same
 particle's map, our CTF, our Euler matrices) — every convention between a star file's numbers and
-the pixels at once.
+the pixels at once, read through jaxcryo's own front door (a RELION 3.1 star and .mrcs).
 
 The mappings between conventions, each stated by the outside program itself:
 * cryoJAX's CTF is sin(chi' - phase - atan(w / sqrt(1 - w^2))) with chi' = -chi: minus RELION's (and
@@ -25,8 +25,14 @@ import numpy as np
 import pytest
 
 import jax.numpy as jnp
+import mrcfile
+import pandas as pd
+import starfile
 
 from jaxcryo import ctf, geometry, losses, slicing
+from jaxcryo.io import check_stacks, read_particles
+from jaxcryo.io.loader import ImageSource
+from jaxcryo.io.table import CTF_FIELDS
 
 IMAGES = np.load(pathlib.Path(__file__).parent / "golden" / "outside_images.npz")
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "golden" / "outside_values.json").read_text())
@@ -74,23 +80,44 @@ def test_euler_matches_cryodrgn_and_cryojax():
     assert np.abs(ours - np.swapaxes(ours, -1, -2)).max() > 0.5  # transposed would be caught
 
 
-def _correlations(euler_deg):
-    """Per image: correlation of jaxcryo's prediction at RELION angles ``euler_deg`` with cryoJAX's image."""
-    du, dv, angle = np.asarray(IMAGES["defocus_u_v_angle"], np.float64).T
-    n = len(du)
-    grid = ctf.ctf_grid(IMAGES["images"].shape[-1], float(IMAGES["pixel_size_angstrom"]), defocus_u_angstrom=du,
-                        defocus_v_angstrom=dv, defocus_angle_deg=angle, voltage_kv=np.full(n, 300.0),
-                        spherical_aberration_mm=np.full(n, 2.7), amplitude_contrast=np.full(n, 0.1),
-                        phase_shift_deg=np.zeros(n))
+def _write_star(directory, euler_deg, origin_angstrom) -> str:
+    """The golden images as a user's RELION 3.1 star + .mrcs, with the given angles and origins."""
+    images = IMAGES["images"]
+    with mrcfile.new(directory / "outside.mrcs", overwrite=True) as stack:
+        stack.set_data(images)
+    du, dv, angle = np.asarray(IMAGES["defocus_u_v_angle"]).T
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnAmplitudeContrast": [0.1], "rlnSphericalAberration": [2.7],
+                           "rlnVoltage": [300.0], "rlnImagePixelSize": [float(IMAGES["pixel_size_angstrom"])],
+                           "rlnImageSize": [images.shape[-1]], "rlnImageDimensionality": [2]})
+    euler, origin = np.asarray(euler_deg), np.asarray(origin_angstrom)
+    particles = pd.DataFrame({"rlnImageName": [f"{i + 1}@outside.mrcs" for i in range(len(images))],
+                              "rlnDefocusU": du, "rlnDefocusV": dv, "rlnDefocusAngle": angle, "rlnOpticsGroup": 1,
+                              "rlnAngleRot": euler[:, 0], "rlnAngleTilt": euler[:, 1], "rlnAnglePsi": euler[:, 2],
+                              "rlnOriginXAngst": origin[:, 0], "rlnOriginYAngst": origin[:, 1]})
+    starfile.write({"optics": optics, "particles": particles}, directory / "outside.star", overwrite=True)
+    return str(directory / "outside.star")
+
+
+def _correlations(directory, euler_deg, origin_angstrom):
+    """Per image: correlation of jaxcryo's prediction (from the star as read by jaxcryo's front door)
+    with cryoJAX's image."""
+    table = read_particles(_write_star(directory, euler_deg, origin_angstrom))
+    source = ImageSource(table, check_stacks(table))
+    rows = np.arange(len(table))
+    grid = ctf.ctf_grid(source.image_size, table.pixel_size_angstrom,
+                        **{k: getattr(table, k) for k in CTF_FIELDS})
     volume_h = slicing.volume_to_hartley(jnp.asarray(IMAGES["map"], jnp.float32))
-    rotations = jnp.asarray(geometry.euler_to_matrix(np.asarray(euler_deg, np.float64)), jnp.float32)
-    ours = np.asarray(losses.predict(volume_h, rotations, jnp.asarray(grid, jnp.float32), None))
-    theirs = np.asarray(losses.images_to_hartley(jnp.asarray(IMAGES["images"])))
+    ours = np.asarray(losses.predict(volume_h, jnp.asarray(table.rotations(), jnp.float32), jnp.asarray(grid, jnp.float32),
+                                     jnp.asarray(table.displacements_px(source.pixel_size_angstrom))))
+    theirs = np.asarray(losses.images_to_hartley(jnp.asarray(source.read(rows), jnp.float32)))
     return np.array([np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(ours, theirs)])
 
 
-def test_images_match_cryojax():
-    # 0.995-0.9998 measured (the residual: trilinear slicing of the rendered map against analytic
-    # projection); the CTF's sign flipped would give -0.99, cryoJAX's angles taken for RELION's a mean of 0.50
-    assert _correlations(IMAGES["euler_relion_deg"]).min() > 0.99
-    assert _correlations(-np.asarray(IMAGES["euler_relion_deg"])).mean() < 0.7
+def test_images_match_cryojax(tmp_path):
+    euler, origin = IMAGES["euler_relion_deg"], IMAGES["origin_relion_angstrom"]
+    # measured 0.995-0.9998 (the residual: trilinear slicing of the rendered map against analytic
+    # projection); the CTF's sign flipped would give -0.99
+    assert _correlations(tmp_path, euler, origin).min() > 0.99
+    # cryoJAX's angles taken for RELION's, and the origins' sign flipped: both far off
+    assert _correlations(tmp_path, -np.asarray(euler), origin).mean() < 0.7
+    assert _correlations(tmp_path, euler, -np.asarray(origin))[1:].max() < 0.9  # image 0 is centred
