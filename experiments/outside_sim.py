@@ -1,0 +1,168 @@
+"""A particle set from an outside simulator, to test jaxcryo on data its own simulator did not make:
+python -m experiments.outside_sim --outdir=DIR [--n_images=5000 --seed=11 --snr=0.1 --realistic]
+
+Needs cryoJAX (``pip install -e .[outside]``), used for every step of image formation: the particle
+is a mixture of Gaussian pseudo-atoms (``GaussianMixtureVolume``) projected analytically in real space
+(``GaussianMixtureProjection``: no Fourier slice, no interpolation), posed by ``EulerAnglePose`` and
+blurred by ``AstigmaticCTF`` on a grid padded 2x — none of it jaxcryo's code. The particle itself is
+new: two pseudo-atomic lobes of unequal size (random walks of 3.8 A steps confined to ellipsoids,
+~1,700 pseudo-atoms, ~60 x 45 x 30 A) bridged by a helix-like arm; ``--shape_seed`` draws the lobes'
+sizes and directions, so each seed is another particle.
+
+Conventions, as cryoJAX documents them (checked image by image in tests/test_outside_golden.py):
+RELION's angles are cryoJAX's negated, rlnDefocusAngle is 90 deg minus cryoJAX's astigmatism angle,
+RELION's origin is minus cryoJAX's offset, and cryoJAX's CTF is minus RELION's, so the images are
+negated (protein white, as RELION extracts it). SNR is the clean images' variance over the noise's.
+
+Writes DIR/particles.star (RELION 3.1, optics + particles, no poses) and particles.mrcs,
+DIR/ground_truth_poses.star (the same rows with rlnAngleRot/Tilt/Psi and rlnOriginX/YAngst) and
+DIR/ground_truth.mrc (the pseudo-atoms rendered on the images' grid) — the layout ``experiments.zoo``
+reads, so ``zoo.reference`` and ``zoo.pose_floor`` apply. ``--realistic`` adds issue 11's effects, each
+drawn here and not by jaxcryo: offsets up to +-5 % of the box, astigmatism |N(0, 700)| A up to
+1,500 A, a B-factor envelope of 80 A^2, contrast 1 +- 15 %, coloured noise (power falling
+exponentially 10x from k = 0 to Nyquist) and per-image background offsets.
+"""
+
+import pathlib
+
+import numpy as np
+from absl import app, flags
+
+from experiments import cli
+
+_OUTDIR = flags.DEFINE_string("outdir", None, "Directory to write the particle set into.")
+_N = flags.DEFINE_integer("n_images", 5000, "Number of particles.")
+_SEED = flags.DEFINE_integer("seed", 11, "Seed of poses, CTFs and noise.")
+_SHAPE_SEED = flags.DEFINE_integer("shape_seed", None, "Seed of the particle's shape (default: --seed).")
+_SNR = flags.DEFINE_float("snr", 0.1, "Signal-to-noise ratio (variance of the clean images over the noise's).")
+_REALISTIC = flags.DEFINE_bool("realistic", False, "Offsets, astigmatism, B factor, contrast, coloured noise.")
+flags.mark_flags_as_required(["outdir"])
+
+BOX, PIXEL_ANGSTROM, BATCH = 64, 3.0, 250
+
+
+def confined_walk(n: int, centre: np.ndarray, semi_axes_angstrom: np.ndarray, rng) -> np.ndarray:
+    """(n, 3) pseudo-atoms of a random walk with 3.8 A steps that stays inside an ellipsoid."""
+    p, points = np.array(centre, float), []
+    for _ in range(n):
+        for _ in range(50):
+            q = p + 3.8 * rng.standard_normal(3) / np.sqrt(3)
+            if np.sum(((q - centre) / semi_axes_angstrom) ** 2) <= 1:
+                break
+        p = q
+        points.append(p)
+    return np.array(points)
+
+
+def pseudo_atoms(shape_seed: int) -> np.ndarray:
+    """(M, 3) pseudo-atom positions in A about the centre of mass: two unequal lobes and an arm."""
+    rng = np.random.default_rng(shape_seed)
+    u = rng.normal(size=3)
+    u /= np.linalg.norm(u)
+    w = rng.normal(size=3)
+    w -= w @ u * u
+    w /= np.linalg.norm(w)
+    c1, c2 = -12 * u, 18 * u + 5 * w
+    parts = [confined_walk(1100, c1, np.array([22, 17, 15]) * rng.uniform(0.85, 1.2, 3), rng),
+             confined_walk(600, c2, np.array([14, 13, 11]) * rng.uniform(0.8, 1.25, 3), rng)]
+    t = np.linspace(0, 1, 45)[:, None]
+    a0, a1 = 0.3 * c2 - 14 * w, c2 + 14 * w + 10 * np.cross(u, w)
+    parts.append((1 - t) * a0 + t * a1 + 2.3 * np.c_[np.cos(t * 40), np.sin(t * 40), 0 * t])
+    xyz = np.concatenate(parts)
+    return xyz - xyz.mean(0)
+
+
+def draw_particles(n: int, realistic: bool, rng) -> dict:
+    """RELION angles uniform on SO(3) (deg), defocus 1-2.5 um, astigmatism and displacements (A)."""
+    astigmatism = np.minimum(np.abs(rng.normal(0, 700 if realistic else 350, n)), 1500)
+    mean = rng.uniform(10000, 25000, n)
+    return {"rot": rng.uniform(-180, 180, n), "tilt": np.degrees(np.arccos(rng.uniform(-1, 1, n))),
+            "psi": rng.uniform(-180, 180, n), "defocus_u": mean + astigmatism / 2, "defocus_v": mean - astigmatism / 2,
+            "defocus_angle": rng.uniform(0, 180, n),
+            "displacement": (rng.uniform(-0.05, 0.05, (n, 2)) * BOX * PIXEL_ANGSTROM if realistic else np.zeros((n, 2)))}
+
+
+def clean_images(xyz: np.ndarray, p: dict) -> tuple[np.ndarray, np.ndarray]:
+    """cryoJAX's noise-free images (N, BOX, BOX) of the pseudo-atoms at ``p``, and the map (BOX,)^3."""
+    import jax
+    import jax.numpy as jnp
+    import cryojax.simulator as cxs
+
+    volume = cxs.GaussianMixtureVolume(jnp.asarray(xyz, jnp.float32), 1.0, 3.0)
+
+    @jax.jit
+    @jax.vmap
+    def simulate(rot, tilt, psi, du, dv, angle, dx, dy):
+        config = cxs.BasicImageConfig((BOX, BOX), PIXEL_ANGSTROM, 300.0, pad_scale=2.0)  # built here: it caches grids
+        pose = cxs.EulerAnglePose(dx, dy, phi_angle=-rot, theta_angle=-tilt, psi_angle=-psi)
+        ctf = cxs.AstigmaticCTF(defocus_in_angstroms=(du + dv) / 2, astigmatism_in_angstroms=du - dv,
+                                astigmatism_angle=90.0 - angle, spherical_aberration_in_mm=2.7)
+        model = cxs.make_image_model(volume, config, pose, cxs.ContrastTransferTheory(ctf, amplitude_contrast_ratio=0.1),
+                                     cxs.GaussianMixtureProjection())
+        return -model.simulate()
+
+    columns = [p["rot"], p["tilt"], p["psi"], p["defocus_u"], p["defocus_v"], p["defocus_angle"],
+               p["displacement"][:, 0], p["displacement"][:, 1]]
+    images = np.concatenate([np.asarray(simulate(*[jnp.asarray(c[i:i + BATCH], jnp.float32) for c in columns]))
+                             for i in range(0, len(p["rot"]), BATCH)])
+    volume_map = np.asarray(cxs.AutoVolumeRenderFn(shape=(BOX,) * 3, voxel_size=PIXEL_ANGSTROM)(volume), np.float32)
+    return images, volume_map
+
+
+def add_noise(clean: np.ndarray, snr: float, realistic: bool, rng) -> np.ndarray:
+    """Gaussian noise at ``snr``; with ``realistic`` first the B 80 A^2 envelope and contrast scales, and
+    the noise coloured, plus a background offset per image."""
+    n = len(clean)
+    k = np.sqrt(np.add.outer(np.fft.fftfreq(BOX) ** 2, np.fft.fftfreq(BOX) ** 2))  # cycles per pixel
+    if realistic:
+        clean = np.real(np.fft.ifft2(np.fft.fft2(clean) * np.exp(-80.0 * (k / PIXEL_ANGSTROM) ** 2 / 4)))
+        clean = clean * rng.uniform(0.85, 1.15, n)[:, None, None]
+    sigma = np.sqrt(clean.var(axis=(1, 2)).mean() / snr)
+    noise = rng.standard_normal(clean.shape)
+    if realistic:
+        noise = np.real(np.fft.ifft2(np.fft.fft2(noise) * np.sqrt(10.0 ** (-np.minimum(k, 0.5) / 0.5))))
+        noise /= noise.std()
+    images = clean + sigma * noise
+    if realistic:
+        images = images + 0.2 * sigma * rng.standard_normal(n)[:, None, None]
+    return images.astype(np.float32)
+
+
+def write_set(outdir: pathlib.Path, images: np.ndarray, volume_map: np.ndarray, p: dict) -> None:
+    import mrcfile
+    import pandas as pd
+    import starfile
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    for name, data in (("particles.mrcs", images), ("ground_truth.mrc", volume_map)):
+        with mrcfile.new(outdir / name, overwrite=True) as f:
+            f.set_data(data)
+            f.voxel_size = PIXEL_ANGSTROM
+    n = len(images)
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"], "rlnAmplitudeContrast": [0.1],
+                           "rlnSphericalAberration": [2.7], "rlnVoltage": [300.0], "rlnImagePixelSize": [PIXEL_ANGSTROM],
+                           "rlnImageSize": [BOX], "rlnImageDimensionality": [2]})
+    particles = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@particles.mrcs" for i in range(n)],
+                              "rlnMicrographName": [f"mic{i // 100:04d}.mrc" for i in range(n)],
+                              "rlnDefocusU": p["defocus_u"], "rlnDefocusV": p["defocus_v"],
+                              "rlnDefocusAngle": p["defocus_angle"], "rlnOpticsGroup": 1})
+    starfile.write({"optics": optics, "particles": particles}, outdir / "particles.star", overwrite=True)
+    truth = particles.assign(rlnAngleRot=p["rot"], rlnAngleTilt=p["tilt"], rlnAnglePsi=p["psi"],
+                             rlnOriginXAngst=-p["displacement"][:, 0], rlnOriginYAngst=-p["displacement"][:, 1])
+    starfile.write({"optics": optics, "particles": truth}, outdir / "ground_truth_poses.star", overwrite=True)
+
+
+def main(argv):
+    del argv
+    shape_seed = _SEED.value if _SHAPE_SEED.value is None else _SHAPE_SEED.value
+    rng = np.random.default_rng(_SEED.value)
+    xyz = pseudo_atoms(shape_seed)
+    p = draw_particles(_N.value, _REALISTIC.value, rng)
+    clean, volume_map = clean_images(xyz, p)
+    write_set(pathlib.Path(_OUTDIR.value), add_noise(clean, _SNR.value, _REALISTIC.value, rng), volume_map, p)
+    print(f"wrote {_N.value} images of a {len(xyz)}-pseudo-atom particle (extent {np.ptp(xyz, 0).round(0)} A) "
+          f"to {_OUTDIR.value}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags)

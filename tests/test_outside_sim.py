@@ -1,0 +1,38 @@
+"""experiments/outside_sim.py's own parts (the image formation itself needs cryoJAX, which the tests do not
+install; its conventions are checked in test_outside_golden.py): the noise it adds, and that the set it
+writes reads back through jaxcryo's front door with the poses and displacements drawn."""
+
+import numpy as np
+
+from experiments import outside_sim
+from jaxcryo.io import read_particles
+
+
+def test_noise_has_the_snr_and_colour_asked_for():
+    rng = np.random.default_rng(0)
+    clean = np.zeros((400, outside_sim.BOX, outside_sim.BOX))
+    clean[:, 24:40, 24:40] = rng.uniform(0.5, 1.5, (400, 1, 1))
+    noisy = outside_sim.add_noise(clean, 0.1, False, np.random.default_rng(1))
+    np.testing.assert_allclose((noisy - clean).var(), clean.var(axis=(1, 2)).mean() / 0.1, rtol=0.02)
+    # the noise's colour, seen past a signal that has power only in the corners of the spectrum (|k| = 0.71)
+    checkerboard = np.indices((outside_sim.BOX, outside_sim.BOX)).sum(0) % 2 - 0.5
+    coloured = outside_sim.add_noise(np.repeat(checkerboard[None], 400, 0), 0.1, True, np.random.default_rng(1))
+    power = np.abs(np.fft.fft2(coloured - coloured.mean(axis=(1, 2), keepdims=True))) ** 2
+    k = np.sqrt(np.add.outer(np.fft.fftfreq(outside_sim.BOX) ** 2, np.fft.fftfreq(outside_sim.BOX) ** 2))
+    low, high = power[:, (k > 0.02) & (k < 0.06)].mean(), power[:, (k > 0.45) & (k < 0.5)].mean()
+    assert 6 < low / high < 9  # 10x from k = 0 to Nyquist: 10^(0.96 - 0.08) = 7.6x between these bands
+
+
+def test_written_set_reads_back_with_its_truth(tmp_path):
+    rng = np.random.default_rng(2)
+    p = outside_sim.draw_particles(12, True, rng)
+    images = rng.standard_normal((12, outside_sim.BOX, outside_sim.BOX)).astype(np.float32)
+    outside_sim.write_set(tmp_path, images, np.zeros((outside_sim.BOX,) * 3, np.float32), p)
+    plain = read_particles(str(tmp_path / "particles.star"))
+    assert plain.euler_deg is None and plain.origin_angstrom is None  # nothing for a run to find
+    truth = read_particles(str(tmp_path / "ground_truth_poses.star"))
+    np.testing.assert_allclose(truth.euler_deg, np.c_[p["rot"], p["tilt"], p["psi"]], atol=1e-5)
+    np.testing.assert_allclose(truth.displacements_angstrom(), p["displacement"], atol=1e-5)
+    assert np.abs(p["displacement"]).max() > 1.0 and np.abs(p["displacement"]).max() <= 0.05 * 64 * 3.0
+    np.testing.assert_allclose(truth.defocus_u_angstrom - truth.defocus_v_angstrom,
+                               p["defocus_u"] - p["defocus_v"], atol=1e-3)
