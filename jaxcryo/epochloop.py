@@ -15,11 +15,12 @@ from tqdm import tqdm
 from jaxcryo import distributed
 from jaxcryo.dataset import AMORTIZED
 from jaxcryo.io.loader import iterate_batches
-from jaxcryo.stages import pose_lr_scale, radius_at
+from jaxcryo.research import another_autodecoding_epoch
+from jaxcryo.stages import AUTODECODING, pose_lr_scale, radius_at
 
 
 class EpochLoop:
-    """``run_epoch`` and the guard around every checkpoint."""
+    """``run_epoch``, whether another one runs, and the guard around every checkpoint and restore."""
 
     def run_epoch(self, stage: str, state, progress: dict, n_epochs: int):
         config, tc = self.config, self.config.train
@@ -102,3 +103,24 @@ class EpochLoop:
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start_time
+
+    def another_epoch(self, stage: str, progress: dict, n_epochs: int) -> bool:
+        """Whether ``stage`` runs another epoch: the planned ones, and in auto-decoding those the
+        re-search still asks for (``research.another_autodecoding_epoch``)."""
+        if stage == AUTODECODING and self.research is not None:
+            return another_autodecoding_epoch(self.config.train, progress["epoch"], n_epochs, progress)
+        return progress["epoch"] < n_epochs
+
+    def restore(self, progress: dict):
+        """The state of the latest checkpoint, placed for this run's devices (the pose tables re-padded
+        when it was saved with another device count)."""
+        if progress["stage"] == AMORTIZED:
+            abstract = jax.eval_shape(self.init_amortized)
+            abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
+                                              abstract)
+            return self.checkpoints.restore_state(abstract)
+        stored_rows = int(progress.get("pose_table_rows", self.n))  # N before the tables were sharded
+        state = self.checkpoints.restore_state(self.abstract_autodecoding(stored_rows))
+        if stored_rows != self.table_rows:  # saved with another device count: re-pad for this one
+            state = dict(state, **self.place_tables(self.host_tables(state)))
+        return state

@@ -39,7 +39,7 @@ from jaxcryo.io.loader import steps_per_epoch
 from jaxcryo.epochloop import EpochLoop
 from jaxcryo.outputs import RunOutputs
 from jaxcryo.plan import RunPlan
-from jaxcryo.research import another_autodecoding_epoch, make_mate_test, make_research
+from jaxcryo.research import make_mate_test, make_research
 from jaxcryo.search import SearchSettings
 from jaxcryo.stages import AUTODECODING, AmortizedStage, AutodecodingStage, stage_epochs
 from jaxcryo.starts import AmortizedStarts
@@ -155,23 +155,6 @@ class Run(EpochLoop, AmortizedStage, AmortizedStarts, AutodecodingStage, RunVolu
         finally:
             self.metrics.close()
             self.checkpoints.close()
-
-    def another_epoch(self, stage: str, progress: dict, n_epochs: int) -> bool:
-        if stage == AUTODECODING and self.research is not None:
-            return another_autodecoding_epoch(self.config.train, progress["epoch"], n_epochs, progress)
-        return progress["epoch"] < n_epochs
-
-    def restore(self, progress: dict):
-        if progress["stage"] == AMORTIZED:
-            abstract = jax.eval_shape(self.init_amortized)
-            abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
-                                              abstract)
-            return self.checkpoints.restore_state(abstract)
-        stored_rows = int(progress.get("pose_table_rows", self.n))  # N before the tables were sharded
-        state = self.checkpoints.restore_state(self.abstract_autodecoding(stored_rows))
-        if stored_rows != self.table_rows:  # saved with another device count: re-pad for this one
-            state = dict(state, **self.place_tables(self.host_tables(state)))
-        return state
 
 
 def pass_batch(requested: int, n: int, n_dev: int) -> int:
