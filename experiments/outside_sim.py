@@ -35,6 +35,7 @@ _N = flags.DEFINE_integer("n_images", 5000, "Number of particles.")
 _SEED = flags.DEFINE_integer("seed", 11, "Seed of poses, CTFs and noise.")
 _SHAPE_SEED = flags.DEFINE_integer("shape_seed", None, "Seed of the particle's shape (default: --seed).")
 _SNR = flags.DEFINE_float("snr", 0.1, "Signal-to-noise ratio (variance of the clean images over the noise's).")
+_TWO_FOLD = flags.DEFINE_bool("two_fold", False, "A pseudo-two-fold dimer (an arm the only large asymmetry).")
 _REALISTIC = flags.DEFINE_bool("realistic", False, "Offsets, astigmatism, B factor, contrast, coloured noise.")
 flags.mark_flags_as_required(["outdir"])
 
@@ -54,8 +55,11 @@ def confined_walk(n: int, centre: np.ndarray, semi_axes_angstrom: np.ndarray, rn
     return np.array(points)
 
 
-def pseudo_atoms(shape_seed: int) -> np.ndarray:
-    """(M, 3) pseudo-atom positions in A about the centre of mass: two unequal lobes and an arm."""
+def pseudo_atoms(shape_seed: int, two_fold: bool = False) -> np.ndarray:
+    """(M, 3) pseudo-atom positions in A about the centre of mass: two unequal lobes and an arm; with
+    ``two_fold`` a pseudo-symmetric dimer instead: the first lobe and its copy turned 180 deg about an
+    axis through the centre (the copy's walk redrawn at 30 % of its atoms, so the halves differ in
+    detail), the arm the only large asymmetric feature."""
     rng = np.random.default_rng(shape_seed)
     u = rng.normal(size=3)
     u /= np.linalg.norm(u)
@@ -65,6 +69,14 @@ def pseudo_atoms(shape_seed: int) -> np.ndarray:
     c1, c2 = -12 * u, 18 * u + 5 * w
     parts = [confined_walk(1100, c1, np.array([22, 17, 15]) * rng.uniform(0.85, 1.2, 3), rng),
              confined_walk(600, c2, np.array([14, 13, 11]) * rng.uniform(0.8, 1.25, 3), rng)]
+    if two_fold:
+        lobe = confined_walk(800, -17 * u, np.array([16, 14, 13]) * rng.uniform(0.85, 1.15, 3), rng)
+        turn = 2 * np.outer(w, w) - np.eye(3)  # 180 deg about w
+        copy = lobe @ turn.T
+        redraw = rng.random(len(copy)) < 0.3
+        copy[redraw] = confined_walk(int(redraw.sum()), 17 * u, np.array([16, 14, 13]), rng)
+        parts = [lobe, copy]
+        c2 = 17 * u
     t = np.linspace(0, 1, 45)[:, None]
     a0, a1 = 0.3 * c2 - 14 * w, c2 + 14 * w + 10 * np.cross(u, w)
     parts.append((1 - t) * a0 + t * a1 + 2.3 * np.c_[np.cos(t * 40), np.sin(t * 40), 0 * t])
@@ -156,7 +168,7 @@ def main(argv):
     del argv
     shape_seed = _SEED.value if _SHAPE_SEED.value is None else _SHAPE_SEED.value
     rng = np.random.default_rng(_SEED.value)
-    xyz = pseudo_atoms(shape_seed)
+    xyz = pseudo_atoms(shape_seed, _TWO_FOLD.value)
     p = draw_particles(_N.value, _REALISTIC.value, rng)
     clean, volume_map = clean_images(xyz, p)
     write_set(pathlib.Path(_OUTDIR.value), add_noise(clean, _SNR.value, _REALISTIC.value, rng), volume_map, p)

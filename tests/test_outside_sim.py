@@ -36,3 +36,20 @@ def test_written_set_reads_back_with_its_truth(tmp_path):
     assert np.abs(p["displacement"]).max() > 1.0 and np.abs(p["displacement"]).max() <= 0.05 * 64 * 3.0
     np.testing.assert_allclose(truth.defocus_u_angstrom - truth.defocus_v_angstrom,
                                p["defocus_u"] - p["defocus_v"], atol=1e-3)
+
+
+def test_two_fold_particle_is_a_pseudo_symmetric_dimer():
+    xyz = outside_sim.pseudo_atoms(5, two_fold=True)
+    lobe, copy, arm = xyz[:800], xyz[800:1600], xyz[1600:]
+    assert len(arm) == 45
+    # the copy is the lobe moved rigidly (30 % of it redrawn) ...
+    same = np.abs(np.linalg.norm(lobe[:, None] - lobe[None], axis=-1)
+                  - np.linalg.norm(copy[:, None] - copy[None], axis=-1)) < 1e-3
+    rigid = same.mean(1) > 0.5
+    assert 0.6 < rigid.mean() < 0.8
+    # ... by a turn of 180 deg
+    a, b = lobe[rigid] - lobe[rigid].mean(0), copy[rigid] - copy[rigid].mean(0)
+    u, _, vt = np.linalg.svd(b.T @ a)
+    turn = u @ np.diag([1, 1, np.linalg.det(u @ vt)]) @ vt
+    assert np.abs(b - a @ turn.T).max() < 1e-3
+    assert np.degrees(np.arccos(np.clip((np.trace(turn) - 1) / 2, -1, 1))) > 179.9
