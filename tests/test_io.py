@@ -328,3 +328,18 @@ def test_long_image_names_round_trip_through_star(tmp_path):
     write_particles_star(tmp_path / "long.star", t2.subset(np.arange(1, n)))
     back = read_particles(tmp_path / "long.star", datadir=tmp_path)
     assert back.image_name.tolist() == long[1:].tolist()
+
+
+def test_stacks_found_from_a_relion_project_layout(tmp_path, monkeypatch):
+    # RELION writes image paths relative to the project directory into stars kept deeper in it
+    project = tmp_path / "project"
+    (project / "Extract" / "job007").mkdir(parents=True)
+    (project / "Select" / "job010").mkdir(parents=True)
+    make_dataset(project / "Extract" / "job007")
+    text = (project / "Extract" / "job007" / "particles.star").read_text()
+    star = project / "Select" / "job010" / "particles.star"
+    star.write_text(text.replace("@stack.mrcs", "@Extract/job007/stack.mrcs"))
+    monkeypatch.chdir(tmp_path)  # run from outside the project
+    table = read_particles(star)
+    assert table.image_path[0] == str((project / "Extract" / "job007" / "stack.mrcs").resolve())
+    assert len(check_stacks(table)) == 1

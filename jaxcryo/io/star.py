@@ -53,7 +53,10 @@ def _column(path, df, name, default=None) -> np.ndarray:
 
 
 def resolve_stack_path(path_text: str, metadata_path: pathlib.Path, datadir: str | None) -> str:
-    """Where a referenced stack lives: datadir (joined, then by basename), else beside the metadata."""
+    """Where a referenced stack lives: datadir (joined, then by basename), else beside the metadata, the
+    working directory, the metadata's basename, and last the folders above the metadata — RELION writes
+    paths relative to its project directory (Extract/job007/...) into stars kept deeper in it
+    (Select/job010/particles.star), so a user who runs from elsewhere still finds the stacks."""
     rel = pathlib.Path(path_text)
     candidates = []
     if datadir is not None:
@@ -61,6 +64,8 @@ def resolve_stack_path(path_text: str, metadata_path: pathlib.Path, datadir: str
     if rel.is_absolute():
         candidates.insert(0, rel)
     candidates += [metadata_path.parent / rel, pathlib.Path.cwd() / rel, metadata_path.parent / rel.name]
+    if not rel.is_absolute():
+        candidates += [folder / rel for folder in metadata_path.resolve().parent.parents]
     for c in candidates:
         if c.is_file():
             return str(c.resolve())
