@@ -15,7 +15,9 @@ Beyond the paper's method (each a named option of experiments/common.py; see the
   to 16): a particle whose amortized stage ended far off gets the epochs it needs, an easy one none;
 * with each re-search, each image's pose is also compared with its mates under the map's own
   pseudo-symmetry (``train.research_mates``, ``jaxcryo.pseudosym``): the modes of a pseudo-symmetric
-  particle lie too far apart for local refinement and look too alike at low frequency for the search.
+  particle lie too far apart for local refinement and look too alike at low frequency for the search;
+* the final rotations are posterior means around the most likely ones (``train.posterior_mean_poses``,
+  ``jaxcryo.posemean``), nearer the truth at this SNR, and the final map is made at them.
 """
 
 import ml_collections
@@ -44,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.research_candidates = 16384
     config.train.research_global_radius = 0.5
     config.train.epochs_autodecoding_max = 16
+    config.train.posterior_mean_poses = True  # the final rotations: posterior means (jaxcryo.posemean)
     config.train.research_local = 4
     config.train.research_repeat_fraction = 0.02  # and after the next epoch too while a pass moves >= 2 % of the images
     config.train.research_stop_fraction = 0.01  # and stop searching once a pass moves < 1 %

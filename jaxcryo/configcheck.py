@@ -16,6 +16,7 @@ from jaxcryo.io.table import InputError
 RESUMABLE = ("progress_bar", "train.epochs_amortized", "train.epochs_autodecoding", "train.amortized_steps",
              "train.autodecoding_steps", "train.epochs_autodecoding_max", "train.log_every",
              "train.checkpoint_every_steps", "train.inference_batch_size", "train.research_batch_size", "train.epoch_outputs_max_particles",
+             "train.posterior_mean_poses", "train.posterior_samples", "train.posterior_sigma_deg",  # final outputs only
              "data.datadir", "eval.")
 
 # Options added after work directories first stored their config.json, each with the value that does what
@@ -86,8 +87,9 @@ def validate(config) -> None:
                 "train.research_candidates", "train.research_local", "train.amortized_steps", "train.autodecoding_steps",
                 "train.epochs_autodecoding_max", "train.switch_min_steps"):
         need(key, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+    need("train.posterior_samples", lambda v: isinstance(v, int) and v >= 2, "an integer >= 2 (draws per image)")
     for key in ("train.lr_encoder", "train.lr_volume", "train.lr_volume_autodecoding", "train.lr_pose", "model.width",
-                "model.search_local_sigma_deg"):
+                "model.search_local_sigma_deg", "train.posterior_sigma_deg"):
         need(key, lambda v: finite(v) and v > 0, "a number > 0")
     for key in ("train.lr_shift", "model.distill_weight", "model.volume_init_scale", "model.contrast_prior_std"):
         need(key, lambda v: finite(v) and v >= 0, "a number >= 0")

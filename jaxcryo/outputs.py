@@ -7,11 +7,13 @@ from __future__ import annotations
 import logging
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import distributed, evaluate, geometry, inversion, models, runio
+from jaxcryo import distributed, evaluate, geometry, inversion, models, posemean, runio
 from jaxcryo.dataset import AMORTIZED
+from jaxcryo.research import per_image
 from jaxcryo.stages import AUTODECODING, radius_at
 
 SWITCH_SAMPLE = 5_000  # images whose pose change the automatic switch follows (a median: 5,000 pin it to ~0.1 deg)
@@ -94,6 +96,8 @@ class RunOutputs:
         direct inversion of the images at the final poses (``jaxcryo.inversion``; the filter's SNR
         comes from the two half sets, whose FSC is the run's own resolution estimate)."""
         stage = AUTODECODING if "rotations" in state else AMORTIZED
+        if stage == AUTODECODING and self.posterior_mean is not None:
+            state = self.posterior_mean_rotations(state)
         decoder, rots = self.write_outputs(stage, state, self.workdir)
         if distributed.is_writer():
             (self.workdir / "reconstruction.mrc").replace(self.workdir / "decoder.mrc")
@@ -108,6 +112,20 @@ class RunOutputs:
         runio.write_json(self.workdir / "summary.json", summary)
         logging.info("finished: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})
         return summary
+
+    def posterior_mean_rotations(self, state) -> dict:
+        """``train.posterior_mean_poses``: the state with every rotation replaced by its posterior mean
+        around it (``jaxcryo.posemean``), each image judged with the map of the half set it is not in."""
+        tables = self.host_tables(state, ("rotations", "shifts"))
+        per_call = max(1, posemean.SLICES_PER_CALL // int(self.config.train.posterior_samples))
+        batch = max(self.blocks, min(per_call, self.inference_batch) // self.blocks * self.blocks)
+        means, effective = per_image(self.posterior_mean, state["vol_params"], tables, self.data.source, batch,
+                                     self.batch_sharding, jax.random.key(self.config.seed + 13), self.half_maps(state))
+        moved = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(means), jnp.asarray(tables["rotations"])))
+        logging.info("posterior-mean poses: %.2f deg (median) from the most likely ones; %.1f effective draws "
+                     "of %d (median)", float(np.median(moved)), float(np.median(effective)),
+                     int(self.config.train.posterior_samples))
+        return dict(state, **self.place_tables({"rotations": means.astype(np.float32)}))
 
     def final_map(self, rotations: np.ndarray, shifts_px: np.ndarray, contrast: np.ndarray | None = None) -> dict:
         """Write reconstruction.mrc (direct inversion at the final poses and, when fitted, contrasts)

@@ -138,6 +138,26 @@ def mate_poses(mate_test, vol_params, tables: dict, source, batch_size: int, sha
     return tables, moved, sym
 
 
+def per_image(fn, vol_params, tables: dict, source, batch_size: int, sharding, key,
+              halves: HalfMaps | None = None) -> list[np.ndarray]:
+    """``fn(vol, batch, key, rotations (B, 3, 3), shifts (B, 2))`` -> (B, ...) arrays, run over every image
+    in padded chunks of ``batch_size``, each image with the map of the half set it is not in when
+    ``halves`` is given (else ``vol_params``); returns the outputs as host arrays of N rows."""
+    n = len(source.table)
+    groups = [(np.arange(n), vol_params)] if halves is None else halves.groups()
+    outputs = None
+    for g, (group_rows, vol) in enumerate(groups):
+        for start, idx, padded in padded_chunks(group_rows, batch_size):
+            batch = read_batch(source, padded, sharding)
+            rows = distributed.put_rows((tables["rotations"][padded], tables["shifts"][padded]), sharding)
+            found = [distributed.to_host(x)[: len(idx)] for x in fn(vol, batch, jax.random.fold_in(key, g * n + start), *rows)]
+            if outputs is None:
+                outputs = [np.zeros((n,) + x.shape[1:], x.dtype) for x in found]
+            for out, x in zip(outputs, found):
+                out[idx] = x
+    return outputs
+
+
 def research_poses(pose_search, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
                    refine_shifts: bool, min_move_deg: float = 5.0, halves: HalfMaps | None = None) -> tuple[dict, float]:
     """Returns the pose tables (host arrays of N rows, ``steps.POSE_TABLES``) with moved images updated
@@ -147,22 +167,15 @@ def research_poses(pose_search, vol_params, tables: dict, source, batch_size: in
     as ``mate_poses`` makes); ``source``: the full-box ImageSource. With ``halves`` each image is
     searched and judged with the map of the half set it is not in, else with ``vol_params``.
     """
-    n = len(source.table)
+    found, found_shift, found_loss, current = per_image(
+        lambda vol, batch, k, rot, shift: pose_search(vol, batch, radius, k, rot, shift),
+        vol_params, tables, source, batch_size, sharding, key, halves)
     rots, shifts = tables["rotations"].copy(), tables["shifts"].copy()
-    moved = np.zeros(n, bool)
-    groups = [(np.arange(n), vol_params)] if halves is None else halves.groups()
-    for g, (group_rows, vol) in enumerate(groups):
-        for start, idx, padded in padded_chunks(group_rows, batch_size):
-            batch = read_batch(source, padded, sharding)
-            rows = distributed.put_rows((rots[padded], shifts[padded]), sharding)
-            found, found_shift, found_loss, current = (distributed.to_host(x)[: len(idx)] for x in pose_search(
-                vol, batch, radius, jax.random.fold_in(key, g * n + start), *rows))
-            far = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(found), jnp.asarray(rots[idx]))) > min_move_deg
-            better = (found_loss < current) & far
-            rots[idx[better]] = found[better]
-            if refine_shifts:
-                shifts[idx[better]] = found_shift[better]
-            moved[idx[better]] = True
+    far = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(found), jnp.asarray(rots))) > min_move_deg
+    moved = (found_loss < current) & far
+    rots[moved] = found[moved]
+    if refine_shifts:
+        shifts[moved] = found_shift[moved]
     new = dict(tables, rotations=rots, shifts=shifts)
     for name in RESET_ON_MOVE:
         new[name] = tables[name].copy()

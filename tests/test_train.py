@@ -164,6 +164,7 @@ def _snapshot(root: pathlib.Path) -> dict:
                                           r"\(model.n_heads \(2 -> 3\)\)"),
     (lambda c: c.data.update(image_size=31), r"config: data.image_size = 31 must be an even box"),
     (lambda c: c.data.update(pixel_size_angstrom=-3.0), r"config: data.pixel_size_angstrom = -3.0"),
+    (lambda c: c.train.update(posterior_samples=1), r"config: train.posterior_samples = 1; expected an integer >= 2"),
     (lambda c: c.data.update(particles="/nonexistent.star"), r"another config \(data.particles"),
 ])
 def test_a_rejected_rerun_leaves_the_work_directory_untouched(finished_run, tmp_path, change, message):
