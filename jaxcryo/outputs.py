@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import distributed, evaluate, geometry, inversion, models, posemean, runio
+from jaxcryo import distributed, evaluate, geometry, inversion, models, runio
 from jaxcryo.dataset import AMORTIZED
 from jaxcryo.research import per_image
 from jaxcryo.stages import AUTODECODING, radius_at
@@ -117,9 +117,7 @@ class RunOutputs:
         """``train.posterior_mean_poses``: the state with every rotation replaced by its posterior mean
         around it (``jaxcryo.posemean``), each image judged with the map of the half set it is not in."""
         tables = self.host_tables(state, ("rotations", "shifts"))
-        per_call = max(1, posemean.SLICES_PER_CALL // int(self.config.train.posterior_samples))
-        batch = max(self.blocks, min(per_call, self.inference_batch) // self.blocks * self.blocks)
-        means, effective = per_image(self.posterior_mean, state["vol_params"], tables, self.data.source, batch,
+        means, effective = per_image(self.posterior_mean, state["vol_params"], tables, self.data.source, self.posterior_batch,
                                      self.batch_sharding, jax.random.key(self.config.seed + 13), self.half_maps(state))
         moved = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(means), jnp.asarray(tables["rotations"])))
         logging.info("posterior-mean poses: %.2f deg (median) from the most likely ones; %.1f effective draws "

@@ -150,10 +150,10 @@ def per_image(fn, vol_params, tables: dict, source, batch_size: int, sharding, k
         for start, idx, padded in padded_chunks(group_rows, batch_size):
             batch = read_batch(source, padded, sharding)
             rows = distributed.put_rows((tables["rotations"][padded], tables["shifts"][padded]), sharding)
-            found = [distributed.to_host(x)[: len(idx)] for x in fn(vol, batch, jax.random.fold_in(key, g * n + start), *rows)]
+            results = [distributed.to_host(x)[: len(idx)] for x in fn(vol, batch, jax.random.fold_in(key, g * n + start), *rows)]
             if outputs is None:
-                outputs = [np.zeros((n,) + x.shape[1:], x.dtype) for x in found]
-            for out, x in zip(outputs, found):
+                outputs = [np.zeros((n,) + x.shape[1:], x.dtype) for x in results]
+            for out, x in zip(outputs, results):
                 out[idx] = x
     return outputs
 

@@ -39,7 +39,7 @@ from jaxcryo.io.loader import steps_per_epoch
 from jaxcryo.epochloop import EpochLoop
 from jaxcryo.outputs import RunOutputs
 from jaxcryo.plan import RunPlan
-from jaxcryo.posemean import make_posterior_mean
+from jaxcryo.posemean import SLICES_PER_CALL, make_posterior_mean
 from jaxcryo.research import make_mate_test, make_research
 from jaxcryo.search import SearchSettings
 from jaxcryo.stages import AUTODECODING, AmortizedStage, AutodecodingStage, stage_epochs
@@ -107,6 +107,9 @@ class Run(EpochLoop, AmortizedStage, AmortizedStarts, AutodecodingStage, RunVolu
         self.mate_test = make_mate_test(config, px, self.mesh) if self.research is not None else None
         self.posterior_mean = (make_posterior_mean(px, self.mesh, int(tc.posterior_samples), float(tc.posterior_sigma_deg))
                                if tc.get("posterior_mean_poses", False) and not self.known_poses else None)
+        if self.posterior_mean is not None:  # at most SLICES_PER_CALL draws per call bound the pass's memory
+            self.posterior_batch = pass_batch(min(SLICES_PER_CALL // int(tc.posterior_samples), self.inference_batch),
+                                              self.n, n_dev)
         self.checkpoints = runio.Checkpoints(workdir / "checkpoints")
         progress = self.checkpoints.latest_progress()  # checked before anything is written
         if progress is not None and progress.get("processes", 1) != distributed.process_count():
