@@ -91,7 +91,7 @@ def run_halfsets(config, workdir: pathlib.Path, train_fn, devices=None) -> dict:
     else:
         logging.info("half sets 1 and 2 (%d, %d particles) run concurrently on devices %s and %s",
                      len(halves[0]["rows"]), len(halves[1]["rows"]), *[[d.id for d in g] for g in groups])
-        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        with runio.one_save_at_a_time(), concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             futures = [pool.submit(train_fn, cfg, workdir / f"half{half}", group)
                        for half, (cfg, group) in enumerate(zip(configs, groups), start=1)]
             summaries = [f.result() for f in futures]

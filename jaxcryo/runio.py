@@ -19,8 +19,10 @@ others); every process writes its own part of each checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +34,24 @@ from jaxcryo.io.cryosparc import write_cs
 from jaxcryo.io.mrc import write_mrc
 from jaxcryo.io.star import write_particles_star
 from jaxcryo.io.table import ParticleTable
+
+
+# orbax's asynchronous save is not safe for two managers saving at once in one process: its completion
+# signals are process-wide, and one manager's commit can race the other's directory creation (two
+# half sets run as threads failed with "File exists" under half2/checkpoints). Inside
+# ``one_save_at_a_time()`` every save is synchronous and holds a process-wide lock.
+_SAVE_LOCK = threading.Lock()
+_EXCLUSIVE = threading.Event()
+
+
+@contextlib.contextmanager
+def one_save_at_a_time():
+    """Make every checkpoint save in this process synchronous and serialised (concurrent runs as threads)."""
+    _EXCLUSIVE.set()
+    try:
+        yield
+    finally:
+        _EXCLUSIVE.clear()
 
 
 class Checkpoints:
@@ -55,6 +75,14 @@ class Checkpoints:
 
     def save(self, state, progress: dict) -> None:
         """Save under the next checkpoint number (the stage switch saves twice at one training step)."""
+        if _EXCLUSIVE.is_set():
+            with _SAVE_LOCK:
+                self._save(state, progress)
+                self.manager.wait_until_finished()
+        else:
+            self._save(state, progress)
+
+    def _save(self, state, progress: dict) -> None:
         latest = self.manager.latest_step()
         self.manager.save(0 if latest is None else latest + 1, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)), force=True)
