@@ -155,6 +155,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.posterior_mean_poses = False
     config.train.posterior_samples = 32  # 64 estimate the mean better (4.41 vs 4.46 deg, README) at twice the cost
     config.train.posterior_sigma_deg = 3.0
+    # > 0: the final map marginalised over each image's pose posterior: every image inserted at its this
+    # many heaviest posterior draws, weighted (RELION's expectation step; jaxcryo.inversion); 0: one
+    # insertion per image at its posterior mean
+    config.train.posterior_map_draws = 0
     config.train.vol_iters = 1
     config.train.log_every = 20
     config.train.checkpoint_every_steps = 500

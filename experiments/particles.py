@@ -19,7 +19,8 @@ What this config does beyond the quickstart, for real stacks (each a named optio
 * particle offsets up to 6 % of the box (``model.max_shift_fraction``; raise it for a stack that is not
   centred: the range was the difference between failing and working on coloured-noise data, see README);
 * the final rotations are posterior means around the most likely ones (``train.posterior_mean_poses``);
-* outputs: reconstruction.mrc (direct inversion at the final poses), decoder.mrc, poses.star (RELION 3.1,
+* outputs: reconstruction.mrc (direct inversion at each image's 8 heaviest posterior draws, weighted:
+  ``train.posterior_map_draws``), decoder.mrc, poses.star (RELION 3.1,
   with the half sets) and poses.cs (cryoSPARC), fsc_halfmaps.csv.
 A one-line plan (box, pixel size, N, steps per stage) is logged at the start; each stage's expected time
 after its first steps. For boxes above ~128 px on a CPU, also set --config.data.image_size (Fourier crop).
@@ -63,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.research_half_maps = True  # both judged with the other half set's map (no self-noise)
     config.train.epochs_autodecoding_max = 16  # past the planned epochs too, up to this many
     config.train.posterior_mean_poses = True  # the final rotations: posterior means (jaxcryo.posemean)
+    config.train.posterior_map_draws = 8  # and the final map marginalised over each pose posterior (its 8 heaviest draws)
     config.train.switch = "auto"
     config.train.switch_min_steps = 156  # the quickstart's: a small stack's short epochs do not switch it early
     return config

@@ -17,7 +17,9 @@ Beyond the paper's method (each a named option of experiments/common.py; see the
   pseudo-symmetry (``train.research_mates``, ``jaxcryo.pseudosym``): the modes of a pseudo-symmetric
   particle lie too far apart for local refinement and look too alike at low frequency for the search;
 * the final rotations are posterior means around the most likely ones (``train.posterior_mean_poses``,
-  ``jaxcryo.posemean``), nearer the truth at this SNR, and the final map is made at them.
+  ``jaxcryo.posemean``), nearer the truth at this SNR, and the final map is marginalised over each
+  image's pose posterior: every image inserted at its 8 heaviest draws, weighted
+  (``train.posterior_map_draws``; RELION's expectation step, once, at the end).
 """
 
 import ml_collections
@@ -47,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.research_global_radius = 0.5
     config.train.epochs_autodecoding_max = 16
     config.train.posterior_mean_poses = True  # the final rotations: posterior means (jaxcryo.posemean)
+    config.train.posterior_map_draws = 8  # and the final map marginalised over each pose posterior (its 8 heaviest draws)
     config.train.research_local = 4
     config.train.research_repeat_fraction = 0.02  # and after the next epoch too while a pass moves >= 2 % of the images
     config.train.research_stop_fraction = 0.01  # and stop searching once a pass moves < 1 %

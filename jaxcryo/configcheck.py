@@ -17,6 +17,7 @@ RESUMABLE = ("progress_bar", "train.epochs_amortized", "train.epochs_autodecodin
              "train.autodecoding_steps", "train.epochs_autodecoding_max", "train.log_every",
              "train.checkpoint_every_steps", "train.inference_batch_size", "train.research_batch_size", "train.epoch_outputs_max_particles",
              "train.posterior_mean_poses", "train.posterior_samples", "train.posterior_sigma_deg",  # final outputs only
+             "train.posterior_map_draws",
              "data.datadir", "eval.")
 
 # Options added after work directories first stored their config.json, each with the value that does what
@@ -88,6 +89,8 @@ def validate(config) -> None:
                 "train.epochs_autodecoding_max", "train.switch_min_steps"):
         need(key, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
     need("train.posterior_samples", lambda v: isinstance(v, int) and v >= 2, "an integer >= 2 (draws per image)")
+    need("train.posterior_map_draws", lambda v: isinstance(v, int) and 0 <= v <= int(flat.get("train.posterior_samples", 32)),
+         "an integer from 0 to train.posterior_samples (draws per image in the final map)")
     for key in ("train.lr_encoder", "train.lr_volume", "train.lr_volume_autodecoding", "train.lr_pose", "model.width",
                 "model.search_local_sigma_deg", "train.posterior_sigma_deg"):
         need(key, lambda v: finite(v) and v > 0, "a number > 0")

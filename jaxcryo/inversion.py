@@ -9,6 +9,13 @@ SNR = FSC_full / (1 - FSC_full): where the halves agree the data decide, where t
 shrunk to zero. This is how RELION regularises its reconstruction (tau^2 from the FSC). The noise
 variance cancels in the ratio, so the images need no noise estimate.
 
+With weighted pose draws per image (``insert``'s ``draws``: the heaviest draws of ``jaxcryo.posemean``)
+both sums hold sum_t w_t CTF_i X_i and sum_t w_t CTF_i^2 on each draw's slice: the map marginalised over
+each image's pose posterior, as RELION's expectation step builds it. Measured offline on two finished
+runs (5,000 x 64 px, SNR 0.1): 8 draws per image took the map from 7.06 to 6.70 A against the truth
+(outside simulator seed 11; 7.28 A at the most likely poses; true-pose hard inversion 6.97 A) and from
+7.54 to 6.85 A (seed 5, a pseudo-two-fold dimer; reference 7.41 A).
+
 ``PAD`` > 1 zero-pads the images before the transform so inserted samples are denser (RELION's padding
 factor 2). Measured on a 5,000 x 64 px simulated set at the true poses: padding 1 gave FSC 0.5 against
 the truth 7.03 A in 16 s, padding 2 gave 7.48 A in 75 s, so the default is 1. Map values are in image
@@ -24,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcryo import ctf as ctf_lib
-from jaxcryo import distributed, evaluate, fourier, losses, noise, slicing
+from jaxcryo import distributed, evaluate, fourier, geometry, losses, noise, slicing
 from jaxcryo.io.loader import padded_chunks
 from jaxcryo.io.table import CTF_FIELDS
 
@@ -33,7 +40,7 @@ PAD = 1
 
 @functools.partial(jax.jit, donate_argnums=(0,))
 def insert(sums, images, ctf_fields: dict, rotations, shifts_px, keep, pixel_size_angstrom, noise_radial=None,
-           contrast=None):
+           contrast=None, draws=None):
     """Add a batch to the accumulator.
 
     Args:
@@ -44,6 +51,9 @@ def insert(sums, images, ctf_fields: dict, rotations, shifts_px, keep, pixel_siz
       noise_radial: (B, R) whitening profiles of whitened images (``jaxcryo.noise``), or None.
       contrast: (B,) per-image contrast scales a (image = a * CTF * slice + noise), or None for 1:
         the sums become those of a CTF X and of a^2 CTF^2, the least-squares volume under that model.
+      draws: None, or (omega (B, T, 3), weights (B, T) summing to 1 per image): each image is inserted
+        at the T rotations Exp(omega_t) R with both sums weighted by w_t (RELION's expectation step:
+        the map marginalised over each image's pose posterior, ``jaxcryo.posemean``).
     """
     size = sums.shape[0]
     h = fourier.ht(fourier.pad_center(images.astype(sums.dtype), size))
@@ -53,16 +63,23 @@ def insert(sums, images, ctf_fields: dict, rotations, shifts_px, keep, pixel_siz
     if noise_radial is not None:  # the same frequency on the padded grid: radius scaled by L / P
         box = images.shape[-1]
         ctf = ctf * noise_radial[:, np.round(noise.radius_grid(size) * box / size).astype(np.int32)].astype(ctf.dtype)
-    return slicing.insert_slices(sums, rotations, jnp.stack([h * ctf, ctf**2], -1))
+    data = jnp.stack([h * ctf, ctf**2], -1)
+    if draws is not None:
+        omega, weights = draws
+        rotations = (geometry.so3_exp(omega) @ rotations[:, None]).reshape(-1, 3, 3)
+        data = (data[:, None] * weights[:, :, None, None, None].astype(data.dtype)).reshape((-1,) + data.shape[1:])
+    return slicing.insert_slices(sums, rotations, data)
 
 
 def accumulate(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.ndarray,
-               batch_size: int = 64, contrast: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               batch_size: int = 64, contrast: np.ndarray | None = None,
+               draws: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sums of both half sets: (2, P, P, P) numerators and weights.
 
     ``source``: an ImageSource (``source.read(rows)``, ``source.table``); ``rotations`` (N, 3, 3),
     ``shifts_px`` (N, 2) in pixels of the source's box, ``labels`` (N,) half-set labels in {1, 2},
-    ``contrast`` (N,) per-particle contrast scales or None (all 1).
+    ``contrast`` (N,) per-particle contrast scales or None (all 1), ``draws`` None or (omega (N, T, 3),
+    weights (N, T)): each image inserted at T weighted rotations around its own (``insert``).
     With several processes each inserts its own block of rows and the sums are added over processes.
     """
     size = PAD * source.image_size
@@ -77,7 +94,8 @@ def accumulate(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.
             sums = insert(sums, jnp.asarray(batch.images), {k: v[padded] for k, v in fields.items()},
                           jnp.asarray(rotations[padded], jnp.float32), jnp.asarray(shifts_px[padded], jnp.float32),
                           jnp.asarray(keep), float(source.pixel_size_angstrom), batch.noise_radial,
-                          None if contrast is None else jnp.asarray(contrast[padded], jnp.float32))
+                          None if contrast is None else jnp.asarray(contrast[padded], jnp.float32),
+                          None if draws is None else tuple(jnp.asarray(d[padded], jnp.float32) for d in draws))
         halves.append(np.asarray(sums))
     total = distributed.sum_over_processes(np.moveaxis(np.stack(halves), -1, 0))  # one all-gather
     return total[0], total[1]
@@ -140,9 +158,10 @@ def wiener_maps(numerators: np.ndarray, weights: np.ndarray, box: int, filtered_
 
 def reconstruct(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.ndarray,
                 batch_size: int = 64, contrast: np.ndarray | None = None, filtered_halves: bool = False,
-                full_map: bool = True) -> dict:
-    """Direct inversion of ``source``'s images at the given poses; see ``wiener_maps`` for the result."""
-    num, w = accumulate(source, rotations, shifts_px, labels, batch_size, contrast)
+                full_map: bool = True, draws: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Direct inversion of ``source``'s images at the given poses (or weighted draws around them, see
+    ``accumulate``); see ``wiener_maps`` for the result."""
+    num, w = accumulate(source, rotations, shifts_px, labels, batch_size, contrast, draws)
     return wiener_maps(num, w, source.image_size, filtered_halves, full_map)
 
 

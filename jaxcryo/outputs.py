@@ -96,14 +96,15 @@ class RunOutputs:
         direct inversion of the images at the final poses (``jaxcryo.inversion``; the filter's SNR
         comes from the two half sets, whose FSC is the run's own resolution estimate)."""
         stage = AUTODECODING if "rotations" in state else AMORTIZED
+        draws = None
         if stage == AUTODECODING and self.posterior_mean is not None:
-            state = self.posterior_mean_rotations(state)
+            state, draws = self.posterior_mean_rotations(state)
         decoder, rots = self.write_outputs(stage, state, self.workdir)
         if distributed.is_writer():
             (self.workdir / "reconstruction.mrc").replace(self.workdir / "decoder.mrc")
         summary = {f"decoder_{k}": v for k, v in decoder.items() if k.startswith("fsc")}
         contrast = self.contrast_table(state) if stage != AMORTIZED else None
-        summary.update(self.final_map(rots, np.asarray(self.current_poses(stage, state)[1]), contrast))
+        summary.update(self.final_map(rots, np.asarray(self.current_poses(stage, state)[1]), contrast, draws))
         truth = self.data.ground_truth_poses and pathlib.Path(self.data.ground_truth_poses).with_name("ground_truth_contrast.npy")
         if contrast is not None and truth and truth.exists():  # simulated scales (jaxcryo.simulate)
             summary["contrast_correlation"] = float(np.corrcoef(contrast, np.load(truth))[0, 1])
@@ -113,24 +114,33 @@ class RunOutputs:
         logging.info("finished: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})
         return summary
 
-    def posterior_mean_rotations(self, state) -> dict:
+    def posterior_mean_rotations(self, state) -> tuple[dict, tuple | None]:
         """``train.posterior_mean_poses``: the state with every rotation replaced by its posterior mean
-        around it (``jaxcryo.posemean``), each image judged with the map of the half set it is not in."""
+        around it (``jaxcryo.posemean``), each image judged with the map of the half set it is not in;
+        with ``train.posterior_map_draws`` > 0 also the draws the final map is made from: (the most
+        likely rotations (N, 3, 3), offsets (N, T, 3), weights (N, T)), else None."""
         tables = self.host_tables(state, ("rotations", "shifts"))
-        means, effective = per_image(self.posterior_mean, state["vol_params"], tables, self.data.source, self.posterior_batch,
+        means, effective, omega, weights = per_image(self.posterior_mean, state["vol_params"], tables, self.data.source, self.posterior_batch,
                                      self.batch_sharding, jax.random.key(self.config.seed + 13), self.half_maps(state))
         moved = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(means), jnp.asarray(tables["rotations"])))
         logging.info("posterior-mean poses: %.2f deg (median) from the most likely ones; %.1f effective draws "
                      "of %d (median)", float(np.median(moved)), float(np.median(effective)),
                      int(self.config.train.posterior_samples))
-        return dict(state, **self.place_tables({"rotations": means.astype(np.float32)}))
+        draws = None
+        if int(self.config.train.get("posterior_map_draws", 0)) > 0:
+            draws = (tables["rotations"], omega, weights)
+        return dict(state, **self.place_tables({"rotations": means.astype(np.float32)})), draws
 
-    def final_map(self, rotations: np.ndarray, shifts_px: np.ndarray, contrast: np.ndarray | None = None) -> dict:
-        """Write reconstruction.mrc (direct inversion at the final poses and, when fitted, contrasts)
+    def final_map(self, rotations: np.ndarray, shifts_px: np.ndarray, contrast: np.ndarray | None = None,
+                  draws: tuple | None = None) -> dict:
+        """Write reconstruction.mrc (direct inversion at the final poses and, when fitted, contrasts; with
+        ``draws`` from ``posterior_mean_rotations``, at each image's weighted posterior draws instead)
         and evaluate it."""
         source = self.data.source
-        rec = inversion.reconstruct(source, rotations, shifts_px if self.uses_shifts else np.zeros_like(shifts_px),
-                                    self.half_labels, self.inference_batch, contrast)
+        rec = inversion.reconstruct(source, rotations if draws is None else draws[0],
+                                    shifts_px if self.uses_shifts else np.zeros_like(shifts_px),
+                                    self.half_labels, self.inference_batch, contrast,
+                                    draws=None if draws is None else draws[1:])
         pixel = source.pixel_size_angstrom
         volume = rec["map"]
         if self.config.model.get("volume_mask", False):  # the map the run worked with; half maps stay unmasked
@@ -141,7 +151,8 @@ class RunOutputs:
                                                                         "masked": rec["fsc_half_masked"]}, pixel)
         out = {"fsc0143_halfmaps_angstrom": evaluate.resolution_at(rec["fsc_half"], 0.143, pixel),
                "fsc0143_halfmaps_masked_angstrom": evaluate.resolution_at(rec["fsc_half_masked"], 0.143, pixel)}
-        logging.info("final map by direct inversion: half-map FSC 0.143 at %.2f A (soft mask %.2f A)",
+        how = "direct inversion" if draws is None else f"direct inversion at {draws[1].shape[1]} weighted posterior draws per image"
+        logging.info("final map by %s: half-map FSC 0.143 at %.2f A (soft mask %.2f A)", how,
                      out["fsc0143_halfmaps_angstrom"], out["fsc0143_halfmaps_masked_angstrom"])
         shifts_angstrom = shifts_px * self.data.source.pixel_size_angstrom if self.uses_shifts else None
         # the final poses again, with the half sets of this map (rlnRandomSubset), and for cryoSPARC

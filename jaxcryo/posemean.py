@@ -59,11 +59,15 @@ def chordal_mean(weights: jax.Array, rotations: jax.Array) -> jax.Array:
     return u @ vt
 
 
-def make_posterior_mean(pixel_size_angstrom: float, mesh, n_samples: int, sigma_deg: float):
-    """(vol_params, batch, key, rotations (B, 3, 3), shifts (B, 2)) -> posterior-mean rotations (B, 3, 3)
-    and each image's effective number of draws (B,) (1 / sum w^2: ~1 when one draw holds all the weight,
-    which means the posterior is narrower than ``sigma_deg`` and the mean is the most likely draw)."""
+def make_posterior_mean(pixel_size_angstrom: float, mesh, n_samples: int, sigma_deg: float, n_keep: int = 1):
+    """(vol_params, batch, key, rotations (B, 3, 3), shifts (B, 2)) -> posterior-mean rotations (B, 3, 3),
+    each image's effective number of draws (B,) (1 / sum w^2: ~1 when one draw holds all the weight,
+    which means the posterior is narrower than ``sigma_deg`` and the mean is the most likely draw), and
+    its ``n_keep`` heaviest draws as axis-angle offsets (B, n_keep, 3) from its rotation with their
+    weights renormalised to sum to 1 (B, n_keep): what ``jaxcryo.inversion`` inserts for the
+    posterior-weighted map."""
     sigma = float(np.radians(sigma_deg))
+    n_keep = max(1, min(int(n_keep), n_samples))
 
     def core(vol_params, batch, key, rot, shift):
         target, ctf, mask = _targets(batch, pixel_size_angstrom, 1.0)
@@ -74,7 +78,10 @@ def make_posterior_mean(pixel_size_angstrom: float, mesh, n_samples: int, sigma_
         shifts = jnp.broadcast_to(shift[:, None], draws.shape[:2] + (2,))
         sample_losses = losses.per_image_loss(losses.predict(vol_h, draws, ctf, shifts), target, mask, "gaussian")
         weights = jax.nn.softmax(importance_log_weights(sample_losses, omega, jnp.sum(mask), sigma), axis=1)
-        return chordal_mean(weights.astype(rot.dtype), draws), 1.0 / jnp.sum(weights**2, axis=1)
+        top_w, top = jax.lax.top_k(weights, n_keep)
+        top_omega = jnp.take_along_axis(omega, top[..., None], axis=1)
+        return (chordal_mean(weights.astype(rot.dtype), draws), 1.0 / jnp.sum(weights**2, axis=1), top_omega,
+                top_w / jnp.sum(top_w, axis=1, keepdims=True))
 
     return jax.jit(jax.shard_map(core, mesh=mesh, in_specs=(P(), P(AXIS), P(), P(AXIS), P(AXIS)),
-                                 out_specs=(P(AXIS), P(AXIS)), check_vma=False))
+                                 out_specs=(P(AXIS),) * 4, check_vma=False))

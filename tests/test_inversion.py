@@ -118,3 +118,33 @@ def test_a_map_of_every_image_favours_each_images_own_pose_and_the_other_halfs_m
     alone = inversion.reconstruct(source, rots, shifts, labels, filtered_halves=True, full_map=False)
     assert "map" not in alone
     np.testing.assert_array_equal(alone["half1_filtered"], out["half1_filtered"])
+
+
+def test_weighted_draws_insert_as_the_weighted_sum_of_single_insertions():
+    """The posterior-weighted map (``train.posterior_map_draws``): an image inserted at draws
+    Exp(omega_t) R with weights w_t must add exactly sum_t w_t x (its single insertion at Exp(omega_t) R)
+    to both sums; a wrong composition order or weights applied to one sum only would not."""
+    _, source, rots, shifts = _projections(n=16, shifts=True)
+    table, size = source.table, source.image_size
+    fields = {k: jnp.asarray(getattr(table, k), jnp.float32) for k in CTF_FIELDS}
+    omega = jnp.asarray(np.random.default_rng(3).normal(0, 0.2, (16, 3, 3)), jnp.float32)  # ~11 deg per axis
+    weights = jnp.asarray([0.2, 0.3, 0.5], jnp.float32) * jnp.ones((16, 1))
+    keep = jnp.ones(16)
+
+    def fresh():
+        return jnp.zeros((size,) * 3 + (2,), jnp.float32)
+
+    args = (jnp.asarray(source.images), fields)
+    soft = inversion.insert(fresh(), *args, jnp.asarray(rots), jnp.asarray(shifts), keep, 6.0, draws=(omega, weights))
+    expected = sum(float(weights[0, t]) * inversion.insert(
+        fresh(), *args, geometry.so3_exp(omega[:, t]) @ jnp.asarray(rots), jnp.asarray(shifts), keep, 6.0)
+        for t in range(3))
+    np.testing.assert_allclose(np.asarray(soft), np.asarray(expected), rtol=1e-4, atol=1e-4 * float(jnp.abs(expected).max()))
+    swapped = inversion.insert(fresh(), *args, jnp.asarray(rots), jnp.asarray(shifts), keep, 6.0,
+                               draws=(omega, weights[:, ::-1]))
+    assert float(jnp.abs(swapped - expected).max()) > 0.05 * float(jnp.abs(expected).max())
+    # zero offsets: the hard insertion at R, whatever the weights
+    hard = inversion.insert(fresh(), *args, jnp.asarray(rots), jnp.asarray(shifts), keep, 6.0)
+    zero = inversion.insert(fresh(), *args, jnp.asarray(rots), jnp.asarray(shifts), keep, 6.0,
+                            draws=(jnp.zeros_like(omega), weights))
+    np.testing.assert_allclose(np.asarray(zero), np.asarray(hard), rtol=1e-4, atol=1e-5 * float(jnp.abs(hard).max()))

@@ -66,14 +66,20 @@ def test_posterior_means_lie_nearer_the_true_poses_than_perturbed_starts():
     vol_h, truth, batch = _noisy_batch(noise_std=2.0)
     start = (geometry.so3_exp(jnp.deg2rad(4.0) * geometry.random_rotations(jax.random.key(5), (64,))[:, 0]) @ truth).astype(jnp.float32)
     mesh = steps.make_mesh()
-    fn = posemean.make_posterior_mean(6.0, mesh, n_samples=256, sigma_deg=4.0)
+    fn = posemean.make_posterior_mean(6.0, mesh, n_samples=256, sigma_deg=4.0, n_keep=16)
     rows = jax.NamedSharding(mesh, jax.sharding.PartitionSpec(steps.AXIS))
     params = {"mantissa": vol_h, "exponent": jnp.zeros_like(vol_h)}  # models.volume_hartley: H = mantissa * exp(exponent)
-    means, effective = fn(params, jax.device_put(batch, rows),
+    means, effective, omega, weights = fn(params, jax.device_put(batch, rows),
                           jax.random.key(7), jax.device_put(start, rows), jax.device_put(jnp.zeros((64, 2)), rows))
     before = np.asarray(geometry.geodesic_distance_deg(start, truth))
     after = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(np.asarray(means)), truth))
     assert np.median(before) > 3.9 and np.median(after) < 0.6 * np.median(before), (np.median(before), np.median(after))
     assert np.mean(after < before) > 0.8
     assert np.all(np.asarray(effective) >= 1.0) and float(np.median(effective)) < 256
-
+    # the kept draws (the final map's): the heaviest, renormalised, and their own mean near the full mean
+    weights = np.asarray(weights)
+    np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-5)
+    assert np.all(np.diff(weights, axis=1) <= 0)
+    kept = geometry.so3_exp(jnp.asarray(np.asarray(omega))) @ start[:, None]
+    kept_mean = posemean.chordal_mean(jnp.asarray(weights), kept)
+    assert float(np.median(np.asarray(geometry.geodesic_distance_deg(kept_mean, jnp.asarray(np.asarray(means)))))) < 0.5
