@@ -134,13 +134,11 @@ class RunOutputs:
     def final_map(self, rotations: np.ndarray, shifts_px: np.ndarray, contrast: np.ndarray | None = None,
                   draws: tuple | None = None) -> dict:
         """Write reconstruction.mrc (direct inversion at the final poses and, when fitted, contrasts; with
-        ``draws`` from ``posterior_mean_rotations``, at each image's weighted posterior draws instead)
-        and evaluate it."""
+        ``draws`` from ``posterior_mean_rotations``, at each image's weighted posterior draws instead; the
+        half-map FSC is then still that of the inversion at the final poses) and evaluate it."""
         source = self.data.source
-        rec = inversion.reconstruct(source, rotations if draws is None else draws[0],
-                                    shifts_px if self.uses_shifts else np.zeros_like(shifts_px),
-                                    self.half_labels, self.inference_batch, contrast,
-                                    draws=None if draws is None else draws[1:])
+        rec = inversion.reconstruct(source, rotations, shifts_px if self.uses_shifts else np.zeros_like(shifts_px),
+                                    self.half_labels, self.inference_batch, contrast, draws=draws)
         pixel = source.pixel_size_angstrom
         volume = rec["map"]
         if self.config.model.get("volume_mask", False):  # the map the run worked with; half maps stay unmasked
