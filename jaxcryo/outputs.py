@@ -15,11 +15,9 @@ from jaxcryo import distributed, evaluate, geometry, inversion, models, runio
 from jaxcryo.dataset import AMORTIZED
 from jaxcryo.research import per_image
 from jaxcryo.stages import AUTODECODING, radius_at
+from jaxcryo.switchwatch import SwitchWatch
 
-SWITCH_SAMPLE = 5_000  # images whose pose change the automatic switch follows (a median: 5,000 pin it to ~0.1 deg)
-
-
-class RunOutputs:
+class RunOutputs(SwitchWatch):
     """What a run writes, from its state."""
 
     def current_poses(self, stage: str, state) -> tuple[np.ndarray, np.ndarray]:
@@ -61,34 +59,6 @@ class RunOutputs:
             summary.update(self.pose_change(epoch, sample, float(self.config.train.switch_threshold_deg)))
         self.last_summary = summary
         return summary
-
-    def switch_sample_rows(self) -> np.ndarray:
-        """The images whose poses the automatic switch follows: all of them up to SWITCH_SAMPLE, else
-        a seeded sample of that many."""
-        if self.n <= SWITCH_SAMPLE:
-            return np.arange(self.n)
-        return np.sort(np.random.default_rng([self.config.seed, 17]).permutation(self.n)[:SWITCH_SAMPLE])
-
-    def pose_change(self, epoch: int, sample: np.ndarray, moved_deg: float) -> dict:
-        """{"pose_change_median_deg", "pose_change_moved_fraction" (the share that moved more than
-        ``moved_deg``)} against the previous epoch's sample poses, which are kept in
-        WORKDIR/switch_poses/ (so a resumed run sees them too); {} after the first epoch."""
-        folder = self.workdir / "switch_poses"
-        if distributed.is_writer():
-            folder.mkdir(exist_ok=True)
-            tmp = folder / f"epoch_{epoch:03d}.tmp.npy"
-            np.save(tmp, sample)
-            tmp.replace(folder / f"epoch_{epoch:03d}.npy")
-            for old in folder.glob("epoch_*.npy"):
-                if old.name < f"epoch_{epoch - 1:03d}.npy":
-                    old.unlink()
-        distributed.barrier(f"switch poses {epoch}")
-        previous = folder / f"epoch_{epoch - 1:03d}.npy"
-        if not previous.exists():
-            return {}
-        change = geometry.geodesic_distance_deg(jnp.asarray(np.load(previous)), jnp.asarray(sample))
-        return {"pose_change_median_deg": float(jnp.median(change)),
-                "pose_change_moved_fraction": float(jnp.mean(change > moved_deg))}
 
     def finish(self, state, progress: dict) -> dict:
         """Final outputs: the learned volume as decoder.mrc, poses.star (RELION 3.1, with the half sets as

@@ -353,16 +353,16 @@ def test_switch_follows_a_fixed_sample_kept_on_disk(tmp_path):
 
     from scipy.spatial.transform import Rotation
 
-    from jaxcryo import outputs
+    from jaxcryo import switchwatch
 
     run = types.SimpleNamespace(n=10, config=types.SimpleNamespace(seed=3), workdir=tmp_path)
-    np.testing.assert_array_equal(outputs.RunOutputs.switch_sample_rows(run), np.arange(10))
-    run.n = 3 * outputs.SWITCH_SAMPLE
-    rows = outputs.RunOutputs.switch_sample_rows(run)
-    assert len(np.unique(rows)) == outputs.SWITCH_SAMPLE and np.all(np.diff(rows) > 0) and rows.max() < run.n
-    np.testing.assert_array_equal(rows, outputs.RunOutputs.switch_sample_rows(run))
+    np.testing.assert_array_equal(switchwatch.SwitchWatch.switch_sample_rows(run), np.arange(10))
+    run.n = 3 * switchwatch.SWITCH_SAMPLE
+    rows = switchwatch.SwitchWatch.switch_sample_rows(run)
+    assert len(np.unique(rows)) == switchwatch.SWITCH_SAMPLE and np.all(np.diff(rows) > 0) and rows.max() < run.n
+    np.testing.assert_array_equal(rows, switchwatch.SwitchWatch.switch_sample_rows(run))
     poses = [Rotation.random(50, random_state=k) for k in range(3)]
-    changes = [outputs.RunOutputs.pose_change(run, e + 1, r.as_matrix().astype(np.float32), 90.0) for e, r in enumerate(poses)]
+    changes = [switchwatch.SwitchWatch.pose_change(run, e + 1, r.as_matrix().astype(np.float32), 90.0) for e, r in enumerate(poses)]
     assert changes[0] == {}
     angles = np.degrees((poses[1].inv() * poses[2]).magnitude())
     assert changes[2]["pose_change_median_deg"] == pytest.approx(np.median(angles), abs=0.01)
