@@ -12,9 +12,10 @@ variance cancels in the ratio, so the images need no noise estimate.
 With weighted pose draws per image (``insert``'s ``draws``: the heaviest draws of ``jaxcryo.posemean``)
 both sums hold sum_t w_t CTF_i X_i and sum_t w_t CTF_i^2 on each draw's slice: the map marginalised over
 each image's pose posterior, as RELION's expectation step builds it. Measured offline on two finished
-runs (5,000 x 64 px, SNR 0.1): 8 draws per image took the map from 7.06 to 6.70 A against the truth
-(outside simulator seed 11; 7.28 A at the most likely poses; true-pose hard inversion 6.97 A) and from
-7.54 to 6.85 A (seed 5, a pseudo-two-fold dimer; reference 7.41 A).
+runs (5,000 x 64 px, SNR 0.1): 8 draws per image took the map from 7.08 A (one insertion at the
+posterior means) to 6.75 A against the truth (outside simulator seed 11; 7.28 A at the most likely
+poses; plain inversion at the true poses 6.97 A, marginalised around them 6.56 A) and from 7.52 to
+7.01 A (seed 5, a pseudo-two-fold dimer; plain at the true poses 7.41 A).
 
 ``PAD`` > 1 zero-pads the images before the transform so inserted samples are denser (RELION's padding
 factor 2). Measured on a 5,000 x 64 px simulated set at the true poses: padding 1 gave FSC 0.5 against

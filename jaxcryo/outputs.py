@@ -17,6 +17,7 @@ from jaxcryo.research import per_image
 from jaxcryo.stages import AUTODECODING, radius_at
 from jaxcryo.switchwatch import SwitchWatch
 
+
 class RunOutputs(SwitchWatch):
     """What a run writes, from its state."""
 
