@@ -86,20 +86,24 @@ class RunOutputs(SwitchWatch):
         return summary
 
     def posterior_mean_rotations(self, state) -> tuple[dict, tuple | None]:
-        """``train.posterior_mean_poses``: the state with every rotation replaced by its posterior mean
-        around it (``jaxcryo.posemean``), each image judged with the map of the half set it is not in;
-        with ``train.posterior_map_draws`` > 0 also the draws the final map is made from: (the most
-        likely rotations (N, 3, 3), offsets (N, T, 3), weights (N, T)), else None."""
+        """The posterior pass (``jaxcryo.posemean``; each image judged with the map of the half set it is
+        not in). Returns the state, with every rotation replaced by its posterior mean under
+        ``train.posterior_mean_poses`` (else as it was), and with ``train.posterior_map_draws`` > 0 the
+        draws the final map is made from: (the most likely rotations (N, 3, 3), offsets (N, T, 3),
+        weights (N, T)), else None."""
         tables = self.host_tables(state, ("rotations", "shifts"))
         means, effective, omega, weights = per_image(self.posterior_mean, state["vol_params"], tables, self.data.source, self.posterior_batch,
                                      self.batch_sharding, jax.random.key(self.config.seed + 13), self.half_maps(state))
         moved = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(means), jnp.asarray(tables["rotations"])))
-        logging.info("posterior-mean poses: %.2f deg (median) from the most likely ones; %.1f effective draws "
-                     "of %d (median)", float(np.median(moved)), float(np.median(effective)),
-                     int(self.config.train.posterior_samples))
+        use_means = bool(self.config.train.get("posterior_mean_poses", False))
+        logging.info("posterior-mean poses%s: %.2f deg (median) from the most likely ones; %.1f effective draws "
+                     "of %d (median)", "" if use_means else " (not written: train.posterior_mean_poses is off)",
+                     float(np.median(moved)), float(np.median(effective)), int(self.config.train.posterior_samples))
         draws = None
         if int(self.config.train.get("posterior_map_draws", 0)) > 0:
             draws = (tables["rotations"], omega, weights)
+        if not use_means:
+            return state, draws
         return dict(state, **self.place_tables({"rotations": means.astype(np.float32)})), draws
 
     def final_map(self, rotations: np.ndarray, shifts_px: np.ndarray, contrast: np.ndarray | None = None,

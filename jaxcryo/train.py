@@ -107,7 +107,8 @@ class Run(EpochLoop, AmortizedStage, AmortizedStarts, AutodecodingStage, RunVolu
         self.mate_test = make_mate_test(config, px, self.mesh) if self.research is not None else None
         self.posterior_mean = (make_posterior_mean(px, self.mesh, int(tc.posterior_samples), float(tc.posterior_sigma_deg),
                                                    int(tc.get("posterior_map_draws", 0)))
-                               if tc.get("posterior_mean_poses", False) and not self.known_poses else None)
+                               if (tc.get("posterior_mean_poses", False) or int(tc.get("posterior_map_draws", 0)) > 0)
+                               and not self.known_poses else None)
         if self.posterior_mean is not None:  # at most SLICES_PER_CALL draws per call bound the pass's memory
             self.posterior_batch = pass_batch(min(SLICES_PER_CALL // int(tc.posterior_samples), self.inference_batch),
                                               self.n, n_dev)

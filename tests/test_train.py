@@ -170,6 +170,21 @@ def test_rerun_of_a_finished_run_resumes_at_the_end(finished_run, tmp_path):
                                   mrcfile.read(reference / "reconstruction.mrc"))
 
 
+def test_weighted_map_with_the_most_likely_poses(finished_run, tmp_path):
+    """``train.posterior_map_draws`` without ``train.posterior_mean_poses`` (both may change on a rerun):
+    poses.star holds the last epoch's most likely poses, not the means the default wrote, and the map is
+    still the weighted one."""
+    reference, _ = finished_run
+    shutil.copytree(reference, tmp_path / "run", symlinks=True)
+    train.train_and_evaluate(tiny_config(posterior_mean_poses=False), tmp_path / "run")
+    final = read_particles(tmp_path / "run" / "poses.star").rotations()
+    np.testing.assert_allclose(final, read_particles(tmp_path / "run" / "epoch_002" / "poses.star").rotations(), atol=1e-4)
+    means = read_particles(reference / "poses.star").rotations()
+    assert float(np.median(np.asarray(geometry.geodesic_distance_deg(jnp.asarray(final), jnp.asarray(means))))) > 0.05
+    a, b = mrcfile.read(reference / "reconstruction.mrc"), mrcfile.read(tmp_path / "run" / "reconstruction.mrc")
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+
+
 def _snapshot(root: pathlib.Path) -> dict:
     return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and "data" not in p.parts}
 
