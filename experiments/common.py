@@ -157,7 +157,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.posterior_sigma_deg = 3.0
     # > 0: the final map marginalised over each image's pose posterior: every image inserted at its this
     # many heaviest posterior draws, weighted (RELION's expectation step; jaxcryo.inversion); 0: one
-    # insertion per image at its posterior mean
+    # insertion per image at its final pose (the posterior mean with posterior_mean_poses)
     config.train.posterior_map_draws = 0
     config.train.vol_iters = 1
     config.train.log_every = 20

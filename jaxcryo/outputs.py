@@ -69,7 +69,7 @@ class RunOutputs(SwitchWatch):
         stage = AUTODECODING if "rotations" in state else AMORTIZED
         draws = None
         if stage == AUTODECODING and self.posterior_mean is not None:
-            state, draws = self.posterior_mean_rotations(state)
+            state, draws = self.posterior_pass(state)
         decoder, rots = self.write_outputs(stage, state, self.workdir)
         if distributed.is_writer():
             (self.workdir / "reconstruction.mrc").replace(self.workdir / "decoder.mrc")
@@ -85,7 +85,7 @@ class RunOutputs(SwitchWatch):
         logging.info("finished: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})
         return summary
 
-    def posterior_mean_rotations(self, state) -> tuple[dict, tuple | None]:
+    def posterior_pass(self, state) -> tuple[dict, tuple | None]:
         """The posterior pass (``jaxcryo.posemean``; each image judged with the map of the half set it is
         not in). Returns the state, with every rotation replaced by its posterior mean under
         ``train.posterior_mean_poses`` (else as it was), and with ``train.posterior_map_draws`` > 0 the
@@ -109,7 +109,7 @@ class RunOutputs(SwitchWatch):
     def final_map(self, rotations: np.ndarray, shifts_px: np.ndarray, contrast: np.ndarray | None = None,
                   draws: tuple | None = None) -> dict:
         """Write reconstruction.mrc (direct inversion at the final poses and, when fitted, contrasts; with
-        ``draws`` from ``posterior_mean_rotations``, at each image's weighted posterior draws instead; the
+        ``draws`` from ``posterior_pass``, at each image's weighted posterior draws instead; the
         half-map FSC is then still that of the inversion at the final poses) and evaluate it."""
         source = self.data.source
         rec = inversion.reconstruct(source, rotations, shifts_px if self.uses_shifts else np.zeros_like(shifts_px),

@@ -40,7 +40,7 @@ def finished_run(tmp_path_factory):
     return workdir, summary
 
 
-def test_workdir_contract(finished_run):
+def test_workdir_contract(finished_run, tmp_path):
     workdir, summary = finished_run
     with mrcfile.open(workdir / "reconstruction.mrc") as m:
         assert m.data.shape == (48, 48, 48) and m.voxel_size.x == pytest.approx(4.0)
@@ -66,39 +66,33 @@ def test_workdir_contract(finished_run):
     # beside it: it matches the plain inversion at those poses far better than one at random poses
     rec = inversion.reconstruct_from_star(workdir / "data" / "particles.star", workdir / "poses.star")
     written = mrcfile.read(workdir / "reconstruction.mrc")
-    other = inversion.reconstruct(*_source_and_random_poses(workdir))["map"]
+    other = inversion.reconstruct_from_star(workdir / "data" / "particles.star",
+                                            _random_pose_star(workdir / "poses.star", tmp_path, seed=1))["map"]
     # mean FSC over shells 1-12 of 24: measured 0.96 and 0.19
     match, random_match = (float(evaluate.fsc(written, m)[1:13].mean()) for m in (rec["map"], other))
     assert match > 0.9 and random_match < 0.4, (match, random_match)
     assert mrcfile.read(workdir / "decoder.mrc").shape == (48, 48, 48)
 
 
-def _source_and_random_poses(workdir):
-    """(source, random rotations, zero shifts, the run's half sets) for ``inversion.reconstruct``."""
-    from jaxcryo.io import check_stacks
-    from jaxcryo.io.loader import ImageSource
+def _random_pose_star(star: pathlib.Path, out_dir: pathlib.Path, seed: int) -> pathlib.Path:
+    """The particles of ``star`` at seeded uniformly random poses, written to out_dir/random.star."""
+    from jaxcryo.io.star import write_particles_star
 
-    table = read_particles(workdir / "data" / "particles.star")
-    source = ImageSource(table, check_stacks(table))
-    source.estimate_normalization(seed=0)
-    rots = np.asarray(geometry.random_rotations(jax.random.key(1), (len(table),), jnp.float32))
-    return source, rots, np.zeros((len(table), 2), np.float32), read_particles(workdir / "poses.star").random_subset
+    table = read_particles(star)
+    rng, n = np.random.default_rng(seed), len(table)
+    euler = np.column_stack([rng.uniform(-180, 180, n), np.degrees(np.arccos(rng.uniform(-1, 1, n))), rng.uniform(-180, 180, n)])
+    write_particles_star(out_dir / "random.star", table, euler_deg=euler)
+    return out_dir / "random.star"
 
 
 def test_true_poses_give_a_far_better_map_than_random_ones(finished_run, tmp_path):
     """The final-map path at the true poses against random poses, on the tiny set's 96 images."""
     data = finished_run[0] / "data"
-    truth = read_particles(data / "ground_truth_poses.star")
     good = inversion.compare_with_truth(inversion.reconstruct_from_star(data / "particles.star",
                                                                         data / "ground_truth_poses.star")["map"],
                                         data / "ground_truth.mrc")
-    rng = np.random.default_rng(0)
-    random_euler = np.column_stack([rng.uniform(-180, 180, 96), np.degrees(np.arccos(rng.uniform(-1, 1, 96))),
-                                    rng.uniform(-180, 180, 96)])
-    from jaxcryo.io.star import write_particles_star
-
-    write_particles_star(tmp_path / "random.star", truth, euler_deg=random_euler)
-    bad = inversion.compare_with_truth(inversion.reconstruct_from_star(data / "particles.star", tmp_path / "random.star")["map"],
+    random = _random_pose_star(data / "ground_truth_poses.star", tmp_path, seed=0)
+    bad = inversion.compare_with_truth(inversion.reconstruct_from_star(data / "particles.star", random)["map"],
                                        data / "ground_truth.mrc")
     assert good["fsc05_angstrom"] < 30.0 and bad["fsc05_angstrom"] > 1.5 * good["fsc05_angstrom"], (good, bad)
 
@@ -168,6 +162,18 @@ def test_rerun_of_a_finished_run_resumes_at_the_end(finished_run, tmp_path):
     assert again["pose_error_median_deg"] == pytest.approx(summary["pose_error_median_deg"], abs=1e-4)
     np.testing.assert_array_equal(mrcfile.read(tmp_path / "run" / "reconstruction.mrc"),
                                   mrcfile.read(reference / "reconstruction.mrc"))
+
+
+def test_plain_map_is_the_inversion_at_the_poses_written(finished_run, tmp_path):
+    """With ``train.posterior_map_draws=0`` (may change on a rerun) the map is exactly the direct
+    inversion of the images at the poses written beside it (random poses, or a map from other poses,
+    fail this)."""
+    reference, _ = finished_run
+    shutil.copytree(reference, tmp_path / "run", symlinks=True)
+    train.train_and_evaluate(tiny_config(posterior_map_draws=0), tmp_path / "run")
+    rec = inversion.reconstruct_from_star(tmp_path / "run" / "data" / "particles.star", tmp_path / "run" / "poses.star")
+    np.testing.assert_allclose(mrcfile.read(tmp_path / "run" / "reconstruction.mrc"), rec["map"], rtol=1e-3,
+                               atol=1e-3 * np.abs(rec["map"]).max())
 
 
 def test_weighted_map_with_the_most_likely_poses(finished_run, tmp_path):
