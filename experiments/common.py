@@ -94,6 +94,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.loss.radius_start = 1.0  # loss disc radius, fraction of Nyquist, at the start ...
     config.loss.radius_end = 1.0  # ... and after radius_ramp_epochs of the amortized stage
     config.loss.radius_ramp_epochs = 0.0
+    # beyond the paper: > 0 gives each losing head's loss this weight / (M - 1) (relaxed winner-takes-all),
+    # poses only: a head that never wins still learns (jaxcryo.losses.winner_takes_all)
+    config.loss.wta_relax = 0.0
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 64

@@ -25,7 +25,7 @@ RESUMABLE = ("progress_bar", "train.epochs_amortized", "train.epochs_autodecodin
 # a key resumes under a config that gives it this value: a run killed before an upgrade can finish after it.
 ADDED_OPTIONS = {
     "data.contrast_check": True, "data.normalize": "global", "data.origins_as_shifts": False,
-    "data.particle_diameter_angstrom": 0.0, "data.whiten": False,
+    "data.particle_diameter_angstrom": 0.0, "data.whiten": False, "loss.wta_relax": 0.0,
     "model.amortized_shifts": True, "model.contrast_prior_std": 0.0, "model.search_local": 0,
     "model.search_local_rounds": 0, "model.search_local_sigma_deg": 10.0, "model.search_top_k": 1,
     "model.volume_mask": False,
@@ -97,6 +97,7 @@ def validate(config) -> None:
     for key in ("train.lr_shift", "model.distill_weight", "model.volume_init_scale", "model.contrast_prior_std"):
         need(key, lambda v: finite(v) and v >= 0, "a number >= 0")
     need("train.switch_moved_fraction", lambda v: finite(v) and 0 < v <= 1, "a fraction in (0, 1]")
+    need("loss.wta_relax", lambda v: finite(v) and 0 <= v < 1, "a weight in [0, 1) for the losing heads")
     need("train.research_stop_fraction", lambda v: finite(v) and 0 <= v <= 1, "a fraction in [0, 1]")
     need("train.research_repeat_fraction", lambda v: finite(v) and 0 <= v <= 1, "a fraction in [0, 1]")
     need("train.research_global_radius", lambda v: finite(v) and 0 <= v <= 1, "a fraction of Nyquist in [0, 1] (0 = the loss disc)")

@@ -108,12 +108,15 @@ def contrast_scale(pred: jax.Array, target: jax.Array, mask: jax.Array, prior_st
     return jnp.clip(a, 0.1, 10.0)
 
 
-def winner_takes_all(volume_h, rotations, ctf, target, mask, kind="gaussian", shifts_px=None):
+def winner_takes_all(volume_h, rotations, ctf, target, mask, kind="gaussian", shifts_px=None, relax: float = 0.0):
     """Per-image loss of the best of M pose candidates, with the gradient of the winner only.
 
     ``rotations`` (B, M, 3, 3) (and ``shifts_px`` (B, M, 2)). All M candidates are scored forward-only
     (under stop_gradient, one batched slice), then the winner is sliced once more with gradients:
     the same gradient as min over heads, at about the cost of one differentiated slice instead of M.
+    ``relax`` > 0 (relaxed winner-takes-all, Rupprecht et al. 2017; beyond the paper) adds each
+    losing candidate's loss with weight relax / (M - 1), differentiated for the poses only (the volume
+    still learns from the winner alone): a head that never wins still gets a gradient, so none dies.
     Returns (loss (B,), winner index (B,), all candidate losses (B, M)).
     """
     all_losses = jax.lax.stop_gradient(
@@ -124,6 +127,11 @@ def winner_takes_all(volume_h, rotations, ctf, target, mask, kind="gaussian", sh
     best_rot = jnp.take_along_axis(rotations, winner[:, None, None, None], axis=1)[:, 0]
     best_shift = None if shifts_px is None else jnp.take_along_axis(shifts_px, winner[:, None, None], axis=1)[:, 0]
     loss = per_image_loss(predict(volume_h, best_rot, ctf, best_shift), target, mask, kind)
+    n_heads = rotations.shape[1]
+    if relax > 0.0 and n_heads > 1:
+        losers = per_image_loss(predict(jax.lax.stop_gradient(volume_h), rotations, ctf, shifts_px), target, mask, kind)
+        lost = jnp.arange(n_heads)[None, :] != winner[:, None]
+        loss = loss + relax / (n_heads - 1) * jnp.sum(jnp.where(lost, losers, 0.0), axis=1)
     return loss, winner, all_losses
 
 

@@ -78,10 +78,11 @@ def _take(x, index):
 def make_amortized_step(encoder: models.PoseEncoder, enc_opt: optax.GradientTransformation,
                         vol_opt: optax.GradientTransformation, pixel_size_angstrom: float, loss_kind: str, mesh,
                         settings: search.SearchSettings = search.SearchSettings(), distill_weight: float = 0.0,
-                        seed: int = 0, max_shift_fraction: float = 0.0):
+                        seed: int = 0, max_shift_fraction: float = 0.0, wta_relax: float = 0.0):
     """Encoder + volume step. state keys: enc_params, batch_stats, enc_opt, vol_params, vol_opt, step.
 
-    The paper's step (``settings.n_global = 0``): M encoder heads compete (winner-takes-all).
+    The paper's step (``settings.n_global = 0``): M encoder heads compete (winner-takes-all; relaxed by
+    ``wta_relax``, see ``losses.winner_takes_all``).
     Search-augmented step (beyond the paper, for small compute budgets): a pose search
     (``jaxcryo.search``: G random rotations fresh each step, optionally refined locally) competes
     with the heads; when a searched pose wins, the
@@ -107,7 +108,7 @@ def make_amortized_step(encoder: models.PoseEncoder, enc_opt: optax.GradientTran
             rots, shifts = _head_poses(out, max_shift_fraction, size)
             vol_h = models.volume_hartley(vol_params)
             if not search_candidates:
-                loss, winner, _ = losses.winner_takes_all(vol_h, rots, ctf, target, mask, loss_kind, shifts)
+                loss, winner, _ = losses.winner_takes_all(vol_h, rots, ctf, target, mask, loss_kind, shifts, wta_relax)
                 return jnp.mean(loss), (updated["batch_stats"], winner)
             sg = jax.lax.stop_gradient
             head_losses = sg(losses.per_image_loss(

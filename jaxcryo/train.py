@@ -87,7 +87,8 @@ class Run(EpochLoop, AmortizedStage, AmortizedStarts, AutodecodingStage, RunVolu
             raise InputError("config: model.search_candidates needs loss.kind='gaussian'")
         settings = SearchSettings.from_config(mc, self.amortized_shifts)
         self.amortized_step = steps.make_amortized_step(self.encoder, self.enc_opt, self.vol_opt, px_coarse, lk, self.mesh,
-                                                        settings, mc.distill_weight, config.seed, mc.max_shift_fraction)
+                                                        settings, mc.distill_weight, config.seed, mc.max_shift_fraction,
+                                                        config.loss.wta_relax)
         self.encoder_inference = steps.make_encoder_inference(self.infer_encoder, px_coarse, lk, self.mesh, settings,
                                                               mc.max_shift_fraction)
         pose_iters = 0 if self.known_poses else tc.pose_iters

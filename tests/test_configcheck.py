@@ -46,3 +46,18 @@ def test_an_unknown_key_missing_from_the_stored_run_is_a_difference():
     stored = _without(config, ["model.n_heads"])
     with pytest.raises(InputError, match=r"model.n_heads \(None -> 7\)"):
         configcheck.check_resumable(stored, config, STORED)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("loss.wta_relax", 1.0, r"config: loss.wta_relax = 1.0; expected a weight in \[0, 1\)"),
+    ("loss.wta_relax", float("nan"), r"config: loss.wta_relax = nan"),
+    ("train.research_stop_fraction", 2.0, r"config: train.research_stop_fraction = 2.0; expected a fraction"),
+])
+def test_an_impossible_value_is_refused_in_one_line(key, value, message):
+    config = quickstart.get_config()
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(InputError, match=message):
+        configcheck.validate(config)
+    config[section][name] = 0.0
+    configcheck.validate(config)  # the neutral value passes

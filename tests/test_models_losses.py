@@ -103,6 +103,34 @@ def test_winner_takes_all_gradient_equals_gradient_of_min():
     np.testing.assert_allclose(np.asarray(loss), per_head.min(axis=1), rtol=1e-4)
 
 
+def test_relaxed_winner_takes_all_trains_losing_heads_but_not_the_volume_from_them():
+    vol_h, rots, ctf, target, mask = _setup(seed=2)
+    six = jax.random.normal(jax.random.key(3), rots.shape[:2] + (6,))
+    n_heads, relax = rots.shape[1], 0.3
+
+    def wta(six, vol, relax):
+        loss, _, _ = losses.winner_takes_all(vol, geometry.rotation_from_6d(six), ctf, target, mask, relax=relax)
+        return jnp.mean(loss)
+
+    def by_hand(six, vol):  # the winner with every gradient; each loser's loss for its pose only
+        rot = geometry.rotation_from_6d(six)
+        per_head = losses.per_image_loss(losses.predict(vol, rot, ctf), target, mask)
+        frozen = losses.per_image_loss(losses.predict(jax.lax.stop_gradient(vol), rot, ctf), target, mask)
+        winner = jax.nn.one_hot(jnp.argmin(per_head, axis=1), n_heads)
+        return jnp.mean(jnp.sum(winner * per_head + (1 - winner) * relax / (n_heads - 1) * frozen, axis=1))
+
+    g_six, g_vol = jax.grad(wta, argnums=(0, 1))(six, vol_h, relax)
+    ref_six, ref_vol = jax.grad(by_hand, argnums=(0, 1))(six, vol_h)
+    np.testing.assert_allclose(np.asarray(g_six), np.asarray(ref_six), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(g_vol), np.asarray(ref_vol), rtol=1e-4, atol=1e-7)
+    plain_six, plain_vol = jax.grad(wta, argnums=(0, 1))(six, vol_h, 0.0)
+    np.testing.assert_allclose(np.asarray(g_vol), np.asarray(plain_vol), rtol=1e-5, atol=1e-8)
+    _, winner, _ = losses.winner_takes_all(vol_h, geometry.rotation_from_6d(six), ctf, target, mask)
+    losing = np.arange(n_heads)[None, :] != np.asarray(winner)[:, None]
+    assert np.all(np.abs(np.asarray(plain_six)).sum(-1)[losing] == 0.0)  # the paper's WTA: no gradient
+    assert np.all(np.abs(np.asarray(g_six)).sum(-1)[losing] > 0.0)  # relaxed: every losing head learns
+
+
 def test_volume_parameterisation_and_init():
     radial = np.log(np.arange(1, 12, dtype=np.float64))
     p = models.init_volume(16, radial, jax.random.key(0), init_scale=0.0)
