@@ -119,19 +119,21 @@ def winner_takes_all(volume_h, rotations, ctf, target, mask, kind="gaussian", sh
     still learns from the winner alone): a head that never wins still gets a gradient, so none dies.
     Returns (loss (B,), winner index (B,), all candidate losses (B, M)).
     """
-    all_losses = jax.lax.stop_gradient(
-        per_image_loss(predict(jax.lax.stop_gradient(volume_h), jax.lax.stop_gradient(rotations), ctf,
-                               None if shifts_px is None else jax.lax.stop_gradient(shifts_px)), target, mask, kind)
-    )
+    sg = jax.lax.stop_gradient
+    n_heads = rotations.shape[1]
+    relaxed = relax > 0.0 and n_heads > 1
+    # every candidate scored against the frozen volume, once; relaxed, these scores also carry the poses' gradient
+    pose = (lambda x: x) if relaxed else sg
+    candidates = per_image_loss(predict(sg(volume_h), pose(rotations), ctf, None if shifts_px is None else pose(shifts_px)),
+                                target, mask, kind)
+    all_losses = sg(candidates)
     winner = jnp.argmin(all_losses, axis=1)
     best_rot = jnp.take_along_axis(rotations, winner[:, None, None, None], axis=1)[:, 0]
     best_shift = None if shifts_px is None else jnp.take_along_axis(shifts_px, winner[:, None, None], axis=1)[:, 0]
     loss = per_image_loss(predict(volume_h, best_rot, ctf, best_shift), target, mask, kind)
-    n_heads = rotations.shape[1]
-    if relax > 0.0 and n_heads > 1:
-        losers = per_image_loss(predict(jax.lax.stop_gradient(volume_h), rotations, ctf, shifts_px), target, mask, kind)
+    if relaxed:
         lost = jnp.arange(n_heads)[None, :] != winner[:, None]
-        loss = loss + relax / (n_heads - 1) * jnp.sum(jnp.where(lost, losers, 0.0), axis=1)
+        loss = loss + relax / (n_heads - 1) * jnp.sum(jnp.where(lost, candidates, 0.0), axis=1)
     return loss, winner, all_losses
 
 
