@@ -88,8 +88,7 @@ class EpochLoop:
         raise FloatingPointError(f"{what}; stopping ({kept}; lower the learning rates)")
 
     def check_finite(self, state, what: str) -> None:
-        bad = sum(int(jnp.sum(~jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(state)
-                  if jnp.issubdtype(x.dtype, jnp.floating))
+        bad = int(_count_non_finite(state))
         if bad:
             self.stop(f"{what}: the model holds {bad} non-finite values")
 
@@ -124,3 +123,10 @@ class EpochLoop:
         if stored_rows != self.table_rows:  # saved with another device count: re-pad for this one
             state = dict(state, **self.place_tables(self.host_tables(state)))
         return state
+
+
+@jax.jit
+def _count_non_finite(state) -> jax.Array:
+    """Non-finite values in every floating leaf of ``state``, counted in one program (not one per leaf)."""
+    return sum(jnp.sum(~jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(state)
+               if jnp.issubdtype(x.dtype, jnp.floating))

@@ -96,12 +96,18 @@ class AmortizedStage:
         k_enc, k_vol = jax.random.split(key)
         source = self.data.source_for(AUTODECODING if self.known_poses else AMORTIZED)
         size = source.image_size
-        variables = self.infer_encoder.init(k_enc, jnp.zeros((2, size, size), jnp.float32), train=False)
-        vol = models.init_volume(size, self.radial[size], k_vol, self.config.model.volume_init_scale)
-        state = {"enc_params": variables["params"], "batch_stats": variables["batch_stats"],
-                 "enc_opt": self.enc_opt.init(variables["params"]), "vol_params": vol, "vol_opt": self.vol_opt.init(vol),
-                 "step": jnp.full((), start * 1_000_000, jnp.int32)}
-        return distributed.put_replicated(state, self.replicated)
+        radial, scale = self.radial[size], self.config.model.volume_init_scale
+
+        # one compiled program: run eagerly, every initialiser op of the encoder compiles on its own
+        @jax.jit
+        def init(k_enc, k_vol):
+            variables = self.infer_encoder.init(k_enc, jnp.zeros((2, size, size), jnp.float32), train=False)
+            vol = models.init_volume(size, radial, k_vol, scale)
+            return {"enc_params": variables["params"], "batch_stats": variables["batch_stats"],
+                    "enc_opt": self.enc_opt.init(variables["params"]), "vol_params": vol, "vol_opt": self.vol_opt.init(vol),
+                    "step": jnp.full((), start * 1_000_000, jnp.int32)}
+
+        return distributed.put_replicated(init(k_enc, k_vol), self.replicated)
 
     def read_amortized(self, rows: np.ndarray) -> dict:
         """The amortized stage's batch of ``rows`` (its box; re-centred by the origins when they are known)."""
