@@ -20,13 +20,13 @@ def _shift(volume, t):
 # the mirrored case covers the unmirrored search too (both hands are tried); the plain one is slow-tier
 @pytest.mark.parametrize("mirrored", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_align_volumes_recovers_rotation_shift_and_hand(mirrored):
-    reference = phantoms.protein_phantom(40, 4.0, resolution_angstrom=12.0, seed=1)
+    reference = phantoms.protein_phantom(32, 5.0, resolution_angstrom=15.0, seed=1)
     q = Rotation.from_euler("zyz", [123, 57, -40], degrees=True).as_matrix()
     t = np.array([2.3, -1.6, 0.8])
     moving = frames.align_map(_shift(reference, t), q.T, mirrored=False)  # W(r) = V(Q r + t)
     if mirrored:
         moving = np.asarray(frames.mirror(moving))
-    result = align.align_volumes(moving, reference, n_rotations=3000, search_size=20, refine_size=40)
+    result = align.align_volumes(moving, reference, n_rotations=2000, search_size=16, refine_size=32)
     assert result.mirrored == mirrored
     angle = float(geometry.geodesic_distance_deg(jnp.asarray(result.rotation, jnp.float32), jnp.asarray(q, jnp.float32)))
     assert angle <= 1.0
