@@ -85,6 +85,21 @@ def switch_min_epochs_for(train_config, steps_per_epoch: int) -> int:
     return max(int(train_config.switch_min_epochs), epochs_for_steps(steps, steps_per_epoch))
 
 
+def initial_state(encoder, enc_opt, vol_opt, size: int, radial_log_amplitude: np.ndarray, init_scale: float, start: int):
+    """(k_enc, k_vol) -> the amortized stage's state for images of ``size`` px, as one compiled program
+    (run eagerly, each of the encoder's initialiser ops would compile on its own)."""
+
+    @jax.jit
+    def init(k_enc, k_vol):
+        variables = encoder.init(k_enc, jnp.zeros((2, size, size), jnp.float32), train=False)
+        vol = models.init_volume(size, radial_log_amplitude, k_vol, init_scale)
+        return {"enc_params": variables["params"], "batch_stats": variables["batch_stats"],
+                "enc_opt": enc_opt.init(variables["params"]), "vol_params": vol, "vol_opt": vol_opt.init(vol),
+                "step": jnp.full((), start * 1_000_000, jnp.int32)}
+
+    return init
+
+
 class AmortizedStage:
     """Encoder + volume state, the volume's carry to the full box, the encoder's poses, the switch."""
 
@@ -96,17 +111,8 @@ class AmortizedStage:
         k_enc, k_vol = jax.random.split(key)
         source = self.data.source_for(AUTODECODING if self.known_poses else AMORTIZED)
         size = source.image_size
-        radial, scale = self.radial[size], self.config.model.volume_init_scale
-
-        # one compiled program: run eagerly, every initialiser op of the encoder compiles on its own
-        @jax.jit
-        def init(k_enc, k_vol):
-            variables = self.infer_encoder.init(k_enc, jnp.zeros((2, size, size), jnp.float32), train=False)
-            vol = models.init_volume(size, radial, k_vol, scale)
-            return {"enc_params": variables["params"], "batch_stats": variables["batch_stats"],
-                    "enc_opt": self.enc_opt.init(variables["params"]), "vol_params": vol, "vol_opt": self.vol_opt.init(vol),
-                    "step": jnp.full((), start * 1_000_000, jnp.int32)}
-
+        init = initial_state(self.infer_encoder, self.enc_opt, self.vol_opt, size, self.radial[size],
+                             self.config.model.volume_init_scale, start)
         return distributed.put_replicated(init(k_enc, k_vol), self.replicated)
 
     def read_amortized(self, rows: np.ndarray) -> dict:
