@@ -75,3 +75,21 @@ def exit_on_input_error():
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def use_compilation_cache(directory: str) -> str | None:
+    """Keep XLA's compiled programs in ``directory`` (JAX's persistent compilation cache: programs that
+    took over a second to compile, keyed by program, JAX version and device), so a resumed or repeated
+    run loads them instead of compiling again. Entries are only ever re-made, so the folder can be
+    deleted at any time; an entry cut short by a kill is reported by JAX and compiled afresh.
+    ``JAX_COMPILATION_CACHE_DIR``, when set, wins; an empty ``directory`` turns the cache off.
+    Returns the directory in use, or None."""
+    import os
+
+    import jax
+
+    directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser(directory)
+    if not directory:
+        return None
+    jax.config.update("jax_compilation_cache_dir", directory)
+    return directory

@@ -20,6 +20,9 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "With --multihos
                                    "(default: detected from the cluster environment).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --multihost: how many processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --multihost: this process's index, 0 to num_processes - 1.")
+_XLA_CACHE = flags.DEFINE_string("xla_cache_dir", "~/.cache/jaxcryo/xla", "Where compiled programs are kept between "
+                                 "runs, so a resumed or repeated run skips recompiling ('' = off; "
+                                 "JAX_COMPILATION_CACHE_DIR wins).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -36,6 +39,7 @@ def main(argv):
 
     from jaxcryo.train import train_and_evaluate
 
+    cli.use_compilation_cache(_XLA_CACHE.value)
     # one process speaks: the others' lines would repeat process 0's
     logging.getLogger().setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     for handler in logging.getLogger().handlers:  # orbax logs every save step at INFO

@@ -10,6 +10,11 @@ from jaxcryo.research import autodecoding_epochs_limit
 from jaxcryo.stages import AUTODECODING
 
 
+# measured on CPU (docs/measurements.md, part 2): heads alone reach ~15 deg in 3-4 epochs on 50,000 images at
+# SNR 0.1 (or 5,000 poses seen 10 times with fresh noise) and stay > 100 deg on 5,000 images
+HEADS_NEED_PARTICLES = 50_000
+
+
 class RunPlan:
     """The plan and expected-time lines (the run's config, data and step counts are the Run's)."""
 
@@ -21,6 +26,12 @@ class RunPlan:
                      coarse.pixel_size_angstrom, epochs[AMORTIZED], epochs[AMORTIZED] * self.steps_per_epoch,
                      epochs[AUTODECODING], epochs[AUTODECODING] * self.steps_per_epoch, self.config.train.batch_size,
                      2 * self.config.train.log_every)
+        if epochs[AMORTIZED] and not self.known_poses and int(self.config.model.search_candidates) == 0 and self.n < HEADS_NEED_PARTICLES:
+            logging.warning("plan: the encoder's heads alone propose the amortized stage's poses "
+                            "(model.search_candidates=0), and they learn poses from about %d images' worth of signal "
+                            "at SNR 0.1 (README, 'Pose inference across particles'); on %d particles expect them "
+                            "near random and auto-decoding's re-search to find the poses, or set model.search_candidates",
+                            HEADS_NEED_PARTICLES, self.n)
         limit = autodecoding_epochs_limit(self.config.train, epochs[AUTODECODING]) if self.research is not None else 0
         if epochs[AUTODECODING] and limit > epochs[AUTODECODING]:
             logging.info("plan: auto-decoding goes on past its %d epochs, up to %d, while each re-search still moves "

@@ -32,3 +32,27 @@ def test_paper_configs_have_the_paper_settings():
         assert cfg.model.search_candidates == 0 and cfg.loss.kind == "gaussian"  # the paper's method
     cfg = empiar10028.get_config()
     assert (cfg.model.n_heads, cfg.train.epochs_amortized, cfg.train.epochs_autodecoding) == (15, 15, 15)
+
+
+def _compile_with_cache(directory: str, env_dir: str | None) -> None:
+    """A fresh process that turns the cache on as experiments.run does and compiles one program."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    if env_dir:
+        env["JAX_COMPILATION_CACHE_DIR"] = env_dir
+    code = ("import jax, jax.numpy as jnp; from experiments import cli; "
+            f"print(cli.use_compilation_cache({directory!r})); "
+            "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0); "
+            "jax.jit(lambda x: jnp.sin(x) * 2.0)(jnp.ones(3)).block_until_ready()")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+
+
+def test_run_keeps_compiled_programs_where_asked_and_the_environment_wins(tmp_path):
+    flag_dir, env_dir = tmp_path / "flag", tmp_path / "env"
+    _compile_with_cache(str(flag_dir), None)
+    assert any(p.name.startswith("jit_") for p in flag_dir.iterdir())  # the program was written there
+    _compile_with_cache(str(tmp_path / "unused"), str(env_dir))
+    assert not (tmp_path / "unused").exists() and any(p.name.startswith("jit_") for p in env_dir.iterdir())

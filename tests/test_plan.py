@@ -1,0 +1,37 @@
+"""The run's plan lines (jaxcryo.plan): what a user reads before training starts."""
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from experiments import quickstart
+from jaxcryo.plan import HEADS_NEED_PARTICLES, RunPlan
+
+
+def _plan(n: int, search_candidates: int, known_poses: bool = False) -> RunPlan:
+    config = quickstart.get_config()
+    config.model.search_candidates = search_candidates
+    plan = RunPlan()
+    source = SimpleNamespace(image_size=64, pixel_size_angstrom=3.0)
+    coarse = SimpleNamespace(image_size=32, pixel_size_angstrom=6.0)
+    plan.__dict__.update(data=SimpleNamespace(source=source, coarse=coarse), n=n, steps_per_epoch=max(1, n // 64),
+                         config=config, research=None, known_poses=known_poses)
+    return plan
+
+
+@pytest.mark.parametrize("n, candidates, known, warned", [
+    (5_000, 0, False, True),    # the paper's heads alone on a small stack
+    (5_000, 2048, False, False),  # the main config's search
+    (HEADS_NEED_PARTICLES, 0, False, False),  # enough signal at SNR 0.1
+    (5_000, 0, True, False),    # known poses: no pose inference
+])
+def test_the_plan_warns_when_the_heads_alone_meet_a_small_stack(caplog, n, candidates, known, warned):
+    with caplog.at_level(logging.INFO):
+        _plan(n, candidates, known).log_plan({"amortized": 6, "autodecoding": 6})
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith(f"plan: {n} particles, box 64 px") for line in lines)
+    warning = [r for r in caplog.records if "heads alone" in r.getMessage()]
+    assert bool(warning) == warned
+    if warned:
+        assert warning[0].levelno == logging.WARNING and f"on {n} particles" in warning[0].getMessage()
