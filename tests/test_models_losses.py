@@ -33,13 +33,14 @@ def test_pyramid_reflect_padding_keeps_constant_images():
 def test_encoder_heads_are_independent_and_shapes():
     enc = models.PoseEncoder(n_heads=3, width=1 / 16)
     x = jax.random.normal(jax.random.key(0), (4, 32, 32))
-    variables = enc.init(jax.random.key(1), x)
-    out = enc.apply(variables, x)
+    variables = jax.jit(enc.init)(jax.random.key(1), x)
+    apply = jax.jit(enc.apply)  # one program for both calls (eagerly, every op compiles on its own)
+    out = apply(variables, x)
     assert out.shape == (4, 3, 6)
     params = jax.tree_util.tree_map(lambda a: a, variables["params"])
     heads = dict(params["MultiHead_0"])
     heads["kernel_2"] = heads["kernel_2"].at[1].add(1.0)  # change head 1's last layer only
-    changed = enc.apply({**variables, "params": {**params, "MultiHead_0": heads}}, x)
+    changed = apply({**variables, "params": {**params, "MultiHead_0": heads}}, x)
     np.testing.assert_array_equal(np.asarray(changed[:, [0, 2]]), np.asarray(out[:, [0, 2]]))
     assert not np.allclose(np.asarray(changed[:, 1]), np.asarray(out[:, 1]))
 
