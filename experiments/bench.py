@@ -63,7 +63,7 @@ def _time(step, state, batches, replicated, rows=None):
 
 
 def bench_steps(config) -> None:
-    from jaxcryo import models, steps
+    from jaxcryo import models, stages, steps
 
     tc, mc = config.train, config.model
     size = config.simulate.image_size if "simulate" in config else config.data.image_size
@@ -76,12 +76,9 @@ def bench_steps(config) -> None:
     px = 3.0
     shifts = bool(mc.estimate_shifts)
     enc = models.PoseEncoder(mc.n_heads, mc.width, steps.AXIS, shifts)
-    variables = models.PoseEncoder(mc.n_heads, mc.width, None, shifts).init(jax.random.key(0), jnp.zeros((2, coarse, coarse)))
     eo, vo = optax.adam(tc.lr_encoder), optax.adam(tc.lr_volume)
-    vol = models.init_volume(coarse, np.zeros(coarse), jax.random.key(1), 0.1)
-    state = {"enc_params": variables["params"], "batch_stats": variables["batch_stats"],
-             "enc_opt": eo.init(variables["params"]), "vol_params": vol, "vol_opt": vo.init(vol),
-             "step": jnp.zeros((), jnp.int32)}
+    init = stages.initial_state(models.PoseEncoder(mc.n_heads, mc.width, None, shifts), eo, vo, coarse, np.zeros(coarse), 0.1, 0)
+    state = init(jax.random.key(0), jax.random.key(1))
     step = steps.make_amortized_step(enc, eo, vo, px, config.loss.kind, mesh, SearchSettings.from_config(mc, shifts),
                                      mc.distill_weight, max_shift_fraction=mc.max_shift_fraction)
     batches = [_batch(coarse, bs, n, sharding, rng) for _ in range(_STEPS.value + 1)]
