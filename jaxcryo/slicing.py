@@ -86,7 +86,9 @@ def insert_slices(accumulator: jax.Array, rotations: jax.Array, values: jax.Arra
         weight = jnp.prod(jnp.where(offset == 1, frac, 1.0 - frac), axis=-1)
         inside = jnp.all((idx >= 0) & (idx < size), axis=-1)  # outside corners hold the constant 0
         target = jnp.where(inside, (idx[:, 0] * size + idx[:, 1]) * size + idx[:, 2], size**3)
-        flat = flat.at[target].add(vals * weight[:, None].astype(vals.dtype), mode="drop")
+        # in the accumulator's dtype: float64 values (x64 on) must not be cast down silently by scatter,
+        # which JAX is deprecating into an error
+        flat = flat.at[target].add((vals * weight[:, None].astype(vals.dtype)).astype(flat.dtype), mode="drop")
     return flat.reshape(accumulator.shape)
 
 

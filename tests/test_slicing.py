@@ -126,3 +126,17 @@ def test_insert_slices_is_the_adjoint_of_extraction_for_every_channel():
         np.testing.assert_allclose(np.asarray(inserted[..., c]), np.asarray(adjoint(values[..., c])[0]), atol=1e-10)
     again = slicing.insert_slices(inserted, rots, values)  # accumulates
     np.testing.assert_allclose(np.asarray(again), 2 * np.asarray(inserted), atol=1e-10)
+
+
+def test_insert_slices_keeps_the_accumulators_dtype(recwarn):
+    """float64 values (x64 on, as a user's numpy inputs arrive) added to a float32 accumulator give a
+    float32 accumulator holding the float32-rounded sum, without the scatter down-cast that JAX
+    deprecates (a FutureWarning today, an error in a later release)."""
+    rng = np.random.default_rng(6)
+    rots = jnp.asarray(Rotation.random(4, random_state=7).as_matrix())
+    values = jnp.asarray(rng.normal(size=(4, 8, 8, 2)))  # float64
+    acc = slicing.insert_slices(jnp.zeros((10,) * 3 + (2,), jnp.float32), rots, values)
+    assert acc.dtype == jnp.float32
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
+    exact = slicing.insert_slices(jnp.zeros((10,) * 3 + (2,), jnp.float64), rots, values)
+    np.testing.assert_allclose(np.asarray(acc), np.asarray(exact), rtol=1e-5, atol=1e-5)
