@@ -26,6 +26,10 @@ class RunPlan:
                      coarse.pixel_size_angstrom, epochs[AMORTIZED], epochs[AMORTIZED] * self.steps_per_epoch,
                      epochs[AUTODECODING], epochs[AUTODECODING] * self.steps_per_epoch, self.config.train.batch_size,
                      2 * self.config.train.log_every)
+        starts = int(self.config.train.get("amortized_starts", 1))
+        if epochs[AMORTIZED] and not self.known_poses and starts > 1:
+            logging.info("plan: the amortized stage starts %d times (%d epoch(s) each; its first epochs are the most "
+                         "likely start's)", starts, min(int(self.config.train.amortized_start_epochs), epochs[AMORTIZED]))
         if epochs[AMORTIZED] and not self.known_poses and int(self.config.model.search_candidates) == 0 and self.n < HEADS_NEED_PARTICLES:
             logging.warning("plan: the encoder's heads alone propose the amortized stage's poses "
                             "(model.search_candidates=0), and they learn poses from about %d images' worth of signal "

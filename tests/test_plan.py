@@ -35,3 +35,15 @@ def test_the_plan_warns_when_the_heads_alone_meet_a_small_stack(caplog, n, candi
     assert bool(warning) == warned
     if warned:
         assert warning[0].levelno == logging.WARNING and f"on {n} particles" in warning[0].getMessage()
+
+
+@pytest.mark.parametrize("starts, known, said", [(3, False, True), (1, False, False), (3, True, False)])
+def test_the_plan_says_how_many_amortized_starts_run(caplog, starts, known, said):
+    plan = _plan(5_000, 2048, known)
+    plan.config.train.amortized_starts = starts
+    with caplog.at_level(logging.INFO):
+        plan.log_plan({"amortized": 6, "autodecoding": 6})
+    lines = [r.getMessage() for r in caplog.records if "starts" in r.getMessage()]
+    assert bool(lines) == said
+    if said:
+        assert lines[0] == "plan: the amortized stage starts 3 times (1 epoch(s) each; its first epochs are the most likely start's)"

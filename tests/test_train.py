@@ -28,8 +28,9 @@ def tiny_config(**train_overrides):
     config.progress_bar = False
     config.simulate.update(n_images=96, image_size=48, pixel_size_angstrom=4.0, chunk_size=96)
     config.model.update(n_heads=2, width=1 / 16, search_candidates=64)
+    # one amortized start unless a test asks for more: the starts have their own test below
     config.train.update(dict(dict(batch_size=16, epochs_amortized=1, epochs_autodecoding=1, amortized_image_size=32,
-                                  log_every=2, checkpoint_every_steps=2), **train_overrides))
+                                  log_every=2, checkpoint_every_steps=2, amortized_starts=1), **train_overrides))
     return config
 
 
@@ -229,7 +230,7 @@ def _run_cli(workdir: pathlib.Path, devices: int, extra=()):
             "--config.simulate.pixel_size_angstrom=6.0", "--config.model.n_heads=2", "--config.model.width=0.0625",
             "--config.model.search_candidates=64", "--config.train.batch_size=16", "--config.train.epochs_amortized=1",
             "--config.train.epochs_autodecoding=1", "--config.train.amortized_image_size=0", "--config.train.log_every=1",
-            *extra]
+            "--config.train.amortized_starts=1", *extra]
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
