@@ -8,6 +8,7 @@ import logging
 from jaxcryo.dataset import AMORTIZED
 from jaxcryo.research import autodecoding_epochs_limit
 from jaxcryo.stages import AUTODECODING
+from jaxcryo.starts import start_epochs
 
 
 # measured on CPU (docs/measurements.md, part 2): heads alone reach ~15 deg in 3-4 epochs on 50,000 images at
@@ -26,11 +27,12 @@ class RunPlan:
                      coarse.pixel_size_angstrom, epochs[AMORTIZED], epochs[AMORTIZED] * self.steps_per_epoch,
                      epochs[AUTODECODING], epochs[AUTODECODING] * self.steps_per_epoch, self.config.train.batch_size,
                      2 * self.config.train.log_every)
-        starts = int(self.config.train.get("amortized_starts", 1))
-        if epochs[AMORTIZED] and not self.known_poses and starts > 1:
+        infers_poses = epochs[AMORTIZED] and not self.known_poses
+        each = start_epochs(self.config.train, epochs[AMORTIZED])
+        if infers_poses and each:
             logging.info("plan: the amortized stage starts %d times (%d epoch(s) each; its first epochs are the most "
-                         "likely start's)", starts, min(int(self.config.train.amortized_start_epochs), epochs[AMORTIZED]))
-        if epochs[AMORTIZED] and not self.known_poses and int(self.config.model.search_candidates) == 0 and self.n < HEADS_NEED_PARTICLES:
+                         "likely start's)", int(self.config.train.amortized_starts), each)
+        if infers_poses and int(self.config.model.search_candidates) == 0 and self.n < HEADS_NEED_PARTICLES:
             logging.warning("plan: the encoder's heads alone propose the amortized stage's poses "
                             "(model.search_candidates=0), and they learn poses from about %d images' worth of signal "
                             "at SNR 0.1 (README, 'Pose inference across particles'); on %d particles expect them "

@@ -18,6 +18,14 @@ from jaxcryo.stages import radius_at
 SAMPLE = 1024  # images scoring each start
 
 
+def start_epochs(train_config, amortized_epochs: int) -> int:
+    """Epochs each amortized start trains (0: one start, none chosen); the chosen start's count as the
+    stage's first ones."""
+    if int(train_config.get("amortized_starts", 1)) <= 1:
+        return 0
+    return min(int(train_config.amortized_start_epochs), amortized_epochs)
+
+
 class AmortizedStarts:
     """The starts, their score on the sample, and (simulated data only) the sample's pose error."""
 
