@@ -109,9 +109,11 @@ def base_config() -> ml_collections.ConfigDict:
     # > 0: a stage's length in steps, rounded up to whole epochs, at least 2 and at most epochs_* (a cap)
     config.train.amortized_steps = 0
     config.train.autodecoding_steps = 0
-    # beyond the paper: this many amortized starts, each amortized_start_epochs long; the most likely is kept
+    # beyond the paper: this many amortized starts, each amortized_start_epochs long (or, when > 0,
+    # amortized_start_steps steps: a part of an epoch on a large stack); the most likely is kept
     config.train.amortized_starts = 1
     config.train.amortized_start_epochs = 2
+    config.train.amortized_start_steps = 0
     config.train.switch = "fixed"  # 'fixed': after epochs_amortized; 'auto': when poses stop moving
     config.train.switch_threshold_deg = 2.0  # 'auto': an image "moved" when its pose changed more than this ...
     config.train.switch_moved_fraction = 0.5  # ... and the switch comes when fewer than this share moved (0.5: the median)

@@ -31,7 +31,8 @@ ADDED_OPTIONS = {
     "model.volume_mask": False,
     "simulate.b_factor_angstrom2": 0.0, "simulate.contrast_spread": 0.0, "simulate.noise_color": 1.0,
     "simulate.offset_std": 0.0,
-    "train.amortized_resolution_angstrom": 0.0, "train.amortized_start_epochs": 2, "train.amortized_starts": 1,
+    "train.amortized_resolution_angstrom": 0.0, "train.amortized_start_epochs": 2, "train.amortized_start_steps": 0,
+    "train.amortized_starts": 1,
     "train.amortized_steps": 0, "train.autodecoding_steps": 0, "train.autodecoding_volume": "gradient",
     "train.epochs_autodecoding_max": 0, "train.lr_pose_final_fraction": 1.0, "train.research_candidates": 0,
     "train.research_every_epochs": 0, "train.research_global_radius": 0.0, "train.research_local": 8,
@@ -86,6 +87,7 @@ def validate(config) -> None:
                 "model.search_candidates", "train.checkpoint_every_steps", "train.switch_search_passes",
                 "model.search_local", "model.search_local_rounds", "train.research_every_epochs",
                 "train.research_candidates", "train.research_local", "train.amortized_steps", "train.autodecoding_steps",
+                "train.amortized_start_steps",
                 "train.epochs_autodecoding_max", "train.switch_min_steps"):
         need(key, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
     need("train.posterior_samples", lambda v: isinstance(v, int) and v >= 2, "an integer >= 2 (draws per image)")

@@ -17,6 +17,7 @@ from jaxcryo.dataset import AMORTIZED
 from jaxcryo.io.loader import iterate_batches
 from jaxcryo.research import another_autodecoding_epoch
 from jaxcryo.stages import AUTODECODING, pose_lr_scale, radius_at
+from jaxcryo.starts import start_steps
 
 
 class EpochLoop:
@@ -31,6 +32,7 @@ class EpochLoop:
         winners = np.zeros(config.model.n_heads + (1 if config.model.search_candidates else 0), np.int64)
         losses_seen, t0, images_seen = [], time.perf_counter(), 0
         seed = config.seed + (0 if stage == AMORTIZED else 1000)
+        first_step = start_steps(tc, self.planned_epochs[AMORTIZED], self.steps_per_epoch) if stage == AMORTIZED else 0
         for step, batch in iterate_batches(self.data.source_for(stage), tc.batch_size, seed, epoch, start_step,
                                            blocks=1 if stage == AMORTIZED else self.blocks, max_steps=self.steps_per_epoch):
             radius = radius_at(config, stage, epoch + step / self.steps_per_epoch)
@@ -38,12 +40,13 @@ class EpochLoop:
             state, out = step_fn(state, self.training_batch(batch, stage), radius, *extra)
             images_seen += tc.batch_size
             bar.update(1)
-            if epoch == 0 and start_step == 0 and step + 1 in (tc.log_every, 2 * tc.log_every):
-                jax.block_until_ready(out["loss"])  # the second window, compiled: the stage's rate
-                if step + 1 == tc.log_every:
+            # the second window of the stage's first steps (after the starts, if any), compiled: its rate
+            if epoch * self.steps_per_epoch + start_step == first_step and step + 1 - start_step in (tc.log_every, 2 * tc.log_every):
+                jax.block_until_ready(out["loss"])
+                if step + 1 - start_step == tc.log_every:
                     window_start = time.perf_counter()
                 else:
-                    self.log_expected_time(stage, (time.perf_counter() - window_start) / tc.log_every)
+                    self.log_expected_time(stage, (time.perf_counter() - window_start) / tc.log_every, first_step)
             progress = dict(progress, stage=stage, epoch=epoch, step=step + 1, global_step=progress["global_step"] + 1)
             log_now = (step + 1) % tc.log_every == 0 or step + 1 == self.steps_per_epoch
             save_now = bool(tc.checkpoint_every_steps) and progress["global_step"] % tc.checkpoint_every_steps == 0

@@ -8,7 +8,7 @@ import logging
 from jaxcryo.dataset import AMORTIZED
 from jaxcryo.research import autodecoding_epochs_limit
 from jaxcryo.stages import AUTODECODING
-from jaxcryo.starts import start_epochs
+from jaxcryo.starts import start_steps
 
 
 # measured on CPU (docs/measurements.md, part 2): heads alone reach ~15 deg in 3-4 epochs on 50,000 images at
@@ -28,10 +28,11 @@ class RunPlan:
                      epochs[AUTODECODING], epochs[AUTODECODING] * self.steps_per_epoch, self.config.train.batch_size,
                      2 * self.config.train.log_every)
         infers_poses = epochs[AMORTIZED] and not self.known_poses
-        each = start_epochs(self.config.train, epochs[AMORTIZED])
+        each = start_steps(self.config.train, epochs[AMORTIZED], self.steps_per_epoch)
         if infers_poses and each:
-            logging.info("plan: the amortized stage starts %d times (%d epoch(s) each; its first epochs are the most "
-                         "likely start's)", int(self.config.train.amortized_starts), each)
+            logging.info("plan: the amortized stage starts %d times (%d steps each, %.2g epoch(s); its first %d steps "
+                         "are the most likely start's)", int(self.config.train.amortized_starts), each,
+                         each / self.steps_per_epoch, each)
         if infers_poses and int(self.config.model.search_candidates) == 0 and self.n < HEADS_NEED_PARTICLES:
             logging.warning("plan: the encoder's heads alone propose the amortized stage's poses "
                             "(model.search_candidates=0), and they learn poses from about %d images' worth of signal "
@@ -44,9 +45,10 @@ class RunPlan:
                          ">= %.0f %% of the images", epochs[AUTODECODING], limit,
                          100 * float(self.config.train.get("research_repeat_fraction", 0.0)))
 
-    def log_expected_time(self, stage: str, seconds_per_step: float) -> None:
+    def log_expected_time(self, stage: str, seconds_per_step: float, steps_done: int = 0) -> None:
         """Early in a stage: its training steps' expected duration at the rate just measured (compilation
-        excluded). The passes over the stack between epochs (poses, maps, re-search) come on top."""
-        total = self.planned_epochs[stage] * self.steps_per_epoch
+        excluded), less ``steps_done`` (the chosen start's). The passes over the stack between epochs (poses,
+        maps, re-search) come on top."""
+        total = self.planned_epochs[stage] * self.steps_per_epoch - steps_done
         logging.info("%s stage: %d steps at %.3f s/step = about %.1f min of training steps (the passes over the "
                      "stack between epochs come on top)", stage, total, seconds_per_step, total * seconds_per_step / 60)

@@ -18,36 +18,41 @@ from jaxcryo.stages import radius_at
 SAMPLE = 1024  # images scoring each start
 
 
-def start_epochs(train_config, amortized_epochs: int) -> int:
-    """Epochs each amortized start trains (0: one start, none chosen); the chosen start's count as the
-    stage's first ones."""
+def start_steps(train_config, amortized_epochs: int, steps_per_epoch: int) -> int:
+    """Steps each amortized start trains (0: one start, none chosen), at most the stage's planned
+    length; the chosen start's steps count as the stage's first. ``train.amortized_start_steps`` (> 0)
+    sets them in steps: leaving the first plateau takes a number of steps, not of passes over the stack,
+    so a 200,000-particle stack's starts cost what a 5,000-particle one's do. Otherwise
+    ``train.amortized_start_epochs`` whole epochs."""
     if int(train_config.get("amortized_starts", 1)) <= 1:
         return 0
-    return min(int(train_config.amortized_start_epochs), amortized_epochs)
+    planned = amortized_epochs * steps_per_epoch
+    steps = int(train_config.get("amortized_start_steps", 0))
+    return min(steps if steps > 0 else int(train_config.amortized_start_epochs) * steps_per_epoch, planned)
 
 
 class AmortizedStarts:
     """The starts, their score on the sample, and (simulated data only) the sample's pose error."""
 
-    def amortized_starts(self, n_starts: int, epochs: int) -> dict:
-        """Several starts chosen by likelihood (``train.amortized_starts``): each start trains ``epochs``
-        amortized epochs from its own initialisation and search draws; the one whose map explains a
-        fixed sample of images best (lowest mean loss at each image's best pose: heads or search, as at
-        the switch) is kept. Whether the amortized stage leaves its first plateau depends on the random
-        draws; the likelihood tells which start did."""
-        tc, source = self.config.train, self.data.coarse
+    def amortized_starts(self, n_starts: int, n_steps: int) -> dict:
+        """Several starts chosen by likelihood (``train.amortized_starts``): each start trains ``n_steps``
+        amortized steps (whole epochs, or part of one) from its own initialisation and search draws; the
+        one whose map explains a fixed sample of images best (lowest mean loss at each image's best pose:
+        heads or search, as at the switch) is kept. Whether the amortized stage leaves its first plateau
+        depends on the random draws; the likelihood tells which start did."""
+        tc, source, spe = self.config.train, self.data.coarse, self.steps_per_epoch
         rows = np.sort(np.random.default_rng([self.config.seed, 5]).permutation(self.n)[:SAMPLE])
         best, best_score = None, np.inf
         for start in range(n_starts):
             state = self.init_amortized(start)
-            for epoch in range(epochs):
+            for epoch in range(-(-n_steps // spe)):
                 for step, batch in iterate_batches(source, tc.batch_size, self.config.seed + 7919 * start, epoch,
-                                                   max_steps=self.steps_per_epoch):
-                    radius = radius_at(self.config, AMORTIZED, epoch + step / self.steps_per_epoch)
+                                                   max_steps=min(spe, n_steps - epoch * spe)):
+                    radius = radius_at(self.config, AMORTIZED, epoch + step / spe)
                     state, _ = self.amortized_step(state, self.training_batch(batch, AMORTIZED), radius)
-            score, rotations = self.sample_inference(state, rows, radius_at(self.config, AMORTIZED, epochs))
-            logging.info("amortized start %d/%d: mean loss %.5f on %d images after %d epochs%s", start + 1, n_starts,
-                         score, len(rows), epochs, self.sample_pose_error(rotations, rows))
+            score, rotations = self.sample_inference(state, rows, radius_at(self.config, AMORTIZED, n_steps / spe))
+            logging.info("amortized start %d/%d: mean loss %.5f on %d images after %d steps%s", start + 1, n_starts,
+                         score, len(rows), n_steps, self.sample_pose_error(rotations, rows))
             if score < best_score:
                 best, best_score, chosen = state, score, start
         logging.info("amortized stage continues from start %d (the most likely)", chosen + 1)

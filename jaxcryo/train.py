@@ -43,7 +43,7 @@ from jaxcryo.posemean import SLICES_PER_CALL, make_posterior_mean
 from jaxcryo.research import make_mate_test, make_research
 from jaxcryo.search import SearchSettings
 from jaxcryo.stages import AUTODECODING, AmortizedStage, AutodecodingStage, stage_epochs
-from jaxcryo.starts import AmortizedStarts, start_epochs
+from jaxcryo.starts import AmortizedStarts, start_steps
 from jaxcryo.volumes import RunVolumes
 
 
@@ -137,9 +137,10 @@ class Run(EpochLoop, AmortizedStage, AmortizedStarts, AutodecodingStage, RunVolu
                 vol = self.init_amortized()["vol_params"]
                 state = self.init_autodecoding(vol, *self.known)
             elif tc.get("amortized_starts", 1) > 1:  # not checkpointed until chosen: a kill redoes the starts
-                done = start_epochs(tc, epochs[AMORTIZED])
+                done = start_steps(tc, epochs[AMORTIZED], self.steps_per_epoch)
                 state = self.amortized_starts(int(tc.amortized_starts), done)
-                progress = {"stage": AMORTIZED, "epoch": done, "step": 0, "global_step": done * self.steps_per_epoch}
+                epoch, step = divmod(done, self.steps_per_epoch)  # the stage goes on mid-epoch after a part of one
+                progress = {"stage": AMORTIZED, "epoch": epoch, "step": step, "global_step": done}
                 self.save(state, progress, "the chosen start")
             else:
                 progress = {"stage": AMORTIZED, "epoch": 0, "step": 0, "global_step": 0}

@@ -417,11 +417,13 @@ def test_half_sets_end_to_end(finished_run, tmp_path):
         assert sorted(np.bincount(inner)[1:].tolist()) == [24, 24], inner
 
 
-@pytest.mark.slow  # ~25 s; the option is off by default
-def test_amortized_starts_continue_from_the_most_likely(tmp_path, monkeypatch):
+@pytest.mark.slow  # ~30 s; the option is off by default
+def test_amortized_starts_continue_from_the_most_likely(tmp_path, monkeypatch, caplog):
     """train.amortized_starts: each start trains from its own draws and the one with the lowest sample
-    loss is kept (the score is faked as -step, so the second start, whose counter starts at 10^6, wins)."""
-    config = tiny_config(amortized_starts=2, amortized_start_epochs=1, epochs_amortized=2)
+    loss is kept (the score is faked as -step, so the second start, whose counter starts at 10^6, wins).
+    Starts of 4 steps (train.amortized_start_steps) on a 6-step epoch: the stage goes on mid-epoch and
+    trains the epoch's last 2 steps, not a whole epoch more."""
+    config = tiny_config(amortized_starts=2, amortized_start_steps=4, epochs_amortized=1, epochs_autodecoding=1)
     scores = []
 
     def fake_score(self, state, rows, radius):
@@ -429,10 +431,15 @@ def test_amortized_starts_continue_from_the_most_likely(tmp_path, monkeypatch):
         return -float(state["step"]), np.tile(np.eye(3, dtype=np.float32), (len(rows), 1, 1))
 
     monkeypatch.setattr(starts.AmortizedStarts, "sample_inference", fake_score)
-    run = train.Run(config, tmp_path)
-    state = run.amortized_starts(2, 1)
-    steps = 96 // 16
-    assert scores == [steps, 1_000_000 + steps] and int(state["step"]) == 1_000_000 + steps
+    with caplog.at_level("INFO"):
+        train.Run(config, tmp_path).run()
+    assert scores == [4, 1_000_000 + 4]
+    assert "amortized stage continues from start 2 (the most likely)" in caplog.text
+    assert "starts 2 times (4 steps each, 0.67 epoch(s); its first 4 steps are the most likely start's)" in caplog.text
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    amortized = [(r["step"], r["global_step"]) for r in records if r["stage"] == "amortized"]
+    assert amortized == [(6, 6), (6, 6)], amortized  # the step logged, then the epoch's end
+    assert max(r["global_step"] for r in records) == 6 + 6
 
 
 def test_crossval_of_a_run_prefers_the_true_poses_to_random_ones(finished_run, tmp_path):
