@@ -7,7 +7,6 @@ import pytest
 
 from experiments import quickstart
 from jaxcryo.plan import HEADS_NEED_PARTICLES, RunPlan
-from jaxcryo.starts import start_steps
 
 
 def _plan(n: int, search_candidates: int, known_poses: bool = False) -> RunPlan:
@@ -49,16 +48,3 @@ def test_the_plan_says_how_many_amortized_starts_run(caplog, starts, known, said
     if said:
         assert lines[0] == ("plan: the amortized stage starts 3 times (%d steps each, 1 epoch(s); its first %d steps are "
                             "the most likely start's)" % (plan.steps_per_epoch, plan.steps_per_epoch))
-
-
-@pytest.mark.parametrize("starts, epochs_each, steps_each, spe, planned, expected", [
-    (1, 1, 0, 78, 6, 0),          # one start: none chosen
-    (3, 1, 0, 78, 6, 78),         # whole epochs
-    (3, 2, 0, 78, 1, 78),         # no longer than the stage
-    (3, 1, 80, 3125, 6, 80),      # in steps: a part of a large stack's epoch
-    (3, 1, 80, 10, 6, 60),        # and still no longer than the stage
-])
-def test_start_steps_in_epochs_or_steps(starts, epochs_each, steps_each, spe, planned, expected):
-    config = quickstart.get_config()
-    config.train.update(amortized_starts=starts, amortized_start_epochs=epochs_each, amortized_start_steps=steps_each)
-    assert start_steps(config.train, planned, spe) == expected

@@ -1,0 +1,93 @@
+"""The amortized stage's end: the automatic switch's rule and pose sample, and several starts chosen by
+likelihood (jaxcryo.stages, jaxcryo.switchwatch, jaxcryo.starts)."""
+
+import json
+
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxcryo import stages, starts, train
+from jaxcryo.starts import start_steps
+from test_train import tiny_config
+
+
+def test_auto_switch_rule():
+    assert not stages.auto_switch_due(1, 0.1, 0.2, min_epochs=2)  # too early
+    assert not stages.auto_switch_due(3, None, 0.2, min_epochs=2)  # nothing to compare yet
+    assert not stages.auto_switch_due(3, 0.46, 0.2, min_epochs=2)  # median 0, but 46 % still moving
+    assert stages.auto_switch_due(3, 0.46, 0.5, min_epochs=2)  # the median rule would switch
+    assert stages.auto_switch_due(3, 0.12, 0.2, min_epochs=2)
+
+
+def test_auto_switch_waits_for_the_same_steps_whatever_the_stack_size():
+    tc = ml_collections.ConfigDict({"switch_min_epochs": 2, "switch_min_steps": 156})
+    assert stages.switch_min_epochs_for(tc, 78) == 2  # 5,000 particles: 2 epochs of 78 steps
+    assert stages.switch_min_epochs_for(tc, 31) == 6  # 2,000: 156 steps take 6 epochs of 31 (5 give 155)
+    assert stages.switch_min_epochs_for(tc, 3125) == 2  # 200,000: the epoch floor
+    tc.switch_min_steps = 0
+    assert stages.switch_min_epochs_for(tc, 31) == 2
+
+
+def test_switch_follows_a_fixed_sample_kept_on_disk(tmp_path):
+    """The automatic switch's pose change without epoch outputs: the sample is all images up to
+    SWITCH_SAMPLE, else a fixed seeded subset; the change is the median angle to the previous epoch's
+    sample (recomputed with scipy), read back from disk so a resumed run sees it; two epochs kept."""
+    import types
+
+    from scipy.spatial.transform import Rotation
+
+    from jaxcryo import switchwatch
+
+    run = types.SimpleNamespace(n=10, config=types.SimpleNamespace(seed=3), workdir=tmp_path)
+    np.testing.assert_array_equal(switchwatch.SwitchWatch.switch_sample_rows(run), np.arange(10))
+    run.n = 3 * switchwatch.SWITCH_SAMPLE
+    rows = switchwatch.SwitchWatch.switch_sample_rows(run)
+    assert len(np.unique(rows)) == switchwatch.SWITCH_SAMPLE and np.all(np.diff(rows) > 0) and rows.max() < run.n
+    np.testing.assert_array_equal(rows, switchwatch.SwitchWatch.switch_sample_rows(run))
+    poses = [Rotation.random(50, random_state=k) for k in range(3)]
+    changes = [switchwatch.SwitchWatch.pose_change(run, e + 1, r.as_matrix().astype(np.float32), 90.0) for e, r in enumerate(poses)]
+    assert changes[0] == {}
+    angles = np.degrees((poses[1].inv() * poses[2]).magnitude())
+    assert changes[2]["pose_change_median_deg"] == pytest.approx(np.median(angles), abs=0.01)
+    assert changes[2]["pose_change_moved_fraction"] == pytest.approx(np.mean(angles > 90.0))
+    assert 0.2 < changes[2]["pose_change_moved_fraction"] < 0.95  # random pairs: most but not all beyond 90 deg
+    assert sorted(p.name for p in (tmp_path / "switch_poses").iterdir()) == ["epoch_002.npy", "epoch_003.npy"]
+
+
+@pytest.mark.slow  # ~30 s; the option is off by default
+def test_amortized_starts_continue_from_the_most_likely(tmp_path, monkeypatch, caplog):
+    """train.amortized_starts: each start trains from its own draws and the one with the lowest sample
+    loss is kept (the score is faked as -step, so the second start, whose counter starts at 10^6, wins).
+    Starts of 4 steps (train.amortized_start_steps) on a 6-step epoch: the stage goes on mid-epoch and
+    trains the epoch's last 2 steps, not a whole epoch more."""
+    config = tiny_config(amortized_starts=2, amortized_start_steps=4, epochs_amortized=1, epochs_autodecoding=1)
+    scores = []
+
+    def fake_score(self, state, rows, radius):
+        scores.append(int(state["step"]))
+        return -float(state["step"]), np.tile(np.eye(3, dtype=np.float32), (len(rows), 1, 1))
+
+    monkeypatch.setattr(starts.AmortizedStarts, "sample_inference", fake_score)
+    with caplog.at_level("INFO"):
+        train.Run(config, tmp_path).run()
+    assert scores == [4, 1_000_000 + 4]
+    assert "amortized stage continues from start 2 (the most likely)" in caplog.text
+    assert "starts 2 times (4 steps each, 0.67 epoch(s); its first 4 steps are the most likely start's)" in caplog.text
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    amortized = [(r["step"], r["global_step"]) for r in records if r["stage"] == "amortized"]
+    assert amortized == [(6, 6), (6, 6)], amortized  # the step logged, then the epoch's end
+    assert max(r["global_step"] for r in records) == 6 + 6
+
+
+@pytest.mark.parametrize("n_starts, epochs_each, steps_each, spe, planned, expected", [
+    (1, 1, 0, 78, 6, 0),          # one start: none chosen
+    (3, 1, 0, 78, 6, 78),         # whole epochs
+    (3, 2, 0, 78, 1, 78),         # no longer than the stage
+    (3, 1, 80, 3125, 6, 80),      # in steps: a part of a large stack's epoch
+    (3, 1, 80, 10, 6, 60),        # and still no longer than the stage
+])
+def test_start_steps_in_epochs_or_steps(n_starts, epochs_each, steps_each, spe, planned, expected):
+    config = tiny_config()
+    config.train.update(amortized_starts=n_starts, amortized_start_epochs=epochs_each, amortized_start_steps=steps_each)
+    assert start_steps(config.train, planned, spe) == expected
