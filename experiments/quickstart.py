@@ -16,8 +16,8 @@ Beyond the paper's method (each a named option of experiments/common.py; see the
 * with each re-search, each image's pose is also compared with its mates under the map's own
   pseudo-symmetry (``train.research_mates``, ``jaxcryo.pseudosym``): the modes of a pseudo-symmetric
   particle lie too far apart for local refinement and look too alike at low frequency for the search;
-* the amortized stage starts three times for one epoch each and the start whose map explains a fixed
-  sample of images best goes on (``train.amortized_starts``, ``jaxcryo.starts``): whether it leaves its
+* the amortized stage starts three times for 78 steps each (one epoch of 5,000 particles) and the start
+  whose map explains a fixed sample of images best goes on (``train.amortized_starts``, ``jaxcryo.starts``): whether it leaves its
   first plateau depends on the random draws;
 * the final rotations are posterior means around the most likely ones (``train.posterior_mean_poses``,
   ``jaxcryo.posemean``), nearer the truth at this SNR, and the final map is marginalised over each
@@ -42,12 +42,13 @@ def get_config() -> ml_collections.ConfigDict:
     # when the map (and so the poses) stop changing, but not before 156 steps
     config.train.amortized_steps = 468
     config.train.epochs_amortized = 30  # a cap for small stacks
-    # three 1-epoch starts, each from its own initialisation and search draws, and the one whose map explains
+    # three starts of 78 steps (one epoch of 5,000 particles; on any stack, leaving the first plateau takes
+    # steps, not passes), each from its own initialisation and search draws, and the one whose map explains
     # a fixed sample of 1,024 images best goes on (train.amortized_starts): whether the amortized stage leaves
     # its first plateau depends on the draws (held-back multidomain:1001 failed at 45.6 deg from one start;
     # of three starts two left it, and the sample's likelihood ranked all three as their pose errors)
     config.train.amortized_starts = 3
-    config.train.amortized_start_epochs = 1
+    config.train.amortized_start_steps = 78
     config.train.switch = "auto"
     config.train.switch_moved_fraction = 0.2  # when fewer than 20 % of the images moved > 2 deg in an epoch
     config.train.switch_min_steps = 156
