@@ -184,6 +184,7 @@ def test_bad_stacks_give_one_clear_line(tmp_path):
         check_stacks(t)
 
 
+@pytest.mark.filterwarnings("ignore:Data array contains NaN values")  # the test writes them on purpose
 def test_nan_pixels_name_the_particles(tmp_path):
     t = read_particles(make_dataset(tmp_path, nan_rows=(2, 4)))
     source = ImageSource(t, check_stacks(t))
