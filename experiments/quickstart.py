@@ -17,8 +17,8 @@ Beyond the paper's method (each a named option of experiments/common.py; see the
   pseudo-symmetry (``train.research_mates``, ``jaxcryo.pseudosym``): the modes of a pseudo-symmetric
   particle lie too far apart for local refinement and look too alike at low frequency for the search;
 * the amortized stage starts three times for 78 steps each (one epoch of 5,000 particles) and the start
-  whose map explains a fixed sample of images best goes on (``train.amortized_starts``, ``jaxcryo.starts``): whether it leaves its
-  first plateau depends on the random draws;
+  whose map explains a fixed sample of images best goes on (``train.amortized_starts``,
+  ``jaxcryo.starts``): whether it leaves its first plateau depends on the random draws;
 * the final rotations are posterior means around the most likely ones (``train.posterior_mean_poses``,
   ``jaxcryo.posemean``), nearer the truth at this SNR, and the final map is marginalised over each
   image's pose posterior: every image inserted at its 8 heaviest draws, weighted

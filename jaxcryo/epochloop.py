@@ -17,7 +17,6 @@ from jaxcryo.dataset import AMORTIZED
 from jaxcryo.io.loader import iterate_batches
 from jaxcryo.research import another_autodecoding_epoch
 from jaxcryo.stages import AUTODECODING, pose_lr_scale, radius_at
-from jaxcryo.starts import start_steps
 
 
 class EpochLoop:
@@ -32,7 +31,8 @@ class EpochLoop:
         winners = np.zeros(config.model.n_heads + (1 if config.model.search_candidates else 0), np.int64)
         losses_seen, t0, images_seen = [], time.perf_counter(), 0
         seed = config.seed + (0 if stage == AMORTIZED else 1000)
-        first_step = start_steps(tc, self.planned_epochs[AMORTIZED], self.steps_per_epoch) if stage == AMORTIZED else 0
+        first_step = self.steps_per_start if stage == AMORTIZED else 0  # the stage's first step after the starts
+        first_window = epoch * self.steps_per_epoch + start_step == first_step  # time this epoch's first steps
         for step, batch in iterate_batches(self.data.source_for(stage), tc.batch_size, seed, epoch, start_step,
                                            blocks=1 if stage == AMORTIZED else self.blocks, max_steps=self.steps_per_epoch):
             radius = radius_at(config, stage, epoch + step / self.steps_per_epoch)
@@ -41,7 +41,7 @@ class EpochLoop:
             images_seen += tc.batch_size
             bar.update(1)
             # the second window of the stage's first steps (after the starts, if any), compiled: its rate
-            if epoch * self.steps_per_epoch + start_step == first_step and step + 1 - start_step in (tc.log_every, 2 * tc.log_every):
+            if first_window and step + 1 - start_step in (tc.log_every, 2 * tc.log_every):
                 jax.block_until_ready(out["loss"])
                 if step + 1 - start_step == tc.log_every:
                     window_start = time.perf_counter()

@@ -129,6 +129,7 @@ class Run(EpochLoop, AmortizedStage, AmortizedStarts, AutodecodingStage, RunVolu
         progress = self.checkpoints.latest_progress()
         epochs = stage_epochs(tc, self.steps_per_epoch, self.known_poses, config.model.fully_amortized)
         self.planned_epochs = epochs
+        self.steps_per_start = start_steps(tc, epochs[AMORTIZED], self.steps_per_epoch)  # each start's; the stage's first
         if progress is None:
             self.elapsed_before = 0.0
             self.log_plan(epochs)
@@ -137,7 +138,7 @@ class Run(EpochLoop, AmortizedStage, AmortizedStarts, AutodecodingStage, RunVolu
                 vol = self.init_amortized()["vol_params"]
                 state = self.init_autodecoding(vol, *self.known)
             elif tc.get("amortized_starts", 1) > 1:  # not checkpointed until chosen: a kill redoes the starts
-                done = start_steps(tc, epochs[AMORTIZED], self.steps_per_epoch)
+                done = self.steps_per_start
                 state = self.amortized_starts(int(tc.amortized_starts), done)
                 epoch, step = divmod(done, self.steps_per_epoch)  # the stage goes on mid-epoch after a part of one
                 progress = {"stage": AMORTIZED, "epoch": epoch, "step": step, "global_step": done}
