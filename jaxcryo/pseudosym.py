@@ -127,6 +127,17 @@ def pseudo_symmetry(volume_h: jax.Array, pixel_size_angstrom: float, resolution_
             "centre_px": centre * voxel / pixel_size_angstrom}
 
 
+def same_symmetry(previous: dict | None, found: dict, axis_tolerance_deg: float = 5.0) -> bool:
+    """Whether ``found`` (``pseudo_symmetry``'s output) is the symmetry ``previous`` ({"order", "axis"},
+    or None) described: the same order and axes within ``axis_tolerance_deg`` (an axis and its opposite
+    are one axis). A mate under an axis off by d deg lies within ~2 d deg of the true mate, which the
+    mate test's local refinement reaches."""
+    if previous is None or int(previous["order"]) != int(found["order"]):
+        return False
+    cosine = abs(float(np.dot(np.asarray(previous["axis"], float), np.asarray(found["axis"], float))))
+    return float(np.degrees(np.arccos(min(cosine, 1.0)))) <= axis_tolerance_deg
+
+
 def mate_poses(rotations: jax.Array, shifts_px: jax.Array, operators: jax.Array, centre_px: jax.Array):
     """Each pose's symmetry mates: (B, 3, 3) rotations, (B, 2) shifts, (K, 3, 3) operators, (3,) centre
     -> rotations R S_k^T (B, K, 3, 3) and shifts (B, K, 2) that put the mate's centre where the pose's is."""

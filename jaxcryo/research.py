@@ -14,12 +14,13 @@ closely enough and ranks at too low a frequency to tell apart.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import distributed, geometry, models, pseudosym, steps
+from jaxcryo import distributed, geometry, pseudosym, steps
 from jaxcryo.dataset import read_batch
 from jaxcryo.io.loader import padded_chunks
 from jaxcryo.search import SearchSettings
@@ -110,32 +111,42 @@ def make_mate_test(config, pixel_size_angstrom: float, mesh):
     return steps.make_mate_test(pixel_size_angstrom, config.loss.kind, mesh)
 
 
-def mates_due(train_config, research_moved: float, progress: dict) -> bool:
-    """Whether the mates are tested after a re-search that moved ``research_moved`` of the images: while
-    the map is still changing (that pass moved at least ``research_repeat_fraction``; the symmetry a
-    poor map shows is not the particle's) or the last mate pass still moved ``research_stop_fraction``."""
+# a mate pass that moved fewer than this share of the images under the map's present symmetry is not
+# repeated under it: in the 12 runs of the fifteenth to seventeenth sessions with several mate passes, no
+# pass after one below 0.25 % moved more than 0.1 % (one after 0.8 % moved 1.0 %), and on a realistic
+# near-cylinder six such passes cost ~3 min (README)
+MATES_SETTLED_FRACTION = 0.0025
+
+
+def mates_due(train_config, research_moved: float, progress: dict, symmetry: Callable[[], dict]) -> bool:
+    """Whether the mates are tested after a re-search that moved ``research_moved`` of the images: the
+    first time; while the last mate pass still moved ``research_stop_fraction``; and while the map is
+    still changing (that re-search moved at least ``research_repeat_fraction``; the symmetry a poor map
+    shows is not the particle's), unless the last pass moved fewer than ``MATES_SETTLED_FRACTION`` and
+    the map's pseudo-symmetry (``symmetry()``, called only then) is still the one it tested."""
     last = progress.get("mates_moved")
-    return (last is None or research_moved >= float(train_config.get("research_repeat_fraction", 0.0))
-            or last >= float(train_config.get("research_stop_fraction", 0.0)))
+    if last is None or last >= float(train_config.get("research_stop_fraction", 0.0)):
+        return True
+    if research_moved < float(train_config.get("research_repeat_fraction", 0.0)):
+        return False
+    return last >= MATES_SETTLED_FRACTION or not pseudosym.same_symmetry(progress.get("mates_symmetry"), symmetry())
 
 
 def mate_poses(mate_test, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
-               refine_shifts: bool, halves: HalfMaps | None = None) -> tuple[dict, float, dict]:
-    """Every image's pose against its mates under the current map's pseudo-symmetry
-    (``jaxcryo.pseudosym``, found on ``vol_params``): an image takes its best mate when that is more
-    likely (under the other half's map with ``halves``). Returns the tables, the fraction moved and the
-    symmetry found. Without refined shifts the mates keep the image's shift (the tables could not hold
-    another), so their centre correction is left out."""
-    sym = pseudosym.pseudo_symmetry(models.volume_hartley(vol_params), source.pixel_size_angstrom)
+               refine_shifts: bool, sym: dict, halves: HalfMaps | None = None) -> tuple[dict, float]:
+    """Every image's pose against its mates under the map's pseudo-symmetry ``sym``
+    (``pseudosym.pseudo_symmetry`` of ``vol_params``): an image takes its best mate when that is more
+    likely (under the other half's map with ``halves``). Returns the tables and the fraction moved.
+    Without refined shifts the mates keep the image's shift (the tables could not hold another), so
+    their centre correction is left out."""
     operators = jnp.asarray(sym["operators"], jnp.float32)
     centre = jnp.asarray(sym["centre_px"] if refine_shifts else np.zeros(3), jnp.float32)
 
     def search(vol, batch, radius, key, rots, shifts):
         return mate_test(vol, batch, radius, key, rots, shifts, operators, centre)
 
-    tables, moved = research_poses(search, vol_params, tables, source, batch_size, sharding, radius, key, refine_shifts,
-                                   halves=halves)
-    return tables, moved, sym
+    return research_poses(search, vol_params, tables, source, batch_size, sharding, radius, key, refine_shifts,
+                          halves=halves)
 
 
 def per_image(fn, vol_params, tables: dict, source, batch_size: int, sharding, key,

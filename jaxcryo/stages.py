@@ -6,6 +6,7 @@ at the switch, when to switch, and (beyond the paper) auto-decoding's global re-
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import jax
@@ -277,18 +278,25 @@ class AutodecodingStage:
                                            self.estimate_shifts, halves=halves)
             logging.info("auto-decoding epoch %d: %.1f %% of the images moved to a more likely pose found by search",
                          epoch, 100 * moved)
-            if self.mate_test is not None and mates_due(config.train, moved, progress):
-                tables, mates_moved, sym = mate_poses(self.mate_test, state["vol_params"], tables, self.data.source,
-                                                      self.research_batch, self.batch_sharding,
-                                                      radius_at(config, stage, epoch),
-                                                      jax.random.fold_in(jax.random.key(config.seed + 12), epoch - 1),
-                                                      self.estimate_shifts, halves=halves)
+            symmetry = functools.cache(lambda: pseudosym.pseudo_symmetry(models.volume_hartley(state["vol_params"]),
+                                                                         self.data.source.pixel_size_angstrom))
+            if self.mate_test is not None and mates_due(config.train, moved, progress, symmetry):
+                sym = symmetry()
+                tables, mates_moved = mate_poses(self.mate_test, state["vol_params"], tables, self.data.source,
+                                                 self.research_batch, self.batch_sharding, radius_at(config, stage, epoch),
+                                                 jax.random.fold_in(jax.random.key(config.seed + 12), epoch - 1),
+                                                 self.estimate_shifts, sym, halves=halves)
                 moved += mates_moved  # at most the share moved by either (a pose rarely moves twice)
-                progress = dict(progress, mates_moved=mates_moved)
+                progress = dict(progress, mates_moved=mates_moved,
+                                mates_symmetry={"order": int(sym["order"]), "axis": np.asarray(sym["axis"]).tolist()})
                 logging.info("auto-decoding epoch %d: the map is closest to C%d symmetry (axis %s, self-correlation "
                              "%.2f at %.0f A); %.1f %% of the images moved to a more likely mate", epoch, sym["order"],
                              np.round(sym["axis"], 2).tolist(), sym["correlation"], pseudosym.RESOLUTION_ANGSTROM,
                              100 * mates_moved)
+            elif symmetry.cache_info().currsize:
+                logging.info("auto-decoding epoch %d: the map is still closest to C%d symmetry about the axis its mates "
+                             "were tested under, when %.1f %% moved; not tested again", epoch, symmetry()["order"],
+                             100 * progress["mates_moved"])
             state = dict(state, **self.place_tables(tables))
             progress = dict(progress, research_moved=moved, research_epoch=epoch)  # checkpointed: a resumed run makes the same choice
         if stage == AUTODECODING and self.inverted_volume:

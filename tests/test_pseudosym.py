@@ -116,13 +116,38 @@ def test_the_mate_test_brings_images_back_from_a_mate_and_leaves_true_poses():
     assert np.all(np.asarray(stay_loss) > np.asarray(at_truth))  # at the truth no mate is more likely
 
 
-def test_mates_are_tested_while_the_map_changes_or_they_pay():
+def test_mates_are_tested_first_while_they_pay_and_when_the_symmetry_changes():
     from ml_collections import ConfigDict
 
     from jaxcryo.research import mates_due
 
     tc = ConfigDict({"research_repeat_fraction": 0.02, "research_stop_fraction": 0.01})
-    assert mates_due(tc, 0.0, {})  # the first pass always
-    assert not mates_due(tc, 0.015, {"mates_moved": 0.0})  # a settled map whose mates did not pay
-    assert mates_due(tc, 0.3, {"mates_moved": 0.0})  # a map still changing: its symmetry may change too
-    assert mates_due(tc, 0.0, {"mates_moved": 0.05})  # the last mate pass still paid
+    c2_z = {"order": 2, "axis": [0.0, 0.0, 1.0]}
+    calls = []
+
+    def found(sym):
+        return lambda: calls.append(1) or dict(sym)
+
+    assert mates_due(tc, 0.0, {}, found(c2_z))  # the first pass always
+    assert mates_due(tc, 0.0, {"mates_moved": 0.05, "mates_symmetry": c2_z}, found(c2_z))  # the last pass still paid
+    # a settled map whose mates did not pay: not again
+    assert not mates_due(tc, 0.015, {"mates_moved": 0.005, "mates_symmetry": c2_z}, found(c2_z))
+    # a map still changing, its last mate pass not negligible: again, whatever the symmetry
+    assert mates_due(tc, 0.3, {"mates_moved": 0.005, "mates_symmetry": c2_z}, found(c2_z))
+    assert not calls  # none of these needed the map's symmetry
+    # a map still changing whose last mate pass moved (almost) nothing: only under another symmetry
+    settled = {"mates_moved": 0.001, "mates_symmetry": c2_z}
+    assert not mates_due(tc, 0.3, settled, found({"order": 2, "axis": [0.0, 0.03, -1.0]}))  # the same axis, 1.7 deg
+    assert mates_due(tc, 0.3, settled, found({"order": 2, "axis": [0.0, 0.2, 0.98]}))  # 11.5 deg away
+    assert mates_due(tc, 0.3, settled, found({"order": 3, "axis": [0.0, 0.0, 1.0]}))  # another order
+    assert mates_due(tc, 0.3, {"mates_moved": 0.0}, found(c2_z))  # a run resumed from before the record
+    assert len(calls) == 4
+
+
+def test_same_symmetry_treats_opposite_axes_as_one():
+    c3 = {"order": 3, "axis": np.array([1.0, 0.0, 0.0])}
+    assert pseudosym.same_symmetry(c3, {"order": 3, "axis": [-1.0, 0.0, 0.0]})
+    tilted = [np.cos(np.radians(6.0)), np.sin(np.radians(6.0)), 0.0]
+    assert pseudosym.same_symmetry(c3, {"order": 3, "axis": tilted}, axis_tolerance_deg=7.0)
+    assert not pseudosym.same_symmetry(c3, {"order": 3, "axis": tilted}, axis_tolerance_deg=5.0)
+    assert not pseudosym.same_symmetry(None, c3)
