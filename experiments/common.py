@@ -141,9 +141,9 @@ def base_config() -> ml_collections.ConfigDict:
     # the re-search's global stage (and all but its last local round) on the frequencies up to this fraction
     # of Nyquist only, on cropped arrays: as good at ranking, 4x cheaper at 0.5 (jaxcryo.search); 0 = all
     config.train.research_global_radius = 0.0
-    # with each re-search, also every image's pose against its mates under the map's own pseudo-symmetry
-    # (jaxcryo.pseudosym): the modes of a pseudo-symmetric particle lie too far apart for local
-    # refinement and too alike at low frequency for the global search
+    # with the re-search (while it pays: research.mates_due), also every image's pose against its mates
+    # under the map's own pseudo-symmetry (jaxcryo.pseudosym): the modes of a pseudo-symmetric particle lie
+    # too far apart for local refinement and too alike at low frequency for the global search
     config.train.research_mates = False
     # the re-search and the mate test judge each image with the map of the half set it is not in: a map
     # made from every image holds each image's own noise at its current pose, which then out-scores any

@@ -13,9 +13,10 @@ Beyond the paper's method (each a named option of experiments/common.py; see the
   against a fresh global search (``jaxcryo.research``) of 16,384 rotations ranked at half Nyquist;
   while those searches still move >= 2 % of the images, auto-decoding goes on past its 6 epochs (up
   to 16): a particle whose amortized stage ended far off gets the epochs it needs, an easy one none;
-* with each re-search, each image's pose is also compared with its mates under the map's own
+* with the re-search, each image's pose is also compared with its mates under the map's own
   pseudo-symmetry (``train.research_mates``, ``jaxcryo.pseudosym``): the modes of a pseudo-symmetric
-  particle lie too far apart for local refinement and look too alike at low frequency for the search;
+  particle lie too far apart for local refinement and look too alike at low frequency for the search
+  (``research.mates_due`` says after which re-searches: not again once they stop paying);
 * the amortized stage starts three times for 78 steps each (one epoch of 5,000 particles) and the start
   whose map explains a fixed sample of images best goes on (``train.amortized_starts``,
   ``jaxcryo.starts``): whether it leaves its first plateau depends on the random draws;
