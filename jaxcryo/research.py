@@ -135,15 +135,15 @@ def mates_due(train_config, research_moved: float, progress: dict, symmetry: Cal
 def mate_poses(mate_test, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
                refine_shifts: bool, sym: dict, halves: HalfMaps | None = None) -> tuple[dict, float]:
     """Every image's pose against its mates under the map's pseudo-symmetry ``sym``
-    (``pseudosym.pseudo_symmetry`` of ``vol_params``): an image takes its best mate when that is more
+    (``pseudosym.pseudo_symmetry`` of ``vol_params``: its rotations and its mirror plane): an image takes its best mate when that is more
     likely (under the other half's map with ``halves``). Returns the tables and the fraction moved.
     Without refined shifts the mates keep the image's shift (the tables could not hold another), so
     their centre correction is left out."""
     operators = jnp.asarray(sym["operators"], jnp.float32)
-    centre = jnp.asarray(sym["centre_px"] if refine_shifts else np.zeros(3), jnp.float32)
+    centres = jnp.asarray(sym["centres_px"] if refine_shifts else np.zeros((len(operators), 3)), jnp.float32)
 
     def search(vol, batch, radius, key, rots, shifts):
-        return mate_test(vol, batch, radius, key, rots, shifts, operators, centre)
+        return mate_test(vol, batch, radius, key, rots, shifts, operators, centres)
 
     return research_poses(search, vol_params, tables, source, batch_size, sharding, radius, key, refine_shifts,
                           halves=halves)

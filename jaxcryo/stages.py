@@ -288,11 +288,13 @@ class AutodecodingStage:
                                                  self.estimate_shifts, sym, halves=halves)
                 moved += mates_moved  # at most the share moved by either (a pose rarely moves twice)
                 progress = dict(progress, mates_moved=mates_moved,
-                                mates_symmetry={"order": int(sym["order"]), "axis": np.asarray(sym["axis"]).tolist()})
+                                mates_symmetry={"order": int(sym["order"]), "axis": np.asarray(sym["axis"]).tolist(),
+                                                "mirror_normal": np.asarray(sym["mirror_normal"]).tolist()})
                 logging.info("auto-decoding epoch %d: the map is closest to C%d symmetry (axis %s, self-correlation "
-                             "%.2f at %.0f A); %.1f %% of the images moved to a more likely mate", epoch, sym["order"],
-                             np.round(sym["axis"], 2).tolist(), sym["correlation"], pseudosym.RESOLUTION_ANGSTROM,
-                             100 * mates_moved)
+                             "%.2f at %.0f A) and to its mirror image in the plane normal to %s (%.2f); %.1f %% of the "
+                             "images moved to a more likely mate", epoch, sym["order"], np.round(sym["axis"], 2).tolist(),
+                             sym["correlation"], pseudosym.RESOLUTION_ANGSTROM,
+                             np.round(sym["mirror_normal"], 2).tolist(), sym["mirror_correlation"], 100 * mates_moved)
             elif symmetry.cache_info().currsize:
                 logging.info("auto-decoding epoch %d: the map is still closest to C%d symmetry about the axis its mates "
                              "were tested under, when %.1f %% moved; not tested again", epoch, symmetry()["order"],

@@ -210,7 +210,7 @@ def make_pose_search(pixel_size_angstrom: float, loss_kind: str, mesh, settings:
 
 def make_mate_test(pixel_size_angstrom: float, loss_kind: str, mesh, n_local: int = 4, sigma_deg: float = 2.0,
                    rounds: int = 2):
-    """(vol_params, batch, radius, key, rotations (B, 3, 3), shifts (B, 2), operators (K, 3, 3), centre (3,))
+    """(vol_params, batch, radius, key, rotations (B, 3, 3), shifts (B, 2), operators (K, 3, 3), centres (K, 3))
     -> the best pseudo-symmetry mate of each pose (``jaxcryo.pseudosym.mate_poses``), refined locally
     (``rounds`` of ``n_local`` perturbations from ``sigma_deg``: the detected axis is good to a degree or
     two), its shift (B, 2), its loss (B,) and the loss at the given pose (B,): ``make_pose_search``'s
@@ -218,10 +218,10 @@ def make_mate_test(pixel_size_angstrom: float, loss_kind: str, mesh, n_local: in
     mates of a pose are exact images of it under the symmetry, so their order does not change): K + 8
     slices per image."""
 
-    def core(vol_params, batch, radius, key, rot, shift, operators, centre):
+    def core(vol_params, batch, radius, key, rot, shift, operators, centres):
         target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
         vol_h = models.volume_hartley(vol_params)
-        mates, mate_shifts = pseudosym.mate_poses(rot, shift, operators, centre)
+        mates, mate_shifts = pseudosym.mate_poses(rot, shift, operators, centres)
         mate_loss = losses.per_image_loss(losses.predict(vol_h, mates, ctf, mate_shifts), target, mask, loss_kind)
         pick = jnp.argmin(mate_loss, axis=1)
         best, best_shift = _take(mates, pick)[:, None], _take(mate_shifts, pick)[:, None]

@@ -41,7 +41,7 @@ def test_finds_the_order_axis_and_centre_of_a_pseudo_symmetric_map(order, axis):
     found = pseudosym.pseudo_symmetry(slicing.volume_to_hartley(jnp.asarray(volume)), PIXEL)
     assert found["order"] == order and found["correlation"] > 0.8
     assert np.degrees(np.arccos(min(1.0, abs(found["axis"] @ axis)))) < 4.0
-    assert found["operators"].shape == (order - 1, 3, 3)
+    assert found["operators"].shape == (order, 3, 3)  # the rotations, then the mirror
     # the centre of mass lies on the axis near the true centre (the mark pulls it a little)
     off = found["centre_px"] * PIXEL - centre
     assert np.linalg.norm(off - (off @ axis) * axis) < 2.0 * PIXEL
@@ -103,7 +103,7 @@ def test_the_mate_test_brings_images_back_from_a_mate_and_leaves_true_poses():
                            jax.NamedSharding(mesh, jax.sharding.PartitionSpec(steps.AXIS)))
     vol_params = {"mantissa": vol_h / BOX, "exponent": jnp.zeros_like(vol_h)}  # images_to_hartley's 1/L units
     test = steps.make_mate_test(PIXEL, "gaussian", mesh)
-    ops, centre = jnp.asarray(sym["operators"]), jnp.asarray(sym["centre_px"], jnp.float32)
+    ops, centre = jnp.asarray(sym["operators"]), jnp.asarray(sym["centres_px"], jnp.float32)
     rows = jax.NamedSharding(mesh, jax.sharding.PartitionSpec(steps.AXIS))
     start, start_shifts = pseudosym.mate_poses(rots, jnp.asarray(shifts), ops, centre)
     found, _, found_loss, current = test(vol_params, batch, 1.0, jax.random.key(0), jax.device_put(start[:, 0], rows),
@@ -114,6 +114,113 @@ def test_the_mate_test_brings_images_back_from_a_mate_and_leaves_true_poses():
     _, _, stay_loss, at_truth = test(vol_params, batch, 1.0, jax.random.key(0), jax.device_put(rots, rows),
                                    jax.device_put(jnp.asarray(shifts), rows), ops, centre)
     assert np.all(np.asarray(stay_loss) > np.asarray(at_truth))  # at the truth no mate is more likely
+
+
+def flat_map(normal: np.ndarray, centre_angstrom: np.ndarray, mirrored: bool = True, mark: float = 0.0, seed: int = 0):
+    """A flat particle (a thin sheet of two unequal domains, nothing symmetric in its plane) whose plane has
+    ``normal`` and passes through ``centre``; ``mirrored``: made exactly its own mirror image in that plane
+    (points and their reflections); ``mark`` > 0: a blob of that weight 6 A above the plane (the hand)."""
+    rng = np.random.default_rng(seed)
+    sheet = np.concatenate([rng.normal(size=(80, 3)) * np.array([6.0, 4.0, 1.2]) + np.array([-5.0, 2.0, 0.0]),
+                            rng.normal(size=(40, 3)) * np.array([3.0, 3.0, 1.2]) + np.array([9.0, -6.0, 0.0])])
+    normal = normal / np.linalg.norm(normal)
+    u = np.cross(normal, [1.0, 0.0, 0.0] if abs(normal[0]) < 0.9 else [0.0, 1.0, 0.0])
+    u /= np.linalg.norm(u)
+    frame = np.stack([u, np.cross(normal, u), normal], axis=1)  # sheet z -> the normal
+    points, weights = [sheet], [np.ones(len(sheet))]
+    if mirrored:
+        points.append(sheet * np.array([1.0, 1.0, -1.0]))
+        weights.append(np.ones(len(sheet)))
+    if mark:
+        points.append(np.array([[-4.0, 0.0, 6.0]]))
+        weights.append(np.array([mark]))
+    pts = np.concatenate(points) @ frame.T + centre_angstrom
+    return phantoms.render_points(pts, np.concatenate(weights), BOX, PIXEL, 2.5 * PIXEL)
+
+
+def test_finds_the_mirror_plane_of_a_flat_map():
+    normal = np.array([0.4, 0.7, -0.6])
+    normal /= np.linalg.norm(normal)
+    centre = np.array([3.0, -4.0, 5.0])
+    found = pseudosym.pseudo_symmetry(slicing.volume_to_hartley(jnp.asarray(flat_map(normal, centre, mark=4.0))), PIXEL)
+    assert found["mirror_correlation"] > 0.9
+    assert np.degrees(np.arccos(min(1.0, abs(found["mirror_normal"] @ normal)))) < 4.0
+    ops = found["operators"]
+    assert ops.shape == (found["order"], 3, 3) and found["centres_px"].shape == (found["order"], 3)
+    assert np.allclose(np.linalg.det(ops), [1.0] * (found["order"] - 1) + [-1.0], atol=1e-4)
+    # the plane passes near the true centre (within a voxel along its normal)
+    assert abs((found["centres_px"][-1] * PIXEL - centre) @ normal) < PIXEL
+
+
+def test_a_mirror_mate_predicts_the_same_image_about_an_off_centre_plane():
+    """For a map that is exactly its own mirror image the image at pose (R, t) and at its mate
+    (M R G^T, t') are the same, for tilted views too; without the shift correction they are not."""
+    import jax
+
+    normal = np.array([0.3, -0.4, 0.87])
+    normal /= np.linalg.norm(normal)
+    centre = np.array([5.0, 4.0, -4.0])
+    vol_h = slicing.volume_to_hartley(jnp.asarray(flat_map(normal, centre)))
+    ops = np.asarray(pseudosym.mirrors(normal))[None]
+    rot = np.asarray(geometry.random_rotations(jax.random.key(1), (6,)))
+    shifts = np.random.default_rng(1).uniform(-2, 2, (6, 2)).astype(np.float32)
+    mates, mate_shifts = pseudosym.mate_poses(jnp.asarray(rot), jnp.asarray(shifts), jnp.asarray(ops),
+                                              jnp.asarray(centre / PIXEL, jnp.float32))
+    assert np.allclose(np.linalg.det(np.asarray(mates)), 1.0, atol=1e-4)  # proper rotations
+    ctf = jnp.ones((6, BOX, BOX))
+    mask = slicing.frequency_mask(BOX, 0.6)
+
+    def corr(a, b):
+        return np.asarray(jnp.sum(a * b * mask, (-2, -1)) / jnp.sqrt(jnp.sum(a * a * mask, (-2, -1)) * jnp.sum(b * b * mask, (-2, -1))))
+
+    ref = losses.predict(vol_h, jnp.asarray(rot), ctf, jnp.asarray(shifts))
+    good = corr(ref, losses.predict(vol_h, mates[:, 0], ctf, mate_shifts[:, 0]))
+    plain = corr(ref, losses.predict(vol_h, mates[:, 0], ctf, jnp.asarray(shifts)))
+    assert np.all(good > 0.98), good
+    assert np.mean(plain) < np.mean(good) - 0.05
+    # the mates are other poses, 2x the angle between each view and the plane's normal apart
+    views = np.abs(rot[:, 2, :] @ normal)
+    apart = np.asarray(geometry.geodesic_distance_deg(mates[:, 0], jnp.asarray(rot)))
+    assert np.allclose(apart, 2 * np.degrees(np.arccos(views)), atol=0.5)
+
+
+def test_the_mate_test_gives_each_tilted_view_of_a_flat_particle_its_hand():
+    """Noisy images of a flat particle whose hand shows only in a small blob above its plane, their poses
+    at the mirror mates (the other hand): the mate test brings the tilted views back to the truth."""
+    import jax
+
+    from jaxcryo import ctf as ctf_lib
+    from jaxcryo import simulate, steps
+
+    normal = np.array([0.2, 0.3, 0.93])
+    normal /= np.linalg.norm(normal)
+    volume = flat_map(normal, np.array([2.0, -2.0, 1.0]), mirrored=False, mark=6.0)
+    vol_h = slicing.volume_to_hartley(jnp.asarray(volume))
+    sym = pseudosym.pseudo_symmetry(vol_h, PIXEL)
+    rots = np.asarray(geometry.random_rotations(jax.random.key(6), (200,), jnp.float32))
+    rots = jnp.asarray(rots[np.abs(rots[:, 2, :] @ normal) < np.cos(np.radians(40.0))][:24])  # tilted > 40 deg
+    n = rots.shape[0]
+    shifts = np.random.default_rng(6).uniform(-2, 2, (n, 2)).astype(np.float32)
+    fields = {"defocus_u_angstrom": 15_000.0, "defocus_v_angstrom": 15_000.0, "defocus_angle_deg": 0.0,
+              "voltage_kv": 300.0, "spherical_aberration_mm": 2.7, "amplitude_contrast": 0.1, "phase_shift_deg": 0.0,
+              "b_factor_angstrom2": 0.0}
+    ctf = ctf_lib.ctf_grid(BOX, PIXEL, **{k: jnp.full((n,), v) for k, v in fields.items()}).astype(jnp.float32)
+    clean = simulate.clean_images(vol_h, rots, jnp.asarray(shifts), ctf)
+    images = clean + 0.5 * float(clean.std()) * np.random.default_rng(7).normal(size=clean.shape).astype(np.float32)
+    mesh = steps.make_mesh()
+    rows = jax.NamedSharding(mesh, jax.sharding.PartitionSpec(steps.AXIS))
+    batch = jax.device_put({"images": jnp.asarray(images), "index": jnp.arange(n, dtype=jnp.int32),
+                            **{k: jnp.full((n,), v, jnp.float32) for k, v in fields.items()}}, rows)
+    vol_params = {"mantissa": vol_h / BOX, "exponent": jnp.zeros_like(vol_h)}
+    test = steps.make_mate_test(PIXEL, "gaussian", mesh)
+    ops, centres = jnp.asarray(sym["operators"]), jnp.asarray(sym["centres_px"], jnp.float32)
+    other_hand, other_shifts = pseudosym.mate_poses(rots, jnp.asarray(shifts), ops[-1:], centres[-1:])
+    assert np.min(np.asarray(geometry.geodesic_distance_deg(other_hand[:, 0], rots))) > 75.0  # far from the truth
+    found, _, found_loss, current = test(vol_params, batch, 1.0, jax.random.key(0), jax.device_put(other_hand[:, 0], rows),
+                                         jax.device_put(other_shifts[:, 0], rows), ops, centres)
+    assert np.all(np.asarray(found_loss) < np.asarray(current))
+    back = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(np.asarray(found)), rots))
+    assert np.median(back) < 3.0 and np.max(back) < 10.0, back
 
 
 def test_mates_are_tested_first_while_they_pay_and_when_the_symmetry_changes():
@@ -151,3 +258,11 @@ def test_same_symmetry_treats_opposite_axes_as_one():
     assert pseudosym.same_symmetry(c3, {"order": 3, "axis": tilted}, axis_tolerance_deg=7.0)
     assert not pseudosym.same_symmetry(c3, {"order": 3, "axis": tilted}, axis_tolerance_deg=5.0)
     assert not pseudosym.same_symmetry(None, c3)
+
+
+def test_same_symmetry_compares_the_mirror_planes_too():
+    c2 = {"order": 2, "axis": [0.0, 0.0, 1.0], "mirror_normal": [1.0, 0.0, 0.0]}
+    assert pseudosym.same_symmetry(c2, dict(c2, mirror_normal=[-1.0, 0.02, 0.0]))
+    assert not pseudosym.same_symmetry(c2, dict(c2, mirror_normal=[0.0, 1.0, 0.0]))
+    # a record from before mirrors were tested: test again
+    assert not pseudosym.same_symmetry({"order": 2, "axis": [0.0, 0.0, 1.0]}, c2)
