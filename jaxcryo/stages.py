@@ -296,8 +296,8 @@ class AutodecodingStage:
                              sym["correlation"], pseudosym.RESOLUTION_ANGSTROM,
                              np.round(sym["mirror_normal"], 2).tolist(), sym["mirror_correlation"], 100 * mates_moved)
             elif symmetry.cache_info().currsize:
-                logging.info("auto-decoding epoch %d: the map is still closest to C%d symmetry about the axis its mates "
-                             "were tested under, when %.1f %% moved; not tested again", epoch, symmetry()["order"],
+                logging.info("auto-decoding epoch %d: the map's pseudo-symmetry (C%d and a mirror plane) is still the one its "
+                             "mates were tested under, when %.1f %% moved; not tested again", epoch, symmetry()["order"],
                              100 * progress["mates_moved"])
             state = dict(state, **self.place_tables(tables))
             progress = dict(progress, research_moved=moved, research_epoch=epoch)  # checkpointed: a resumed run makes the same choice
