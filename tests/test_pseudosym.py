@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcryo import geometry, losses, phantoms, pseudosym, slicing
+from jaxcryo import geometry, losses, phantoms, pseudosym, slicing, steps
 
 BOX, PIXEL = 48, 3.0
 
@@ -31,6 +31,31 @@ def symmetric_map(order: int, axis: np.ndarray, centre_angstrom: np.ndarray, see
         points.append((frame @ np.array([[14.0, 0.0, 9.0]]).T).T + centre_angstrom)
         weights.append(np.array([mark]))
     return phantoms.render_points(np.concatenate(points), np.concatenate(weights), BOX, PIXEL, 2.5 * PIXEL)
+
+
+CTF_FIELDS = {"defocus_u_angstrom": 15_000.0, "defocus_v_angstrom": 15_000.0, "defocus_angle_deg": 0.0,
+              "voltage_kv": 300.0, "spherical_aberration_mm": 2.7, "amplitude_contrast": 0.1, "phase_shift_deg": 0.0,
+              "b_factor_angstrom2": 0.0}
+
+
+def noisy_batch(vol_h, rots, shifts: np.ndarray, noise_seed: int):
+    """Images of ``vol_h`` at the poses, noise of half the clean images' standard deviation, as a batch
+    sharded over ``steps.make_mesh()``: (batch, mesh, the rows' sharding)."""
+    import jax
+
+    from jaxcryo import ctf as ctf_lib
+    from jaxcryo import simulate
+
+    n = rots.shape[0]
+    ctf = ctf_lib.ctf_grid(BOX, PIXEL, **{k: jnp.full((n,), v) for k, v in CTF_FIELDS.items()}).astype(jnp.float32)
+    clean = simulate.clean_images(vol_h, rots, jnp.asarray(shifts), ctf)
+    noise = np.random.default_rng(noise_seed).normal(size=clean.shape).astype(np.float32)
+    mesh = steps.make_mesh()
+    rows = jax.NamedSharding(mesh, jax.sharding.PartitionSpec(steps.AXIS))
+    batch = jax.device_put({"images": jnp.asarray(clean + 0.5 * float(clean.std()) * noise),
+                            "index": jnp.arange(n, dtype=jnp.int32),
+                            **{k: jnp.full((n,), v, jnp.float32) for k, v in CTF_FIELDS.items()}}, rows)
+    return batch, mesh, rows
 
 
 @pytest.mark.parametrize("order, axis", [(2, [0.3, -0.5, 0.8]), (3, [0.9, 0.2, -0.4])])
@@ -80,9 +105,6 @@ def test_the_mate_test_brings_images_back_from_a_mate_and_leaves_true_poses():
     mate move back to within a few degrees of the truth; images already at their true pose stay."""
     import jax
 
-    from jaxcryo import ctf as ctf_lib
-    from jaxcryo import simulate, steps
-
     axis = np.array([0.3, -0.2, 0.93])
     axis /= np.linalg.norm(axis)
     volume = symmetric_map(3, axis, np.array([3.0, 2.0, -2.0]), mark=25.0)
@@ -91,20 +113,10 @@ def test_the_mate_test_brings_images_back_from_a_mate_and_leaves_true_poses():
     n = 24
     rots = geometry.random_rotations(jax.random.key(4), (n,), jnp.float32)
     shifts = np.random.default_rng(4).uniform(-2, 2, (n, 2)).astype(np.float32)
-    fields = {"defocus_u_angstrom": 15_000.0, "defocus_v_angstrom": 15_000.0, "defocus_angle_deg": 0.0,
-              "voltage_kv": 300.0, "spherical_aberration_mm": 2.7, "amplitude_contrast": 0.1, "phase_shift_deg": 0.0,
-              "b_factor_angstrom2": 0.0}
-    ctf = ctf_lib.ctf_grid(BOX, PIXEL, **{k: jnp.full((n,), v) for k, v in fields.items()}).astype(jnp.float32)
-    clean = simulate.clean_images(vol_h, rots, jnp.asarray(shifts), ctf)
-    images = clean + 0.5 * float(clean.std()) * np.random.default_rng(5).normal(size=clean.shape).astype(np.float32)
-    mesh = steps.make_mesh()
-    batch = jax.device_put({"images": jnp.asarray(images), "index": jnp.arange(n, dtype=jnp.int32),
-                            **{k: jnp.full((n,), v, jnp.float32) for k, v in fields.items()}},
-                           jax.NamedSharding(mesh, jax.sharding.PartitionSpec(steps.AXIS)))
+    batch, mesh, rows = noisy_batch(vol_h, rots, shifts, 5)
     vol_params = {"mantissa": vol_h / BOX, "exponent": jnp.zeros_like(vol_h)}  # images_to_hartley's 1/L units
     test = steps.make_mate_test(PIXEL, "gaussian", mesh)
     ops, centre = jnp.asarray(sym["operators"]), jnp.asarray(sym["centres_px"], jnp.float32)
-    rows = jax.NamedSharding(mesh, jax.sharding.PartitionSpec(steps.AXIS))
     start, start_shifts = pseudosym.mate_poses(rots, jnp.asarray(shifts), ops, centre)
     found, _, found_loss, current = test(vol_params, batch, 1.0, jax.random.key(0), jax.device_put(start[:, 0], rows),
                                          jax.device_put(start_shifts[:, 0], rows), ops, centre)
@@ -189,9 +201,6 @@ def test_the_mate_test_gives_each_tilted_view_of_a_flat_particle_its_hand():
     at the mirror mates (the other hand): the mate test brings the tilted views back to the truth."""
     import jax
 
-    from jaxcryo import ctf as ctf_lib
-    from jaxcryo import simulate, steps
-
     normal = np.array([0.2, 0.3, 0.93])
     normal /= np.linalg.norm(normal)
     volume = flat_map(normal, np.array([2.0, -2.0, 1.0]), mirrored=False, mark=6.0)
@@ -201,16 +210,7 @@ def test_the_mate_test_gives_each_tilted_view_of_a_flat_particle_its_hand():
     rots = jnp.asarray(rots[np.abs(rots[:, 2, :] @ normal) < np.cos(np.radians(40.0))][:24])  # tilted > 40 deg
     n = rots.shape[0]
     shifts = np.random.default_rng(6).uniform(-2, 2, (n, 2)).astype(np.float32)
-    fields = {"defocus_u_angstrom": 15_000.0, "defocus_v_angstrom": 15_000.0, "defocus_angle_deg": 0.0,
-              "voltage_kv": 300.0, "spherical_aberration_mm": 2.7, "amplitude_contrast": 0.1, "phase_shift_deg": 0.0,
-              "b_factor_angstrom2": 0.0}
-    ctf = ctf_lib.ctf_grid(BOX, PIXEL, **{k: jnp.full((n,), v) for k, v in fields.items()}).astype(jnp.float32)
-    clean = simulate.clean_images(vol_h, rots, jnp.asarray(shifts), ctf)
-    images = clean + 0.5 * float(clean.std()) * np.random.default_rng(7).normal(size=clean.shape).astype(np.float32)
-    mesh = steps.make_mesh()
-    rows = jax.NamedSharding(mesh, jax.sharding.PartitionSpec(steps.AXIS))
-    batch = jax.device_put({"images": jnp.asarray(images), "index": jnp.arange(n, dtype=jnp.int32),
-                            **{k: jnp.full((n,), v, jnp.float32) for k, v in fields.items()}}, rows)
+    batch, mesh, rows = noisy_batch(vol_h, rots, shifts, 7)
     vol_params = {"mantissa": vol_h / BOX, "exponent": jnp.zeros_like(vol_h)}
     test = steps.make_mate_test(PIXEL, "gaussian", mesh)
     ops, centres = jnp.asarray(sym["operators"]), jnp.asarray(sym["centres_px"], jnp.float32)
