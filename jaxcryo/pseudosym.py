@@ -110,7 +110,7 @@ def mirrors(normals: np.ndarray) -> jax.Array:
     return jnp.eye(3, dtype=jnp.float32) - 2.0 * n[..., :, None] * n[..., None, :]
 
 
-def _refine(volume: np.ndarray, make: Callable[[np.ndarray], jax.Array], axis: np.ndarray, centre: np.ndarray,
+def _refine(volume: jax.Array, make: Callable[[np.ndarray], jax.Array], axis: np.ndarray, centre: np.ndarray,
             best_corr: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
     """An operator's axis (or plane normal) and centre refined together: rounds of 64 random perturbations,
     each keeping the best so far (the centre of mass is only near the axis: ringing, a distinguishing
@@ -119,8 +119,7 @@ def _refine(volume: np.ndarray, make: Callable[[np.ndarray], jax.Array], axis: n
         trial = axis + np.radians(sigma_deg) * rng.standard_normal((64, 3))
         trial /= np.linalg.norm(trial, axis=1, keepdims=True)
         centres = centre + sigma_voxel * rng.standard_normal((64, 3))
-        c = np.asarray(_refine_correlations(jnp.asarray(volume, jnp.float32), make(trial),
-                                            jnp.asarray(centres, jnp.float32)))
+        c = np.asarray(_refine_correlations(volume, make(trial), jnp.asarray(centres, jnp.float32)))
         if c.max() > best_corr:
             axis, centre, best_corr = trial[int(np.argmax(c))], centres[int(np.argmax(c))], float(c.max())
     return axis, centre, best_corr
@@ -136,13 +135,14 @@ def pseudo_symmetry(volume_h: jax.Array, pixel_size_angstrom: float, resolution_
     Returns {"order", "axis" (3,), "correlation", "centre_px" (3,) the axis's centre in voxels of the
     full box as (x, y, z), "mirror_normal" (3,), "mirror_correlation", and the mates' "operators"
     (n, 3, 3) — S, S^2, ..., S^(n-1), then the mirror — with their "centres_px" (n, 3)}."""
-    volume, voxel = low_passed_map(volume_h, pixel_size_angstrom, resolution_angstrom)
-    com = centre_of_mass(volume)
+    low, voxel = low_passed_map(volume_h, pixel_size_angstrom, resolution_angstrom)
+    com = centre_of_mass(low)
+    volume = jnp.asarray(low, jnp.float32)  # once, for the scan and both refinements
     axes = hemisphere_axes(n_axes)
     angles = np.concatenate([np.full(n_axes, 2 * np.pi / n) for n in ORDERS])
     all_axes = np.tile(axes, (len(ORDERS), 1))
     operators = jnp.concatenate([rotations_about(all_axes, angles), mirrors(axes)])
-    corr = np.asarray(self_correlation(jnp.asarray(volume, jnp.float32), operators, jnp.asarray(com, jnp.float32)))
+    corr = np.asarray(self_correlation(volume, operators, jnp.asarray(com, jnp.float32)))
     rng = np.random.default_rng(seed)
     best = int(np.argmax(corr[: len(all_axes)]))
     order = ORDERS[best // n_axes]

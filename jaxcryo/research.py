@@ -135,8 +135,8 @@ def mates_due(train_config, research_moved: float, progress: dict, symmetry: Cal
 def mate_poses(mate_test, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
                refine_shifts: bool, sym: dict, halves: HalfMaps | None = None) -> tuple[dict, float]:
     """Every image's pose against its mates under the map's pseudo-symmetry ``sym``
-    (``pseudosym.pseudo_symmetry`` of ``vol_params``: its rotations and its mirror plane): an image takes its best mate when that is more
-    likely (under the other half's map with ``halves``). Returns the tables and the fraction moved.
+    (``pseudosym.pseudo_symmetry`` of ``vol_params``: its rotations and its mirror plane): an image takes
+    its best mate when that is more likely (under the other half's map with ``halves``). Returns the tables and the fraction moved.
     Without refined shifts the mates keep the image's shift (the tables could not hold another), so
     their centre correction is left out."""
     operators = jnp.asarray(sym["operators"], jnp.float32)
