@@ -3,6 +3,7 @@
     python -m experiments.bench --what=steps --config=experiments/quickstart.py
     python -m experiments.bench --what=steps --config=experiments/spike.py --steps=3
     python -m experiments.bench --what=loader --particles=DIR/particles.star
+    python -m experiments.bench --what=slices   (forward loss forms: the pose searches' and mate test's cost)
     python -m experiments.bench --scale [--sizes=10000,100000,1000000]   (experiments/scale.py)
 
 Steps run on random images (no disk) with the config's model and batch size; each stage is timed after
@@ -24,7 +25,7 @@ from jaxcryo import runio
 from jaxcryo.search import SearchSettings
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/quickstart.py", "Experiment config.")
-_WHAT = flags.DEFINE_enum("what", "steps", ["steps", "loader"], "What to time.")
+_WHAT = flags.DEFINE_enum("what", "steps", ["steps", "loader", "slices"], "What to time.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per stage (after one compiling step).")
 _PARTICLES = flags.DEFINE_string("particles", None, "Particle file for --what=loader.")
 _SCALE = flags.DEFINE_bool("scale", False, "The scale benchmark over --sizes (experiments/scale.py).")
@@ -117,6 +118,35 @@ def bench_loader(path: str) -> None:
           f"peak anonymous RSS {anon:.2f} GiB")
 
 
+def bench_slices(size: int = 64, images: int = 256, poses: int = 15) -> None:
+    """Forward losses of ``poses`` poses per image, the forms the pose searches and the mate test use,
+    and the two that XLA:CPU runs slowly (``losses.weighted_sum``, ``losses.loss_at``)."""
+    from jaxcryo import geometry, losses, slicing
+
+    keys = jax.random.split(jax.random.key(0), 5)
+    vol = jax.random.normal(keys[0], (size,) * 3)
+    rots = geometry.random_rotations(keys[1], (images, poses))
+    ctf, target = (jax.random.normal(k, (images, size, size)) for k in keys[2:4])
+    shifts = jax.random.normal(keys[4], (images, poses, 2))
+    mask = slicing.frequency_mask(size, 1.0)
+    forms = {
+        "slices alone": lambda: slicing.extract_slices(vol, rots, size),
+        "loss, summed with jnp.sum": lambda: 0.5 * jnp.sum((losses.predict(vol, rots, ctf) - target[:, None]) ** 2 * mask,
+                                                           axis=(-2, -1)),
+        "loss (losses.per_image_loss)": lambda: losses.per_image_loss(losses.predict(vol, rots, ctf), target, mask),
+        "loss, shifted slices": lambda: losses.per_image_loss(losses.predict(vol, rots, ctf, shifts), target, mask),
+        "loss, shifted target (losses.loss_at)": lambda: losses.loss_at(vol, rots, ctf, target, mask, shifts_px=shifts),
+    }
+    for name, form in forms.items():
+        fn = jax.jit(form)
+        jax.block_until_ready(fn())
+        start = time.perf_counter()
+        for _ in range(3):
+            jax.block_until_ready(fn())
+        seconds = (time.perf_counter() - start) / 3
+        print(f"{name:40s} {images} x {poses} poses at {size} px: {1000 * seconds:6.0f} ms, {images * poses / seconds:8.0f} slices/s")
+
+
 def main(argv):
     del argv
     import json
@@ -133,6 +163,8 @@ def main(argv):
                       config_flags.get_config_filename(flags.FLAGS["config"]))
     elif _WHAT.value == "loader":
         bench_loader(_PARTICLES.value)
+    elif _WHAT.value == "slices":
+        bench_slices()
     else:
         bench_steps(_CONFIG.value)
 

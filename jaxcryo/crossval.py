@@ -61,7 +61,7 @@ def _make_scorers(pixel_size_angstrom: float):
     @jax.jit
     def score(vol_h, batch, rots, shifts):
         target, ctf, mask = steps._targets(batch, pixel_size_angstrom, 1.0)
-        return losses.per_image_loss(losses.predict(vol_h, rots, ctf, shifts), target, mask)
+        return losses.loss_at(vol_h, rots, ctf, target, mask, shifts_px=shifts)
 
     @jax.jit
     def refine(vol_h, batch, rots, shifts, key):

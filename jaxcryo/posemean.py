@@ -76,7 +76,7 @@ def make_posterior_mean(pixel_size_angstrom: float, mesh, n_samples: int, sigma_
         omega = perturbations(key, rot.shape[0], n_samples, sigma, rot.dtype)
         draws = geometry.so3_exp(omega) @ rot[:, None]
         shifts = jnp.broadcast_to(shift[:, None], draws.shape[:2] + (2,))
-        sample_losses = losses.per_image_loss(losses.predict(vol_h, draws, ctf, shifts), target, mask, "gaussian")
+        sample_losses = losses.loss_at(vol_h, draws, ctf, target, mask, "gaussian", shifts)
         weights = jax.nn.softmax(importance_log_weights(sample_losses, omega, jnp.sum(mask), sigma), axis=1)
         top_w, top = jax.lax.top_k(weights, n_keep)
         top_omega = jnp.take_along_axis(omega, top[..., None], axis=1)

@@ -91,7 +91,7 @@ def pose_error_floor(volume: np.ndarray, source, true_rotations: np.ndarray, n_i
     vol_h = vol_h * jnp.sum(at_truth * target * mask) / jnp.sum(at_truth**2 * mask)
 
     def nll(omega):
-        return jnp.sum(losses.per_image_loss(losses.predict(vol_h, geometry.so3_exp(omega) @ rot, ctf, shift), target, mask))
+        return jnp.sum(losses.loss_at(vol_h, geometry.so3_exp(omega) @ rot, ctf, target, mask, shifts_px=shift))
 
     opt = optax.adam(0.01)
 

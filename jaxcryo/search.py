@@ -96,7 +96,7 @@ def local_refine(vol_h, rotations, ctf, target, mask, key, n_local: int, sigma_d
     sigma = jnp.deg2rad(sigma_deg).astype(rotations.dtype)
 
     def score(rots, shifts):
-        return losses.per_image_loss(losses.predict(vol_h, rots, ctf, shifts), target, mask, loss_kind)
+        return losses.loss_at(vol_h, rots, ctf, target, mask, loss_kind, shifts)
 
     best_loss = score(rotations, shifts_px)  # (B, k)
     for r in range(rounds):

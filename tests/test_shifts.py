@@ -55,6 +55,30 @@ def test_shift_hartley_matches_the_simulators_phase_ramp():
     np.testing.assert_allclose(np.asarray(moved)[:, 1:, 1:], np.asarray(expected)[:, 1:, 1:], atol=3e-4)
 
 
+def test_loss_at_moves_the_target_as_predict_moves_the_slice():
+    vol_h, rots, shifts, ctf, images = _clean_set(n=6)
+    clean = _targets(images)
+    noisy = clean + 0.5 * float(jnp.std(clean)) * jax.random.normal(jax.random.key(3), clean.shape)
+    turn = geometry.so3_exp(jnp.asarray([[0.0, 0.0, 0.0], [0.05, 0.0, 0.0], [0.0, -0.1, 0.02]], jnp.float32))
+    poses = turn[None] @ rots[:, None]  # (6, 3, 3, 3): the truth and two turned poses per image
+    moved = jnp.stack([shifts, shifts + 0.7, -shifts], axis=1)  # (6, 3, 2) pixels
+    mask = slicing.frequency_mask(32, 0.95)  # the two self-paired Nyquist points left out (losses.loss_at)
+    for kind in ("gaussian", "l1_fourier"):
+        got = losses.loss_at(vol_h, poses, ctf, noisy, mask, kind, moved)
+        expected = losses.per_image_loss(losses.predict(vol_h, poses, ctf, moved), noisy, mask, kind)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=2e-5)
+    # against the simulator's own phase ramp: at the true pose and shift nothing is left, and a
+    # shift of the wrong sign is far off
+    exact = np.asarray(losses.loss_at(vol_h, rots, ctf, clean, mask, shifts_px=jnp.asarray(shifts)))
+    wrong = np.asarray(losses.loss_at(vol_h, rots, ctf, clean, mask, shifts_px=-jnp.asarray(shifts)))
+    power = np.asarray(losses.per_image_loss(jnp.zeros_like(clean), clean, mask))
+    assert np.max(exact / power) < 1e-6 and np.min(wrong / power) > 0.05, (exact / power, wrong / power)
+    # the weighted sum behind every loss is the plain masked sum
+    x = np.asarray(noisy)
+    np.testing.assert_allclose(np.asarray(losses.weighted_sum(noisy, mask)), (x * np.asarray(mask)).sum(axis=(-2, -1)),
+                               rtol=1e-4, atol=1e-3)
+
+
 def test_best_shifts_finds_the_simulated_displacement():
     vol_h, rots, shifts, ctf, images = _clean_set()
     target = _targets(images)

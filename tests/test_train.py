@@ -188,7 +188,10 @@ def test_weighted_map_with_the_most_likely_poses(finished_run, tmp_path):
     means = read_particles(reference / "poses.star").rotations()
     assert float(np.median(np.asarray(geometry.geodesic_distance_deg(jnp.asarray(final), jnp.asarray(means))))) > 0.05
     a, b = mrcfile.read(reference / "reconstruction.mrc"), mrcfile.read(tmp_path / "run" / "reconstruction.mrc")
-    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+    # the same weighted sums in every shell; the Wiener filter differs, as its SNR comes from the half maps at
+    # the final poses (means there, most likely here): map correlations of 0.955-0.992 were seen. An
+    # inversion at the most likely poses instead falls to an FSC of 0.13-0.2 with this one past 10 shells.
+    assert float(np.min(evaluate.fsc(a, b))) > 0.99
 
 
 def _snapshot(root: pathlib.Path) -> dict:
