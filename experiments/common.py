@@ -149,6 +149,9 @@ def base_config() -> ml_collections.ConfigDict:
     # made from every image holds each image's own noise at its current pose, which then out-scores any
     # other pose by that noise (RELION's gold-standard halves; jaxcryo.research.HalfMaps)
     config.train.research_half_maps = False
+    # with research_half_maps: search (and pick each image's best mate) with the map of every image, whose
+    # SNR is twice a half map's, and judge only (found pose against current) with the other half's map
+    config.train.research_judge_only = False
     # the re-search's batch: its global rotations' slices are shared by the batch (a performance knob)
     config.train.research_batch_size = 1024
     # > epochs_autodecoding: auto-decoding goes on past its planned epochs, up to this many, while each

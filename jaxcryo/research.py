@@ -133,7 +133,7 @@ def mates_due(train_config, research_moved: float, progress: dict, symmetry: Cal
 
 
 def mate_poses(mate_test, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
-               refine_shifts: bool, sym: dict, halves: HalfMaps | None = None) -> tuple[dict, float]:
+               refine_shifts: bool, sym: dict, halves: HalfMaps | None = None, judge=None) -> tuple[dict, float]:
     """Every image's pose against its mates under the map's pseudo-symmetry ``sym``
     (``pseudosym.pseudo_symmetry`` of ``vol_params``: its rotations and its mirror plane): an image takes
     its best mate when that is more likely (under the other half's map with ``halves``). Returns the tables and the fraction moved.
@@ -146,7 +146,7 @@ def mate_poses(mate_test, vol_params, tables: dict, source, batch_size: int, sha
         return mate_test(vol, batch, radius, key, rots, shifts, operators, centres)
 
     return research_poses(search, vol_params, tables, source, batch_size, sharding, radius, key, refine_shifts,
-                          halves=halves)
+                          halves=halves, judge=judge)
 
 
 def per_image(fn, vol_params, tables: dict, source, batch_size: int, sharding, key,
@@ -170,17 +170,26 @@ def per_image(fn, vol_params, tables: dict, source, batch_size: int, sharding, k
 
 
 def research_poses(pose_search, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
-                   refine_shifts: bool, min_move_deg: float = 5.0, halves: HalfMaps | None = None) -> tuple[dict, float]:
+                   refine_shifts: bool, min_move_deg: float = 5.0, halves: HalfMaps | None = None,
+                   judge=None) -> tuple[dict, float]:
     """Returns the pose tables (host arrays of N rows, ``steps.POSE_TABLES``) with moved images updated
     and the fraction of images moved.
 
     ``pose_search``: ``steps.make_pose_search``'s function (or anything with its arguments and outputs,
     as ``mate_poses`` makes); ``source``: the full-box ImageSource. With ``halves`` each image is
-    searched and judged with the map of the half set it is not in, else with ``vol_params``.
+    searched and judged with the map of the half set it is not in, else with ``vol_params``; with
+    ``halves`` and ``judge`` (``steps.make_pose_losses``' function) searched with ``vol_params`` and
+    judged (found pose against current) with the other half's map (``train.research_judge_only``).
     """
     found, found_shift, found_loss, current = per_image(
         lambda vol, batch, k, rot, shift: pose_search(vol, batch, radius, k, rot, shift),
-        vol_params, tables, source, batch_size, sharding, key, halves)
+        vol_params, tables, source, batch_size, sharding, key, None if judge is not None else halves)
+    if judge is not None and halves is not None:
+        pairs = {"rotations": np.stack([tables["rotations"], found], 1),
+                 "shifts": np.stack([tables["shifts"], found_shift if refine_shifts else tables["shifts"]], 1)}
+        (both,) = per_image(lambda vol, batch, k, rot, shift: judge(vol, batch, radius, rot, shift),
+                            None, pairs, source, batch_size, sharding, key, halves)
+        current, found_loss = both[:, 0], both[:, 1]
     rots, shifts = tables["rotations"].copy(), tables["shifts"].copy()
     far = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(found), jnp.asarray(rots))) > min_move_deg
     moved = (found_loss < current) & far

@@ -275,7 +275,7 @@ class AutodecodingStage:
             tables, moved = research_poses(self.research, state["vol_params"], self.host_tables(state), self.data.source,
                                            self.research_batch, self.batch_sharding, radius_at(config, stage, epoch),
                                            jax.random.fold_in(jax.random.key(config.seed + 11), epoch - 1),
-                                           self.estimate_shifts, halves=halves)
+                                           self.estimate_shifts, halves=halves, judge=self.research_judge)
             logging.info("auto-decoding epoch %d: %.1f %% of the images moved to a more likely pose found by search",
                          epoch, 100 * moved)
             symmetry = functools.cache(lambda: pseudosym.pseudo_symmetry(models.volume_hartley(state["vol_params"]),
@@ -285,7 +285,7 @@ class AutodecodingStage:
                 tables, mates_moved = mate_poses(self.mate_test, state["vol_params"], tables, self.data.source,
                                                  self.research_batch, self.batch_sharding, radius_at(config, stage, epoch),
                                                  jax.random.fold_in(jax.random.key(config.seed + 12), epoch - 1),
-                                                 self.estimate_shifts, sym, halves=halves)
+                                                 self.estimate_shifts, sym, halves=halves, judge=self.research_judge)
                 moved += mates_moved  # at most the share moved by either (a pose rarely moves twice)
                 progress = dict(progress, mates_moved=mates_moved,
                                 mates_symmetry={"order": int(sym["order"]), "axis": np.asarray(sym["axis"]).tolist(),

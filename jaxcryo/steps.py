@@ -206,6 +206,18 @@ def make_pose_search(pixel_size_angstrom: float, loss_kind: str, mesh, settings:
                                  out_specs=(P(AXIS),) * 4, check_vma=False))
 
 
+def make_pose_losses(pixel_size_angstrom: float, loss_kind: str, mesh):
+    """(vol_params, batch, radius, rotations (B, K, 3, 3), shifts (B, K, 2)) -> each image's loss at each
+    of its K poses (B, K): the re-search's judge when its candidates were found with another map."""
+
+    def core(vol_params, batch, radius, rots, shifts):
+        target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
+        return (losses.loss_at(models.volume_hartley(vol_params), rots, ctf, target, mask, loss_kind, shifts),)
+
+    return jax.jit(jax.shard_map(core, mesh=mesh, in_specs=(P(), P(AXIS), P(), P(AXIS), P(AXIS)),
+                                 out_specs=(P(AXIS),), check_vma=False))
+
+
 def make_mate_test(pixel_size_angstrom: float, loss_kind: str, mesh, n_local: int = 4, sigma_deg: float = 2.0,
                    rounds: int = 2):
     """(vol_params, batch, radius, key, rotations (B, 3, 3), shifts (B, 2), operators (K, 3, 3), centres (K, 3))

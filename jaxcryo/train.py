@@ -106,6 +106,8 @@ class Run(EpochLoop, AmortizedStage, AmortizedStarts, AutodecodingStage, RunVolu
                                                               self.contrast_prior_std)
         self.research = make_research(config, px, self.mesh) if not self.known_poses else None
         self.mate_test = make_mate_test(config, px, self.mesh) if self.research is not None else None
+        self.research_judge = (steps.make_pose_losses(px, lk, self.mesh) if self.research is not None
+                               and tc.get("research_half_maps", False) and tc.get("research_judge_only", False) else None)
         self.posterior_mean = (make_posterior_mean(px, self.mesh, int(tc.posterior_samples), float(tc.posterior_sigma_deg),
                                                    int(tc.get("posterior_map_draws", 0)))
                                if (tc.get("posterior_mean_poses", False) or int(tc.get("posterior_map_draws", 0)) > 0)

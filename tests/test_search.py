@@ -203,3 +203,22 @@ def test_with_half_maps_each_image_is_searched_and_judged_with_the_other_halfs_m
     new, moved = research_poses(search, {"tag": jnp.float32(0.0)}, tables, Source(), 4, sharding, 1.0,
                                 jax.random.key(0), False)
     assert moved == 1.0
+    # with a judge: searched with the map of every image (tag 0), judged with the other half's map
+    searched_with = []
+
+    def recording_search(vol, batch, radius, key, rots, shifts):
+        searched_with.append(float(vol["tag"]))
+        return search(vol, batch, radius, key, rots, shifts)
+
+    def judge(vol, batch, radius, rots, shifts):  # (B, 2) poses: the current one, the found one
+        assert rots.shape[1:] == (2, 3, 3) and shifts.shape[1:] == (2, 2)
+        found_turned = jnp.abs(rots[:, 1, 0, 0] + 1) < 1e-6
+        return (jnp.stack([jnp.full(rots.shape[0], 1.5), jnp.where(found_turned, vol["tag"], 9.0)], 1),)
+
+    new, moved = research_poses(recording_search, {"tag": jnp.float32(0.0)}, tables, Source(), 4, sharding, 1.0,
+                                jax.random.key(0), False,
+                                halves=HalfMaps(labels, {"tag": jnp.float32(1.0)}, {"tag": jnp.float32(2.0)}), judge=judge)
+    assert set(searched_with) == {0.0}
+    went = np.abs(new["rotations"][:, 0, 0] + 1) < 1e-6
+    np.testing.assert_array_equal(went, labels == 2)  # half 2's rows meet map 1 (1 < 1.5); half 1's map 2 (2 > 1.5)
+    assert moved == np.mean(labels == 2)
