@@ -152,6 +152,9 @@ def base_config() -> ml_collections.ConfigDict:
     # with research_half_maps: search (and pick each image's best mate) with the map of every image, whose
     # SNR is twice a half map's, and judge only (found pose against current) with the other half's map
     config.train.research_judge_only = False
+    # an image takes a searched pose or a mate only when it is this many nats more likely (a likelihood
+    # ratio of e^x; jaxcryo.research.evidence_nats): 0 = any gain, however small
+    config.train.research_min_gain_nats = 0.0
     # the re-search's batch: its global rotations' slices are shared by the batch (a performance knob)
     config.train.research_batch_size = 1024
     # > epochs_autodecoding: auto-decoding goes on past its planned epochs, up to this many, while each

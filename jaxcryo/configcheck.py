@@ -37,6 +37,7 @@ ADDED_OPTIONS = {
     "train.epochs_autodecoding_max": 0, "train.lr_pose_final_fraction": 1.0, "train.research_candidates": 0,
     "train.research_every_epochs": 0, "train.research_global_radius": 0.0, "train.research_local": 8,
     "train.research_half_maps": False, "train.research_judge_only": False, "train.research_mates": False,
+    "train.research_min_gain_nats": 0.0,
     "train.research_repeat_fraction": 0.0, "train.research_stop_fraction": 0.0,
     "train.switch_min_steps": 0, "train.switch_moved_fraction": 0.5,
 }

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import distributed, geometry, pseudosym, steps
+from jaxcryo import distributed, geometry, pseudosym, slicing, steps
 from jaxcryo.dataset import read_batch
 from jaxcryo.io.loader import padded_chunks
 from jaxcryo.search import SearchSettings
@@ -133,7 +133,8 @@ def mates_due(train_config, research_moved: float, progress: dict, symmetry: Cal
 
 
 def mate_poses(mate_test, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
-               refine_shifts: bool, sym: dict, halves: HalfMaps | None = None, judge=None) -> tuple[dict, float]:
+               refine_shifts: bool, sym: dict, halves: HalfMaps | None = None, judge=None,
+               min_gain_nats: float = 0.0) -> tuple[dict, float]:
     """Every image's pose against its mates under the map's pseudo-symmetry ``sym``
     (``pseudosym.pseudo_symmetry`` of ``vol_params``: its rotations and its mirror plane): an image takes
     its best mate when that is more likely (under the other half's map with ``halves``). Returns the tables and the fraction moved.
@@ -146,7 +147,7 @@ def mate_poses(mate_test, vol_params, tables: dict, source, batch_size: int, sha
         return mate_test(vol, batch, radius, key, rots, shifts, operators, centres)
 
     return research_poses(search, vol_params, tables, source, batch_size, sharding, radius, key, refine_shifts,
-                          halves=halves, judge=judge)
+                          halves=halves, judge=judge, min_gain_nats=min_gain_nats)
 
 
 def per_image(fn, vol_params, tables: dict, source, batch_size: int, sharding, key,
@@ -169,9 +170,22 @@ def per_image(fn, vol_params, tables: dict, source, batch_size: int, sharding, k
     return outputs
 
 
+def evidence_nats(current: np.ndarray, found: np.ndarray, image_size: int, radius: float) -> np.ndarray:
+    """(N,) losses at the current and at the found pose -> (N,) log-likelihood ratios (nats) of found over
+    current.
+
+    The Gaussian loss is 0.5 x the mean over the M coefficients of the loss disc of (y - p)^2, so the
+    log-likelihood of a pose is -M x loss / s^2 for noise of variance s^2 per coefficient. At the SNR of
+    cryo-EM the residual is mostly noise, so s^2 is estimated from the data as 2 x the median current
+    loss: no assumption about how the images were scaled."""
+    m = float(np.sum(np.asarray(slicing.frequency_mask(image_size, radius))))
+    noise_var = 2.0 * max(float(np.median(current)), 1e-12)
+    return (np.asarray(current, np.float64) - np.asarray(found, np.float64)) * m / noise_var
+
+
 def research_poses(pose_search, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
                    refine_shifts: bool, min_move_deg: float = 5.0, halves: HalfMaps | None = None,
-                   judge=None) -> tuple[dict, float]:
+                   judge=None, min_gain_nats: float = 0.0) -> tuple[dict, float]:
     """Returns the pose tables (host arrays of N rows, ``steps.POSE_TABLES``) with moved images updated
     and the fraction of images moved.
 
@@ -180,6 +194,9 @@ def research_poses(pose_search, vol_params, tables: dict, source, batch_size: in
     searched and judged with the map of the half set it is not in, else with ``vol_params``; with
     ``halves`` and ``judge`` (``steps.make_pose_losses``' function) searched with ``vol_params`` and
     judged (found pose against current) with the other half's map (``train.research_judge_only``).
+    An image moves only when the found pose is more likely by ``min_gain_nats`` (``evidence_nats``;
+    ``train.research_min_gain_nats``): between near-equal poses (the mates of a pseudo-symmetric map)
+    the noise picks a winner at random, and images that change sides every pass keep the map symmetric.
     """
     found, found_shift, found_loss, current = per_image(
         lambda vol, batch, k, rot, shift: pose_search(vol, batch, radius, k, rot, shift),
@@ -192,7 +209,7 @@ def research_poses(pose_search, vol_params, tables: dict, source, batch_size: in
         current, found_loss = both[:, 0], both[:, 1]
     rots, shifts = tables["rotations"].copy(), tables["shifts"].copy()
     far = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(found), jnp.asarray(rots))) > min_move_deg
-    moved = (found_loss < current) & far
+    moved = (evidence_nats(current, found_loss, source.image_size, radius) > min_gain_nats) & far
     rots[moved] = found[moved]
     if refine_shifts:
         shifts[moved] = found_shift[moved]

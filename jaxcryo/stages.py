@@ -272,10 +272,12 @@ class AutodecodingStage:
         config, epoch = self.config, progress["epoch"]
         if stage == AUTODECODING and self.research is not None and research_due(config.train, epoch, n_epochs, progress):
             halves = self.half_maps(state) if config.train.get("research_half_maps", False) else None
+            min_gain = float(config.train.get("research_min_gain_nats", 0.0))
             tables, moved = research_poses(self.research, state["vol_params"], self.host_tables(state), self.data.source,
                                            self.research_batch, self.batch_sharding, radius_at(config, stage, epoch),
                                            jax.random.fold_in(jax.random.key(config.seed + 11), epoch - 1),
-                                           self.estimate_shifts, halves=halves, judge=self.research_judge)
+                                           self.estimate_shifts, halves=halves, judge=self.research_judge,
+                                           min_gain_nats=min_gain)
             logging.info("auto-decoding epoch %d: %.1f %% of the images moved to a more likely pose found by search",
                          epoch, 100 * moved)
             symmetry = functools.cache(lambda: pseudosym.pseudo_symmetry(models.volume_hartley(state["vol_params"]),
@@ -285,7 +287,8 @@ class AutodecodingStage:
                 tables, mates_moved = mate_poses(self.mate_test, state["vol_params"], tables, self.data.source,
                                                  self.research_batch, self.batch_sharding, radius_at(config, stage, epoch),
                                                  jax.random.fold_in(jax.random.key(config.seed + 12), epoch - 1),
-                                                 self.estimate_shifts, sym, halves=halves, judge=self.research_judge)
+                                                 self.estimate_shifts, sym, halves=halves, judge=self.research_judge,
+                                                 min_gain_nats=min_gain)
                 moved += mates_moved  # at most the share moved by either (a pose rarely moves twice)
                 progress = dict(progress, mates_moved=mates_moved,
                                 mates_symmetry={"order": int(sym["order"]), "axis": np.asarray(sym["axis"]).tolist(),

@@ -222,3 +222,74 @@ def test_with_half_maps_each_image_is_searched_and_judged_with_the_other_halfs_m
     went = np.abs(new["rotations"][:, 0, 0] + 1) < 1e-6
     np.testing.assert_array_equal(went, labels == 2)  # half 2's rows meet map 1 (1 < 1.5); half 1's map 2 (2 > 1.5)
     assert moved == np.mean(labels == 2)
+
+
+def test_evidence_is_the_gaussian_log_likelihood_ratio_of_two_poses():
+    """``evidence_nats`` from the losses alone against log N(y; p_found, s^2) - log N(y; p_current, s^2)
+    summed over the loss disc, with s known (images whose current pose is right: residual = noise)."""
+    import jax.numpy as jnp
+
+    from jaxcryo import losses, slicing
+    from jaxcryo.research import evidence_nats
+
+    rng = np.random.default_rng(3)
+    n, size, s = 400, 16, 1.7
+    signal = rng.normal(size=(n, size, size))
+    other = signal + 0.05 * rng.normal(size=(n, size, size))  # a near-equal pose's prediction
+    y = signal + s * rng.normal(size=(n, size, size))
+    mask = np.asarray(slicing.frequency_mask(size, 0.75))
+    current = np.asarray(losses.per_image_loss(jnp.asarray(signal, jnp.float32), jnp.asarray(y, jnp.float32),
+                                               jnp.asarray(mask)))
+    found = np.asarray(losses.per_image_loss(jnp.asarray(other, jnp.float32), jnp.asarray(y, jnp.float32),
+                                             jnp.asarray(mask)))
+    exact = 0.5 * (((y - signal) ** 2 - (y - other) ** 2) * mask).sum(axis=(1, 2)) / s**2
+    got = evidence_nats(current, found, size, 0.75)
+    # the noise variance is estimated from the median current loss: within a few per cent of s^2
+    np.testing.assert_allclose(got, exact, rtol=0.06, atol=0.02)
+    assert np.corrcoef(got, exact)[0, 1] > 0.999
+
+
+def test_an_image_moves_only_when_the_found_pose_is_more_likely_by_the_margin():
+    """``research_poses(..., min_gain_nats=g)``: rows whose found pose wins by less than g nats stay."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxcryo import slicing, steps
+    from jaxcryo.io.loader import Batch
+    from jaxcryo.io.table import CTF_FIELDS
+    from jaxcryo.research import research_poses
+
+    n, size = 8, 8
+    gains = np.array([-1.0, 0.5, 1.0, 2.9, 3.1, 5.0, 40.0, 0.0])  # nats in favour of the found pose
+    m = float(np.sum(np.asarray(slicing.frequency_mask(size, 1.0))))
+    current = np.ones(n, np.float32)  # median loss 1: noise variance 2 per coefficient
+    found = (current - gains * 2.0 / m).astype(np.float32)
+
+    class Table:
+        def __len__(self):
+            return n
+
+    table = Table()
+    for key in CTF_FIELDS:
+        setattr(table, key, np.zeros(n, np.float32))
+
+    class Source:
+        def __init__(self):
+            self.table, self.image_size = table, size
+
+        def batch(self, rows):
+            return Batch(np.asarray(rows), np.zeros((len(rows), size, size), np.float32))
+
+    def search(vol, batch, radius, key, rots, shifts):
+        half_turn = jnp.asarray(np.diag([-1.0, -1.0, 1.0]), jnp.float32)
+        rows = np.asarray(batch["index"])
+        return rots @ half_turn, shifts, jnp.asarray(found[rows]), jnp.asarray(current[rows])
+
+    tables = steps.init_pose_tables(np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)), np.zeros((n, 2), np.float32))
+    sharding = jax.NamedSharding(steps.make_mesh(jax.devices()[:1]), jax.sharding.PartitionSpec(steps.AXIS))
+    for margin, expected in ((0.0, gains > 0), (3.0, gains > 3.0)):
+        new, moved = research_poses(search, {}, tables, Source(), 4, sharding, 1.0, jax.random.key(0), False,
+                                    min_gain_nats=margin)
+        went = np.abs(new["rotations"][:, 0, 0] + 1) < 1e-6
+        np.testing.assert_array_equal(went, expected)
+        assert moved == expected.mean()
