@@ -172,8 +172,11 @@ def test_plain_map_is_the_inversion_at_the_poses_written(finished_run, tmp_path)
     shutil.copytree(reference, tmp_path / "run", symlinks=True)
     train.train_and_evaluate(tiny_config(posterior_map_draws=0), tmp_path / "run")
     rec = inversion.reconstruct_from_star(tmp_path / "run" / "data" / "particles.star", tmp_path / "run" / "poses.star")
+    # the same inversion, summed in batches of 256 by the run and of 64 here: on this 96-image set the Wiener
+    # filter's per-shell SNR carries the rounding to 2.4e-3 x the map's maximum on an AMD EPYC (under 1e-3 on
+    # the Intel Xeon of earlier sessions); the map of the weighted posterior draws is 7.5e-2 away
     np.testing.assert_allclose(mrcfile.read(tmp_path / "run" / "reconstruction.mrc"), rec["map"], rtol=1e-3,
-                               atol=1e-3 * np.abs(rec["map"]).max())
+                               atol=5e-3 * np.abs(rec["map"]).max())
 
 
 def test_weighted_map_with_the_most_likely_poses(finished_run, tmp_path):
