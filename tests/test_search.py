@@ -153,18 +153,11 @@ def test_cropped_global_stage_applies_shifts_in_the_crops_pixels():
     np.testing.assert_allclose(np.asarray(shift), np.asarray(shifts), atol=1e-5)
 
 
-def test_with_half_maps_each_image_is_searched_and_judged_with_the_other_halfs_map():
-    """``research_poses`` with ``HalfMaps``: the rows of half set 1 meet half 2's map and vice versa,
-    every row once (a stub search whose found pose wins only under the map tagged 1)."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxcryo import steps
+def _stub_source(n: int, size: int):
+    """A source class for ``research_poses``: n blank images of size px with zero CTF fields, each
+    instance recording the rows it was asked for (``seen``)."""
     from jaxcryo.io.loader import Batch
     from jaxcryo.io.table import CTF_FIELDS
-    from jaxcryo.research import HalfMaps, research_poses
-
-    n, size = 10, 8
 
     class Table:
         def __len__(self):
@@ -181,6 +174,21 @@ def test_with_half_maps_each_image_is_searched_and_judged_with_the_other_halfs_m
         def batch(self, rows):
             self.seen.append(np.array(rows))
             return Batch(np.asarray(rows), np.zeros((len(rows), size, size), np.float32))
+
+    return Source
+
+
+def test_with_half_maps_each_image_is_searched_and_judged_with_the_other_halfs_map():
+    """``research_poses`` with ``HalfMaps``: the rows of half set 1 meet half 2's map and vice versa,
+    every row once (a stub search whose found pose wins only under the map tagged 1)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxcryo import steps
+    from jaxcryo.research import HalfMaps, research_poses
+
+    n, size = 10, 8
+    Source = _stub_source(n, size)
 
     def search(vol, batch, radius, key, rots, shifts):
         half_turn = jnp.asarray(np.diag([-1.0, -1.0, 1.0]), jnp.float32)
@@ -255,8 +263,6 @@ def test_an_image_moves_only_when_the_found_pose_is_more_likely_by_the_margin():
     import jax.numpy as jnp
 
     from jaxcryo import slicing, steps
-    from jaxcryo.io.loader import Batch
-    from jaxcryo.io.table import CTF_FIELDS
     from jaxcryo.research import research_poses
 
     n, size = 8, 8
@@ -265,20 +271,7 @@ def test_an_image_moves_only_when_the_found_pose_is_more_likely_by_the_margin():
     current = np.ones(n, np.float32)  # median loss 1: noise variance 2 per coefficient
     found = (current - gains * 2.0 / m).astype(np.float32)
 
-    class Table:
-        def __len__(self):
-            return n
-
-    table = Table()
-    for key in CTF_FIELDS:
-        setattr(table, key, np.zeros(n, np.float32))
-
-    class Source:
-        def __init__(self):
-            self.table, self.image_size = table, size
-
-        def batch(self, rows):
-            return Batch(np.asarray(rows), np.zeros((len(rows), size, size), np.float32))
+    Source = _stub_source(n, size)
 
     def search(vol, batch, radius, key, rots, shifts):
         half_turn = jnp.asarray(np.diag([-1.0, -1.0, 1.0]), jnp.float32)
