@@ -14,6 +14,7 @@ closely enough and ranks at too low a frequency to tell apart.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Callable
 
 import jax
@@ -209,7 +210,13 @@ def research_poses(pose_search, vol_params, tables: dict, source, batch_size: in
         current, found_loss = both[:, 0], both[:, 1]
     rots, shifts = tables["rotations"].copy(), tables["shifts"].copy()
     far = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(found), jnp.asarray(rots))) > min_move_deg
-    moved = (evidence_nats(current, found_loss, source.image_size, radius) > min_gain_nats) & far
+    evidence = evidence_nats(current, found_loss, source.image_size, radius)
+    moved = (evidence > min_gain_nats) & far
+    if min_gain_nats > 0:
+        # what the margin held back: a run that stalls with most better poses below it says so here
+        logging.info("%.1f %% of the images are more likely at a pose found more than %g deg away; %.1f %% by "
+                     "more than the margin of %g nats (train.research_min_gain_nats)",
+                     100 * np.mean((evidence > 0) & far), min_move_deg, 100 * moved.mean(), min_gain_nats)
     rots[moved] = found[moved]
     if refine_shifts:
         shifts[moved] = found_shift[moved]

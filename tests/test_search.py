@@ -257,8 +257,11 @@ def test_evidence_is_the_gaussian_log_likelihood_ratio_of_two_poses():
     assert np.corrcoef(got, exact)[0, 1] > 0.999
 
 
-def test_an_image_moves_only_when_the_found_pose_is_more_likely_by_the_margin():
-    """``research_poses(..., min_gain_nats=g)``: rows whose found pose wins by less than g nats stay."""
+def test_an_image_moves_only_when_the_found_pose_is_more_likely_by_the_margin(caplog):
+    """``research_poses(..., min_gain_nats=g)``: rows whose found pose wins by less than g nats stay, and
+    the log says how many the margin held back."""
+    import logging
+
     import jax
     import jax.numpy as jnp
 
@@ -280,9 +283,12 @@ def test_an_image_moves_only_when_the_found_pose_is_more_likely_by_the_margin():
 
     tables = steps.init_pose_tables(np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)), np.zeros((n, 2), np.float32))
     sharding = jax.NamedSharding(steps.make_mesh(jax.devices()[:1]), jax.sharding.PartitionSpec(steps.AXIS))
+    caplog.set_level(logging.INFO)
     for margin, expected in ((0.0, gains > 0), (3.0, gains > 3.0)):
         new, moved = research_poses(search, {}, tables, Source(), 4, sharding, 1.0, jax.random.key(0), False,
                                     min_gain_nats=margin)
         went = np.abs(new["rotations"][:, 0, 0] + 1) < 1e-6
         np.testing.assert_array_equal(went, expected)
         assert moved == expected.mean()
+    # 6 of 8 are more likely at the found pose, 3 of 8 by more than 3 nats
+    assert "75.0 % of the images are more likely" in caplog.text and "37.5 % by more than the margin of 3" in caplog.text
