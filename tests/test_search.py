@@ -292,3 +292,27 @@ def test_an_image_moves_only_when_the_found_pose_is_more_likely_by_the_margin(ca
         assert moved == expected.mean()
     # 6 of 8 are more likely at the found pose, 3 of 8 by more than 3 nats
     assert "75.0 % of the images are more likely" in caplog.text and "37.5 % by more than the margin of 3" in caplog.text
+    # damped: only rows that qualify move, and the same key moves the same rows
+    runs = [research_poses(search, {}, tables, Source(), 4, sharding, 1.0, jax.random.key(k), False, move_share=0.5)
+            for k in (1, 1, 2)]
+    went = [np.abs(new["rotations"][:, 0, 0] + 1) < 1e-6 for new, _ in runs]
+    assert not np.any(went[0] & ~(gains > 0))
+    np.testing.assert_array_equal(went[0], went[1])
+    assert runs[0][1] == went[0].mean()
+
+
+def test_a_damped_pass_moves_a_random_share_of_the_images_that_qualify():
+    """``research.damped``: each qualifying image moves with probability ``share``, no other image moves,
+    the draw is the key's (every process makes the same), and share 1 moves all."""
+    import jax
+
+    from jaxcryo.research import damped
+
+    better = np.random.default_rng(0).random(20000) < 0.4
+    one, again, other = (damped(better, 0.5, jax.random.key(k)) for k in (3, 3, 4))
+    assert not np.any(one & ~better)
+    np.testing.assert_array_equal(one, again)
+    assert abs(one.sum() / better.sum() - 0.5) < 0.02  # binomial sd 0.006
+    assert abs(damped(better, 0.25, jax.random.key(3)).sum() / better.sum() - 0.25) < 0.02
+    assert np.mean(one[better] == other[better]) < 0.55  # another key, another (independent) half
+    np.testing.assert_array_equal(damped(better, 1.0, jax.random.key(3)), better)
