@@ -155,10 +155,11 @@ def base_config() -> ml_collections.ConfigDict:
     # an image takes a searched pose or a mate only when it is this many nats more likely (a likelihood
     # ratio of e^x; jaxcryo.research.evidence_nats): 0 = any gain, however small
     config.train.research_min_gain_nats = 0.0
-    # of the images that qualify to move, a random share moves at each pass (the rest may at the next):
-    # moving all at once can swing a pseudo-symmetric particle's whole assignment back and forth
-    # between passes (jaxcryo.research.damped); 1 = all
-    config.train.research_move_share = 1.0
+    # at most this share of the stack moves at one re-search or mate pass (a random subset of the images
+    # that qualify; the rest are judged again at the next pass): moving all at once can swing a
+    # pseudo-symmetric particle's whole assignment back and forth between passes
+    # (jaxcryo.research.damped); 1 = no cap
+    config.train.research_move_cap = 1.0
     # the re-search's batch: its global rotations' slices are shared by the batch (a performance knob)
     config.train.research_batch_size = 1024
     # > epochs_autodecoding: auto-decoding goes on past its planned epochs, up to this many, while each

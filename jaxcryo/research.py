@@ -135,7 +135,7 @@ def mates_due(train_config, research_moved: float, progress: dict, symmetry: Cal
 
 def mate_poses(mate_test, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
                refine_shifts: bool, sym: dict, halves: HalfMaps | None = None, judge=None,
-               min_gain_nats: float = 0.0, move_share: float = 1.0) -> tuple[dict, float]:
+               min_gain_nats: float = 0.0, move_cap: float = 1.0) -> tuple[dict, float]:
     """Every image's pose against its mates under the map's pseudo-symmetry ``sym``
     (``pseudosym.pseudo_symmetry`` of ``vol_params``: its rotations and its mirror plane): an image takes
     its best mate when that is more likely (under the other half's map with ``halves``). Returns the tables and the fraction moved.
@@ -148,21 +148,24 @@ def mate_poses(mate_test, vol_params, tables: dict, source, batch_size: int, sha
         return mate_test(vol, batch, radius, key, rots, shifts, operators, centres)
 
     return research_poses(search, vol_params, tables, source, batch_size, sharding, radius, key, refine_shifts,
-                          halves=halves, judge=judge, min_gain_nats=min_gain_nats, move_share=move_share)
+                          halves=halves, judge=judge, min_gain_nats=min_gain_nats, move_cap=move_cap)
 
 
-def damped(better: np.ndarray, share: float, key) -> np.ndarray:
-    """(N,) images more likely elsewhere -> (N,) those that move: each with probability ``share``.
+def damped(better: np.ndarray, cap: float, key) -> np.ndarray:
+    """(N,) images more likely elsewhere -> (N,) those that move: all of them when they are at most
+    ``cap`` of the N, else a random ``cap`` x N of them (each with probability cap x N / their number).
 
     Every image is judged against one map, and the map is then re-made from the new poses. When many
-    images are better elsewhere at once (an assignment between a pseudo-symmetric particle's modes that
-    is still mixed), moving them all makes a map that favours the old assignment, and the next pass
-    moves them back: the whole assignment swings between passes. Moving a random part of them is the
-    damped iteration's remedy; images still better elsewhere move at a later pass."""
-    if share >= 1:
+    images are better elsewhere at once (a pseudo-symmetric particle's assignment between its modes
+    still mixed), moving them all makes a map that favours the old assignment, and the next pass moves
+    them back: the whole assignment swings between passes. Bounding how much of the stack one pass may
+    move keeps each new map mostly the old assignment's (a damped iteration); the images left behind
+    are judged again at the next pass. Passes that move few images are not slowed."""
+    wanted = int(better.sum())
+    if wanted <= cap * len(better):
         return better
     draw = jax.random.uniform(jax.random.fold_in(key, 0x5ADE), (len(better),))
-    return better & (np.asarray(draw) < share)
+    return better & (np.asarray(draw) < cap * len(better) / wanted)
 
 
 def per_image(fn, vol_params, tables: dict, source, batch_size: int, sharding, key,
@@ -200,7 +203,7 @@ def evidence_nats(current: np.ndarray, found: np.ndarray, image_size: int, radiu
 
 def research_poses(pose_search, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
                    refine_shifts: bool, min_move_deg: float = 5.0, halves: HalfMaps | None = None,
-                   judge=None, min_gain_nats: float = 0.0, move_share: float = 1.0) -> tuple[dict, float]:
+                   judge=None, min_gain_nats: float = 0.0, move_cap: float = 1.0) -> tuple[dict, float]:
     """Returns the pose tables (host arrays of N rows, ``steps.POSE_TABLES``) with moved images updated
     and the fraction of images moved.
 
@@ -212,8 +215,8 @@ def research_poses(pose_search, vol_params, tables: dict, source, batch_size: in
     An image moves only when the found pose is more likely by ``min_gain_nats`` (``evidence_nats``;
     ``train.research_min_gain_nats``): between near-equal poses (the mates of a pseudo-symmetric map)
     the noise picks a winner at random, and images that change sides every pass keep the map symmetric.
-    Of the images that qualify, a random ``move_share`` moves (``train.research_move_share``, drawn with
-    ``key``, so every process draws the same): see ``damped``.
+    At most ``move_cap`` of the images move (``train.research_move_cap``; a random subset of those that
+    qualify, drawn with ``key``, so every process draws the same): see ``damped``.
     """
     found, found_shift, found_loss, current = per_image(
         lambda vol, batch, k, rot, shift: pose_search(vol, batch, radius, k, rot, shift),
@@ -228,13 +231,13 @@ def research_poses(pose_search, vol_params, tables: dict, source, batch_size: in
     far = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(found), jnp.asarray(rots))) > min_move_deg
     evidence = evidence_nats(current, found_loss, source.image_size, radius)
     better = (evidence > min_gain_nats) & far
-    moved = damped(better, move_share, key)
-    if min_gain_nats > 0 or move_share < 1:
+    moved = damped(better, move_cap, key)
+    if min_gain_nats > 0 or move_cap < 1:
         # what the margin and the damping held back: a run that stalls with most better poses unmoved says so here
         logging.info("%.1f %% of the images are more likely at a pose found more than %g deg away; %.1f %% by "
-                     "more than the margin of %g nats (train.research_min_gain_nats); %.1f %% moved (a random "
-                     "share %g of those, train.research_move_share)", 100 * np.mean((evidence > 0) & far),
-                     min_move_deg, 100 * better.mean(), min_gain_nats, 100 * moved.mean(), move_share)
+                     "more than the margin of %g nats (train.research_min_gain_nats); %.1f %% moved (at most "
+                     "%g of the stack per pass, train.research_move_cap)", 100 * np.mean((evidence > 0) & far),
+                     min_move_deg, 100 * better.mean(), min_gain_nats, 100 * moved.mean(), move_cap)
     rots[moved] = found[moved]
     if refine_shifts:
         shifts[moved] = found_shift[moved]

@@ -273,12 +273,12 @@ class AutodecodingStage:
         if stage == AUTODECODING and self.research is not None and research_due(config.train, epoch, n_epochs, progress):
             halves = self.half_maps(state) if config.train.get("research_half_maps", False) else None
             min_gain = float(config.train.get("research_min_gain_nats", 0.0))
-            share = float(config.train.get("research_move_share", 1.0))
+            move_cap = float(config.train.get("research_move_cap", 1.0))
             tables, moved = research_poses(self.research, state["vol_params"], self.host_tables(state), self.data.source,
                                            self.research_batch, self.batch_sharding, radius_at(config, stage, epoch),
                                            jax.random.fold_in(jax.random.key(config.seed + 11), epoch - 1),
                                            self.estimate_shifts, halves=halves, judge=self.research_judge,
-                                           min_gain_nats=min_gain, move_share=share)
+                                           min_gain_nats=min_gain, move_cap=move_cap)
             logging.info("auto-decoding epoch %d: %.1f %% of the images moved to a more likely pose found by search",
                          epoch, 100 * moved)
             symmetry = functools.cache(lambda: pseudosym.pseudo_symmetry(models.volume_hartley(state["vol_params"]),
@@ -289,7 +289,7 @@ class AutodecodingStage:
                                                  self.research_batch, self.batch_sharding, radius_at(config, stage, epoch),
                                                  jax.random.fold_in(jax.random.key(config.seed + 12), epoch - 1),
                                                  self.estimate_shifts, sym, halves=halves, judge=self.research_judge,
-                                                 min_gain_nats=min_gain, move_share=share)
+                                                 min_gain_nats=min_gain, move_cap=move_cap)
                 moved += mates_moved  # at most the share moved by either (a pose rarely moves twice)
                 progress = dict(progress, mates_moved=mates_moved,
                                 mates_symmetry={"order": int(sym["order"]), "axis": np.asarray(sym["axis"]).tolist(),
