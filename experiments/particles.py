@@ -14,9 +14,11 @@ What this config does beyond the quickstart, for real stacks (each a named optio
 * auto-decoding's re-search and mate test judge each image with the other half set's map
   (``train.research_half_maps``): a map of every image holds each image's own noise at its pose, which
   kept 43 % of realistic trimer:0's particles at a pseudo-C3 mate (16 % with it; README);
-* no likelihood-ratio margin for those moves (``train.research_min_gain_nats`` 0, the quickstart's is 3):
-  on coloured noise with a B-factor a better pose wins by fewer nats, and the margin held back the moves
-  out of a poor start (realistic ring:1001 2.94 deg without it, 30.1 deg with it; README);
+* any gain in likelihood moves an image (``train.research_min_gain_nats`` 0): on coloured noise with a
+  B-factor a better pose wins by few nats, and a margin of 3 held back the moves out of a poor start
+  (realistic ring:1001 2.94 deg without it, 30.1 deg with it; README); as in the quickstart, one pass
+  moves at most a fifth of the stack (``train.research_move_cap``), against the swing of a whole
+  pseudo-symmetric assignment between passes;
 * the amortized stage on a box whose Nyquist is 8 A, and both stages' lengths in steps, so 2,000 and
   200,000 particles both get a sensible run (at least 2 epochs each);
 * particle offsets up to 6 % of the box (``model.max_shift_fraction``; raise it for a stack that is not
@@ -66,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.research_mates = True  # and each image's pose against its pseudo-symmetry mates (jaxcryo.pseudosym)
     config.train.research_half_maps = True  # both judged with the other half set's map (no self-noise)
     config.train.research_min_gain_nats = 0.0  # any gain moves an image (3 stalled realistic ring:1001 at 30 deg)
+    config.train.research_move_cap = 0.2  # but a pass moves at most a fifth of the stack (the quickstart's)
     config.train.epochs_autodecoding_max = 16  # past the planned epochs too, up to this many
     config.train.posterior_mean_poses = True  # the final rotations: posterior means (jaxcryo.posemean)
     config.train.posterior_map_draws = 8  # and the final map marginalised over each pose posterior (its 8 heaviest draws)
