@@ -26,7 +26,7 @@ Beyond the paper's method (each a named option of experiments/common.py; see the
   only, 2.65 deg);
 * one re-search or mate pass moves at most a fifth of the stack (``train.research_move_cap``; a random
   subset of the images that are more likely elsewhere, the rest judged again at the next pass): a
-  draw of dimer:1001 whose passes moved 55-69 % of its images swung its whole assignment back and
+  draw of dimer:1001 whose passes moved 51-69 % of its images swung its whole assignment back and
   forth and stayed at 27 deg through 10 epochs (5.26 deg capped, in 20). Any gain in likelihood moves an
   image: the margin of e^3 that first stopped that swing held back, on realistic data, the small
   gains that lead out of a poor start (README);
