@@ -61,3 +61,14 @@ def test_an_impossible_value_is_refused_in_one_line(key, value, message):
         configcheck.validate(config)
     config[section][name] = 0.0
     configcheck.validate(config)  # the neutral value passes
+
+
+@pytest.mark.parametrize("value", [0.0, -0.1, 1.5, float("nan")])
+def test_a_move_cap_outside_its_range_is_refused(value):
+    """``train.research_move_cap`` is a share of the stack in (0, 1]: 0 would stop every move."""
+    config = quickstart.get_config()
+    config.train.research_move_cap = value
+    with pytest.raises(InputError, match=r"config: train.research_move_cap = .*; expected a fraction in \(0, 1\]"):
+        configcheck.validate(config)
+    config.train.research_move_cap = 1.0
+    configcheck.validate(config)
