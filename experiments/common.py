@@ -160,6 +160,11 @@ def base_config() -> ml_collections.ConfigDict:
     # pseudo-symmetric particle's whole assignment back and forth between passes
     # (jaxcryo.research.damped); 1 = no cap
     config.train.research_move_cap = 1.0
+    # the re-search's schedule (search again, stop, run past the planned epochs, test the mates) counts
+    # only the images a pass moved farther than this: on a particle whose posterior is broad, images
+    # hop 5-15 deg between near-equal poses at every pass, and those hops keep the schedule going while
+    # changing little (white dimer:1001: 9 -> 8 deg for the images moved); 0 = every move (over 5 deg)
+    config.train.research_count_min_deg = 0.0
     # the re-search's batch: its global rotations' slices are shared by the batch (a performance knob)
     config.train.research_batch_size = 1024
     # > epochs_autodecoding: auto-decoding goes on past its planned epochs, up to this many, while each

@@ -37,7 +37,7 @@ ADDED_OPTIONS = {
     "train.epochs_autodecoding_max": 0, "train.lr_pose_final_fraction": 1.0, "train.research_candidates": 0,
     "train.research_every_epochs": 0, "train.research_global_radius": 0.0, "train.research_local": 8,
     "train.research_half_maps": False, "train.research_judge_only": False, "train.research_mates": False,
-    "train.research_min_gain_nats": 0.0, "train.research_move_cap": 1.0,
+    "train.research_min_gain_nats": 0.0, "train.research_move_cap": 1.0, "train.research_count_min_deg": 0.0,
     "train.research_repeat_fraction": 0.0, "train.research_stop_fraction": 0.0,
     "train.switch_min_steps": 0, "train.switch_moved_fraction": 0.5,
 }
@@ -101,6 +101,7 @@ def validate(config) -> None:
         need(key, lambda v: finite(v) and v >= 0, "a number >= 0")
     need("train.switch_moved_fraction", lambda v: finite(v) and 0 < v <= 1, "a fraction in (0, 1]")
     need("loss.wta_relax", lambda v: finite(v) and 0 <= v < 1, "a weight in [0, 1) for the losing heads")
+    need("train.research_count_min_deg", lambda v: finite(v) and 0 <= v <= 180, "an angle in [0, 180] deg")
     need("train.research_move_cap", lambda v: finite(v) and 0 < v <= 1, "a fraction in (0, 1]")
     need("train.research_stop_fraction", lambda v: finite(v) and 0 <= v <= 1, "a fraction in [0, 1]")
     need("train.research_repeat_fraction", lambda v: finite(v) and 0 <= v <= 1, "a fraction in [0, 1]")

@@ -135,7 +135,7 @@ def mates_due(train_config, research_moved: float, progress: dict, symmetry: Cal
 
 def mate_poses(mate_test, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
                refine_shifts: bool, sym: dict, halves: HalfMaps | None = None, judge=None,
-               min_gain_nats: float = 0.0, move_cap: float = 1.0) -> tuple[dict, float]:
+               min_gain_nats: float = 0.0, move_cap: float = 1.0, count_min_deg: float = 0.0) -> tuple[dict, float]:
     """Every image's pose against its mates under the map's pseudo-symmetry ``sym``
     (``pseudosym.pseudo_symmetry`` of ``vol_params``: its rotations and its mirror plane): an image takes
     its best mate when that is more likely (under the other half's map with ``halves``). Returns the tables and the fraction moved.
@@ -148,7 +148,8 @@ def mate_poses(mate_test, vol_params, tables: dict, source, batch_size: int, sha
         return mate_test(vol, batch, radius, key, rots, shifts, operators, centres)
 
     return research_poses(search, vol_params, tables, source, batch_size, sharding, radius, key, refine_shifts,
-                          halves=halves, judge=judge, min_gain_nats=min_gain_nats, move_cap=move_cap)
+                          halves=halves, judge=judge, min_gain_nats=min_gain_nats, move_cap=move_cap,
+                          count_min_deg=count_min_deg)
 
 
 def damped(better: np.ndarray, cap: float, key) -> np.ndarray:
@@ -203,9 +204,11 @@ def evidence_nats(current: np.ndarray, found: np.ndarray, image_size: int, radiu
 
 def research_poses(pose_search, vol_params, tables: dict, source, batch_size: int, sharding, radius: float, key,
                    refine_shifts: bool, min_move_deg: float = 5.0, halves: HalfMaps | None = None,
-                   judge=None, min_gain_nats: float = 0.0, move_cap: float = 1.0) -> tuple[dict, float]:
+                   judge=None, min_gain_nats: float = 0.0, move_cap: float = 1.0,
+                   count_min_deg: float = 0.0) -> tuple[dict, float]:
     """Returns the pose tables (host arrays of N rows, ``steps.POSE_TABLES``) with moved images updated
-    and the fraction of images moved.
+    and the fraction of images moved, counting only moves longer than ``count_min_deg``
+    (``train.research_count_min_deg``, what the schedule sees: ``research_due``).
 
     ``pose_search``: ``steps.make_pose_search``'s function (or anything with its arguments and outputs,
     as ``mate_poses`` makes); ``source``: the full-box ImageSource. With ``halves`` each image is
@@ -228,7 +231,8 @@ def research_poses(pose_search, vol_params, tables: dict, source, batch_size: in
                             None, pairs, source, batch_size, sharding, key, halves)
         current, found_loss = both[:, 0], both[:, 1]
     rots, shifts = tables["rotations"].copy(), tables["shifts"].copy()
-    far = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(found), jnp.asarray(rots))) > min_move_deg
+    distance_deg = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(found), jnp.asarray(rots)))
+    far = distance_deg > min_move_deg
     evidence = evidence_nats(current, found_loss, source.image_size, radius)
     better = (evidence > min_gain_nats) & far
     moved = damped(better, move_cap, key)
@@ -245,4 +249,4 @@ def research_poses(pose_search, vol_params, tables: dict, source, batch_size: in
     for name in RESET_ON_MOVE:
         new[name] = tables[name].copy()
         new[name][moved] = 0
-    return new, float(moved.mean())
+    return new, float(np.mean(moved & (distance_deg > count_min_deg)))

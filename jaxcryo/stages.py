@@ -274,13 +274,14 @@ class AutodecodingStage:
             halves = self.half_maps(state) if config.train.get("research_half_maps", False) else None
             min_gain = float(config.train.get("research_min_gain_nats", 0.0))
             move_cap = float(config.train.get("research_move_cap", 1.0))
+            count_deg = float(config.train.get("research_count_min_deg", 0.0))
             tables, moved = research_poses(self.research, state["vol_params"], self.host_tables(state), self.data.source,
                                            self.research_batch, self.batch_sharding, radius_at(config, stage, epoch),
                                            jax.random.fold_in(jax.random.key(config.seed + 11), epoch - 1),
                                            self.estimate_shifts, halves=halves, judge=self.research_judge,
-                                           min_gain_nats=min_gain, move_cap=move_cap)
-            logging.info("auto-decoding epoch %d: %.1f %% of the images moved to a more likely pose found by search",
-                         epoch, 100 * moved)
+                                           min_gain_nats=min_gain, move_cap=move_cap, count_min_deg=count_deg)
+            logging.info("auto-decoding epoch %d: %.1f %% of the images moved%s to a more likely pose found by search",
+                         epoch, 100 * moved, f" more than {count_deg:g} deg" if count_deg else "")
             symmetry = functools.cache(lambda: pseudosym.pseudo_symmetry(models.volume_hartley(state["vol_params"]),
                                                                          self.data.source.pixel_size_angstrom))
             if self.mate_test is not None and mates_due(config.train, moved, progress, symmetry):
@@ -289,7 +290,7 @@ class AutodecodingStage:
                                                  self.research_batch, self.batch_sharding, radius_at(config, stage, epoch),
                                                  jax.random.fold_in(jax.random.key(config.seed + 12), epoch - 1),
                                                  self.estimate_shifts, sym, halves=halves, judge=self.research_judge,
-                                                 min_gain_nats=min_gain, move_cap=move_cap)
+                                                 min_gain_nats=min_gain, move_cap=move_cap, count_min_deg=count_deg)
                 moved += mates_moved  # at most the share moved by either (a pose rarely moves twice)
                 progress = dict(progress, mates_moved=mates_moved,
                                 mates_symmetry={"order": int(sym["order"]), "axis": np.asarray(sym["axis"]).tolist(),

@@ -300,6 +300,12 @@ def test_an_image_moves_only_when_the_found_pose_is_more_likely_by_the_margin(ca
     np.testing.assert_array_equal(went[0], went[1])
     assert runs[0][1] == went[0].mean() and 0 < went[0].sum() <= 4
     assert "moved (at most 0.25 of the stack per pass" in caplog.text
+    # the schedule's count: the half-turn moves (180 deg) count above 90 deg, not above 180
+    for count_deg, share in ((90.0, np.mean(gains > 0)), (180.0, 0.0)):
+        new, counted = research_poses(search, {}, tables, Source(), 4, sharding, 1.0, jax.random.key(0), False,
+                                      count_min_deg=count_deg)
+        np.testing.assert_array_equal(np.abs(new["rotations"][:, 0, 0] + 1) < 1e-6, gains > 0)
+        assert counted == share
 
 
 def test_a_pass_moves_at_most_the_cap_a_random_subset_of_the_images_that_qualify():
