@@ -280,8 +280,9 @@ class AutodecodingStage:
                                            jax.random.fold_in(jax.random.key(config.seed + 11), epoch - 1),
                                            self.estimate_shifts, halves=halves, judge=self.research_judge,
                                            min_gain_nats=min_gain, move_cap=move_cap, count_min_deg=count_deg)
+            moved_farther = f" more than {count_deg:g} deg" if count_deg else ""
             logging.info("auto-decoding epoch %d: %.1f %% of the images moved%s to a more likely pose found by search",
-                         epoch, 100 * moved, f" more than {count_deg:g} deg" if count_deg else "")
+                         epoch, 100 * moved, moved_farther)
             symmetry = functools.cache(lambda: pseudosym.pseudo_symmetry(models.volume_hartley(state["vol_params"]),
                                                                          self.data.source.pixel_size_angstrom))
             if self.mate_test is not None and mates_due(config.train, moved, progress, symmetry):
@@ -297,9 +298,10 @@ class AutodecodingStage:
                                                 "mirror_normal": np.asarray(sym["mirror_normal"]).tolist()})
                 logging.info("auto-decoding epoch %d: the map is closest to C%d symmetry (axis %s, self-correlation "
                              "%.2f at %.0f A) and to its mirror image in the plane normal to %s (%.2f); %.1f %% of the "
-                             "images moved to a more likely mate", epoch, sym["order"], np.round(sym["axis"], 2).tolist(),
+                             "images moved%s to a more likely mate", epoch, sym["order"], np.round(sym["axis"], 2).tolist(),
                              sym["correlation"], pseudosym.RESOLUTION_ANGSTROM,
-                             np.round(sym["mirror_normal"], 2).tolist(), sym["mirror_correlation"], 100 * mates_moved)
+                             np.round(sym["mirror_normal"], 2).tolist(), sym["mirror_correlation"], 100 * mates_moved,
+                             moved_farther)
             elif symmetry.cache_info().currsize:
                 logging.info("auto-decoding epoch %d: the map's pseudo-symmetry (C%d and a mirror plane) is still the one its "
                              "mates were tested under, when %.1f %% moved; not tested again", epoch, symmetry()["order"],
