@@ -65,7 +65,8 @@ class RunOutputs(SwitchWatch):
         """Final outputs: the learned volume as decoder.mrc, poses.star (RELION 3.1, with the half sets as
         rlnRandomSubset) and poses.cs (cryoSPARC), and reconstruction.mrc made by a Wiener-filtered
         direct inversion of the images at the final poses (``jaxcryo.inversion``; the filter's SNR
-        comes from the two half sets, whose FSC is the run's own resolution estimate)."""
+        comes from the two half sets, whose FSC is the run's own resolution estimate) with the two half
+        sets' own unfiltered inversions beside it (reconstruction_half1_unfil.mrc, ..._half2_unfil.mrc)."""
         stage = AUTODECODING if "rotations" in state else AMORTIZED
         draws = None
         if stage == AUTODECODING and self.posterior_mean is not None:
@@ -119,6 +120,9 @@ class RunOutputs(SwitchWatch):
         if self.config.model.get("volume_mask", False):  # the map the run worked with; half maps stay unmasked
             volume = volume * self.volume_mask(source)
         runio.write_volume(self.workdir / "reconstruction.mrc", volume, pixel)
+        # unfiltered and unmasked, as RELION's PostProcess and local-resolution tools take them
+        for half in ("half1", "half2"):
+            runio.write_volume(self.workdir / f"reconstruction_{half}_unfil.mrc", rec[half], pixel)
         if distributed.is_writer():
             evaluate.write_fsc_csv(self.workdir / "fsc_halfmaps.csv", {"unmasked": rec["fsc_half"],
                                                                         "masked": rec["fsc_half_masked"]}, pixel)

@@ -14,6 +14,7 @@ WORKDIR layout
 With several processes only process 0 writes these files (the functions below do nothing in the
 others); every process writes its own part of each checkpoint.
     reconstruction.mrc      the final map (real space, voxel size set)
+    reconstruction_half{1,2}_unfil.mrc   the two half sets' unfiltered, unmasked inversions (rlnRandomSubset)
     poses.star              RELION 3.1 star, one row per input particle
 """
 

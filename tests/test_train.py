@@ -67,10 +67,18 @@ def test_workdir_contract(finished_run, tmp_path):
     rec = inversion.reconstruct_from_star(workdir / "data" / "particles.star", workdir / "poses.star")
     written = mrcfile.read(workdir / "reconstruction.mrc")
     other = inversion.reconstruct_from_star(workdir / "data" / "particles.star",
-                                            _random_pose_star(workdir / "poses.star", tmp_path, seed=1))["map"]
+                                            _random_pose_star(workdir / "poses.star", tmp_path, seed=1))
     # mean FSC over shells 1-12 of 24: measured 0.96 and 0.19
-    match, random_match = (float(evaluate.fsc(written, m)[1:13].mean()) for m in (rec["map"], other))
+    match, random_match = (float(evaluate.fsc(written, m)[1:13].mean()) for m in (rec["map"], other["map"]))
     assert match > 0.9 and random_match < 0.4, (match, random_match)
+    # beside it, the half sets' own unfiltered inversions (rlnRandomSubset of poses.star): the pair whose
+    # FSC fsc_halfmaps.csv reports, each the inversion of its half at the written poses
+    halves = [mrcfile.read(workdir / f"reconstruction_half{i}_unfil.mrc") for i in (1, 2)]
+    csv = np.loadtxt(workdir / "fsc_halfmaps.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(evaluate.fsc(*halves), csv[:, 1], atol=1e-4)
+    for i, half in enumerate(halves, start=1):
+        same, random_half = (float(evaluate.fsc(half, m[f"half{i}"])[1:13].mean()) for m in (rec, other))
+        assert same > 0.9 and random_half < 0.4, (i, same, random_half)
     assert mrcfile.read(workdir / "decoder.mrc").shape == (48, 48, 48)
 
 
