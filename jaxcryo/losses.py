@@ -171,6 +171,12 @@ def search_losses(volume_h: jax.Array, rotations: jax.Array, ctf: jax.Array, tar
     (B [S], P) x (P, G) instead of B x [S x] G slices, which makes a global search over thousands of
     poses cheap.
     """
+    if target.ndim == 3:
+        # one version of each image, written as (B, 1, L, L): the same products, but XLA:CPU (jax 0.10)
+        # then keeps the slices as one array; with (B, L, L) it moved their 8-corner interpolation into
+        # the products' fusion, barrier or not, and the quickstart's amortized step (its search of 2,048
+        # rotations) ran at 347 images/s instead of 727 (``experiments.bench --what=steps``, 2-core AMD EPYC)
+        return search_losses(volume_h, rotations, ctf, target[:, None], mask)[:, 0]
     size = ctf.shape[-1]
     slices = slicing.extract_slices(jax.lax.stop_gradient(volume_h), rotations, size).reshape(rotations.shape[0], -1)
     # materialise the slices: XLA:CPU otherwise fuses the gather into both products and redoes it (4x slower)
