@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcryo import ctf as ctf_lib
 from jaxcryo import distributed, fourier, losses, noisemodel
 from jaxcryo.io import InputError, check_stacks, read_particles
 from jaxcryo.io.loader import ImageSource
@@ -85,11 +88,13 @@ def radial_log_amplitude(source: ImageSource, n_images: int = 256, seed: int = 0
     return 0.5 * np.log(np.maximum(power, 1e-12))
 
 
-def device_batch(batch, table: ParticleTable, sharding, displacements_angstrom: np.ndarray | None = None) -> dict:
+def device_batch(batch, table: ParticleTable, sharding, displacements_angstrom: np.ndarray | None = None,
+                 pixel_size_angstrom: float | None = None) -> dict:
     """The device arrays of a batch (``steps``' layout) from this process's rows (a ``Batch``): with
     several processes each passes its own rows and the arrays span them all. ``displacements_angstrom``
     (N, 2): each particle's known offset from the box centre, which the step takes out of its image
-    (``pre_shift_angstrom``, ``steps._targets``)."""
+    (``pre_shift_angstrom``, ``steps._targets``). With ``pixel_size_angstrom`` (the images'), each
+    image's CTF (B, L, L) too, made on the devices by a program of its own (``ctf_grids``)."""
     out = {"images": batch.images, "index": batch.index.astype(np.int32)}
     if displacements_angstrom is not None:
         out["pre_shift_angstrom"] = displacements_angstrom[batch.index].astype(np.float32)
@@ -97,10 +102,22 @@ def device_batch(batch, table: ParticleTable, sharding, displacements_angstrom: 
         out["noise_radial"] = batch.noise_radial
     for key in CTF_FIELDS:
         out[key] = getattr(table, key)[batch.index].astype(np.float32)
-    return distributed.put_local(out, sharding)
+    out = distributed.put_local(out, sharding)
+    if pixel_size_angstrom is not None:
+        out["ctf"] = ctf_grids({k: out[k] for k in CTF_FIELDS}, batch.images.shape[-1], float(pixel_size_angstrom))
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("size", "pixel_size_angstrom"))
+def ctf_grids(fields: dict, size: int, pixel_size_angstrom: float) -> jax.Array:
+    """(B,) CTF_FIELDS -> (B, L, L) CTFs, in a program apart from the steps': within a step XLA:CPU (jax
+    0.10) fuses the CTF's computation into each consumer that scores several poses per image, and so
+    recomputes its sines for every pose (optimisation barriers are dropped there); the posterior pass
+    (32 poses per image) ran 2.75 x slower so. Made once per batch, it is one array every program reads."""
+    return ctf_lib.ctf_grid(size, pixel_size_angstrom, **fields).astype(jnp.float32)
 
 
 def read_batch(source, rows: np.ndarray, sharding, displacements_angstrom: np.ndarray | None = None) -> dict:
-    """``device_batch`` of the global batch ``rows``: this process reads only its own share."""
+    """``device_batch`` of the global batch ``rows`` (with its CTFs): this process reads only its own share."""
     return device_batch(source.batch(rows[distributed.local_rows(len(rows))]), source.table, sharding,
-                        displacements_angstrom)
+                        displacements_angstrom, source.pixel_size_angstrom)

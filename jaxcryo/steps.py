@@ -45,7 +45,10 @@ def _targets(batch: dict, pixel_size_angstrom: float, radius_fraction):
     """Hartley images, CTFs and the loss mask of a (per-device) batch."""
     images = batch["images"]
     size = images.shape[-1]
-    ctf = ctf_lib.ctf_grid(size, pixel_size_angstrom, **{k: batch[k] for k in CTF_FIELDS}).astype(images.dtype)
+    if "ctf" in batch:  # made apart (``dataset.ctf_grids``), so no consumer recomputes it per pose
+        ctf = batch["ctf"].astype(images.dtype)
+    else:
+        ctf = ctf_lib.ctf_grid(size, pixel_size_angstrom, **{k: batch[k] for k in CTF_FIELDS}).astype(images.dtype)
     if "noise_radial" in batch:  # whitened images: the model's CTF is whitened alike (jaxcryo.noise)
         ctf = ctf * noise.expand_radial(batch["noise_radial"], size)
     target = losses.images_to_hartley(images)

@@ -169,7 +169,7 @@ def _stub_source(n: int, size: int):
 
     class Source:
         def __init__(self):
-            self.table, self.image_size, self.seen = table, size, []
+            self.table, self.image_size, self.pixel_size_angstrom, self.seen = table, size, 3.0, []
 
         def batch(self, rows):
             self.seen.append(np.array(rows))
