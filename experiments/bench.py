@@ -36,6 +36,7 @@ _SCALE_STEPS = flags.DEFINE_integer("scale_steps", 40, "Timed training steps per
 
 
 def _batch(size: int, batch_size: int, n: int, sharding, rng):
+    from jaxcryo.dataset import ctf_grids
     from jaxcryo.io.loader import epoch_order
     from jaxcryo.io.table import CTF_FIELDS
 
@@ -46,7 +47,9 @@ def _batch(size: int, batch_size: int, n: int, sharding, rng):
            "index": epoch_order(n, batch_size, int(rng.integers(1 << 30)), 0, blocks=len(sharding.device_set))[0]
            .astype(np.int32)}
     out.update({k: np.full(batch_size, values[k], np.float32) for k in CTF_FIELDS})
-    return jax.device_put(out, sharding)
+    out = jax.device_put(out, sharding)
+    # the CTFs made apart, as a run's batches carry them (jaxcryo.dataset.ctf_grids); px 3 A as below
+    return dict(out, ctf=ctf_grids({k: out[k] for k in CTF_FIELDS}, size, 3.0))
 
 
 def _time(step, state, batches, replicated, rows=None):

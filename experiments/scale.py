@@ -100,19 +100,14 @@ def measure_one(config, star: pathlib.Path, workdir: pathlib.Path, n_steps: int)
 
     def train_rate(stage, state, step_fn, extra=()):
         batches = iterate_batches(run.data.source_for(stage), bs, config.seed, 0)
-        state, _ = step_fn(state, run_batch(next(batches)[1]), 1.0, *extra)  # compiles
+        state, _ = step_fn(state, run.training_batch(next(batches)[1], stage), 1.0, *extra)  # compiles, as a run feeds it
         jax.block_until_ready(state)
         start = time.perf_counter()
         for _ in range(n_steps):
-            state, o = step_fn(state, run_batch(next(batches)[1]), 1.0, *extra)
+            state, o = step_fn(state, run.training_batch(next(batches)[1], stage), 1.0, *extra)
         jax.block_until_ready(o["loss"])
         batches.close()
         return state, n_steps * bs / (time.perf_counter() - start)
-
-    def run_batch(batch):
-        from jaxcryo.dataset import device_batch
-
-        return device_batch(batch, run.data.table, run.batch_sharding)
 
     state, out["amortized_images_per_s"] = train_rate(AMORTIZED, run.init_amortized(), run.amortized_step)
     out["amortized_end_of_epoch_s"] = _timed_second(lambda i: run.end_of_epoch(AMORTIZED, state, 1 + i))
