@@ -205,6 +205,31 @@ def test_weighted_map_with_the_most_likely_poses(finished_run, tmp_path):
     assert float(np.min(evaluate.fsc(a, b))) > 0.99
 
 
+def test_each_stage_s_batches_carry_the_ctfs_of_their_own_box_and_pixel(finished_run, tmp_path):
+    """``Run.training_batch`` and ``dataset.read_batch`` add each image's CTF (``dataset.ctf_grids``),
+    which the steps read instead of computing it: it must be the CTF at the stage's own box and pixel
+    size (the amortized stage's images are Fourier-cropped, so their pixels are larger)."""
+    from jaxcryo import ctf as ctf_lib
+    from jaxcryo.dataset import AMORTIZED, read_batch
+    from jaxcryo.io.loader import iterate_batches
+    from jaxcryo.io.table import CTF_FIELDS
+    from jaxcryo.stages import AUTODECODING
+
+    reference, _ = finished_run
+    (tmp_path / "data").symlink_to(reference / "data")
+    run = train.Run(tiny_config(), tmp_path)
+    assert run.data.coarse.image_size == 32 and run.data.source.image_size == 48
+    for stage in (AMORTIZED, AUTODECODING):
+        source = run.data.source_for(stage)
+        _, loaded = next(iter(iterate_batches(source, 16, 0, 0)))
+        for batch in (run.training_batch(loaded, stage), read_batch(source, loaded.index, run.batch_sharding)):
+            fields = {k: jnp.asarray(getattr(run.data.table, k)[loaded.index]) for k in CTF_FIELDS}
+            expected = ctf_lib.ctf_grid(source.image_size, source.pixel_size_angstrom, **fields)
+            np.testing.assert_allclose(np.asarray(batch["ctf"]), np.asarray(expected), atol=1e-5)
+            other = ctf_lib.ctf_grid(source.image_size, 4.0 if stage == AMORTIZED else 6.0, **fields)
+            assert float(jnp.max(jnp.abs(batch["ctf"] - other))) > 0.1  # the other stage's pixel would show
+
+
 def _snapshot(root: pathlib.Path) -> dict:
     return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and "data" not in p.parts}
 
