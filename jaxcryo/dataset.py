@@ -88,13 +88,13 @@ def radial_log_amplitude(source: ImageSource, n_images: int = 256, seed: int = 0
     return 0.5 * np.log(np.maximum(power, 1e-12))
 
 
-def device_batch(batch, table: ParticleTable, sharding, displacements_angstrom: np.ndarray | None = None,
-                 pixel_size_angstrom: float | None = None) -> dict:
+def device_batch(batch, table: ParticleTable, sharding, pixel_size_angstrom: float,
+                 displacements_angstrom: np.ndarray | None = None) -> dict:
     """The device arrays of a batch (``steps``' layout) from this process's rows (a ``Batch``): with
-    several processes each passes its own rows and the arrays span them all. ``displacements_angstrom``
-    (N, 2): each particle's known offset from the box centre, which the step takes out of its image
-    (``pre_shift_angstrom``, ``steps._targets``). With ``pixel_size_angstrom`` (the images'), each
-    image's CTF (B, L, L) too, made on the devices by a program of its own (``ctf_grids``)."""
+    several processes each passes its own rows and the arrays span them all. Each image's CTF (B, L, L)
+    at the images' ``pixel_size_angstrom``, made on the devices by a program of its own (``ctf_grids``).
+    ``displacements_angstrom`` (N, 2): each particle's known offset from the box centre, which the step
+    takes out of its image (``pre_shift_angstrom``, ``steps._targets``)."""
     out = {"images": batch.images, "index": batch.index.astype(np.int32)}
     if displacements_angstrom is not None:
         out["pre_shift_angstrom"] = displacements_angstrom[batch.index].astype(np.float32)
@@ -103,9 +103,7 @@ def device_batch(batch, table: ParticleTable, sharding, displacements_angstrom: 
     for key in CTF_FIELDS:
         out[key] = getattr(table, key)[batch.index].astype(np.float32)
     out = distributed.put_local(out, sharding)
-    if pixel_size_angstrom is not None:
-        out["ctf"] = ctf_grids({k: out[k] for k in CTF_FIELDS}, batch.images.shape[-1], float(pixel_size_angstrom))
-    return out
+    return dict(out, ctf=ctf_grids({k: out[k] for k in CTF_FIELDS}, batch.images.shape[-1], float(pixel_size_angstrom)))
 
 
 @functools.partial(jax.jit, static_argnames=("size", "pixel_size_angstrom"))
@@ -120,4 +118,4 @@ def ctf_grids(fields: dict, size: int, pixel_size_angstrom: float) -> jax.Array:
 def read_batch(source, rows: np.ndarray, sharding, displacements_angstrom: np.ndarray | None = None) -> dict:
     """``device_batch`` of the global batch ``rows`` (with its CTFs): this process reads only its own share."""
     return device_batch(source.batch(rows[distributed.local_rows(len(rows))]), source.table, sharding,
-                        displacements_angstrom, source.pixel_size_angstrom)
+                        source.pixel_size_angstrom, displacements_angstrom)

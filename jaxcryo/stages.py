@@ -123,9 +123,8 @@ class AmortizedStage:
     def training_batch(self, batch, stage: str) -> dict:
         """A loader's batch on the devices for ``stage``'s step: the amortized stage's images re-centred by
         the origins when they are known (auto-decoding's shifts are in its pose tables)."""
-        return device_batch(batch, self.data.table, self.batch_sharding,
-                            self.pre_shift_angstrom if stage == AMORTIZED else None,
-                            self.data.source_for(stage).pixel_size_angstrom)
+        return device_batch(batch, self.data.table, self.batch_sharding, self.data.source_for(stage).pixel_size_angstrom,
+                            self.pre_shift_angstrom if stage == AMORTIZED else None)
 
     def upsample_volume(self, vol_params) -> dict:
         """Carry the amortized stage's volume to the full box: zero-pad its Hartley transform.
