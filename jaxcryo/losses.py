@@ -161,19 +161,20 @@ def winner_takes_all(volume_h, rotations, ctf, target, mask, kind="gaussian", sh
     return loss, winner, all_losses
 
 
-def _materialised_slices(volume_h: jax.Array, rotations: jax.Array, size: int, chunks: int = 2) -> jax.Array:
-    """(G, 3, 3) -> the G central slices as one (G, L*L) array, made in ``chunks`` loop steps.
+def _in_loop_steps(fn, *rows: jax.Array, steps: int = 2):
+    """fn applied to ``rows`` (arrays sharing a leading axis) in ``steps`` loop steps, one buffer out.
 
-    Why a loop: XLA:CPU (jax 0.10) otherwise fuses the slices' 8-corner interpolation into the matrix
-    products that consume them and redoes it per tile, and it drops ``optimization_barrier``. A loop's
-    output is always a buffer of its own. Measured on 64 images x 2,048 rotations at 48 px (2-core AMD
-    EPYC): 25 shifted copies per image 0.37 -> 0.12 s, one copy unchanged (0.044 s).
+    Why a loop: in the matrix products of ``search_losses`` XLA:CPU (jax 0.10) fuses a product's
+    operand into the product and recomputes it for every tile of the output, and it drops
+    ``optimization_barrier``; a loop's output is always a buffer of its own. The operands are the
+    slices' 8-corner interpolation and the shifted copies of the images: 64 images x 25 copies x 2,048
+    rotations at 48 px (2-core AMD EPYC) took 0.42 s with both fused, 0.12 s with both apart.
     """
-    g = rotations.shape[0]
-    padded = -(-g // chunks) * chunks  # identity rows pad G to whole chunks; their slices are dropped
-    rots = jnp.concatenate([rotations, jnp.broadcast_to(jnp.eye(3, dtype=rotations.dtype), (padded - g, 3, 3))])
-    slices = jax.lax.map(lambda r: slicing.extract_slices(volume_h, r, size), rots.reshape(chunks, -1, 3, 3))
-    return slices.reshape(padded, size * size)[:g]
+    n = rows[0].shape[0]
+    padded = -(-n // steps) * steps  # the last row repeated up to whole steps; its results are dropped
+    split = [jnp.concatenate([x, jnp.repeat(x[-1:], padded - n, axis=0)]).reshape(steps, -1, *x.shape[1:]) for x in rows]
+    out = jax.lax.map(lambda xs: fn(*xs), tuple(split))
+    return jax.tree.map(lambda o: o.reshape(padded, *o.shape[2:])[:n], out)
 
 
 def search_losses(volume_h: jax.Array, rotations: jax.Array, ctf: jax.Array, target: jax.Array,
@@ -187,10 +188,11 @@ def search_losses(volume_h: jax.Array, rotations: jax.Array, ctf: jax.Array, tar
     poses cheap.
     """
     size = ctf.shape[-1]
-    slices = _materialised_slices(jax.lax.stop_gradient(volume_h), rotations, size)
+    vol = jax.lax.stop_gradient(volume_h)
+    slices = _in_loop_steps(lambda r: slicing.extract_slices(vol, r, size).reshape(r.shape[0], -1), rotations)
     w = (mask.astype(target.dtype) / jnp.sum(mask)).reshape(1, -1)
     b, extra = target.shape[0], target.shape[1:-2]
     y, c = target.reshape(b, -1, size * size), ctf.reshape(b, 1, -1)
-    cross = ((w * y * c) @ slices.T).reshape(b, *extra, -1)
+    cross = (_in_loop_steps(lambda y, c: w * y * c, y, c) @ slices.T).reshape(b, *extra, -1)
     power = ((w * c[:, 0] ** 2) @ (slices * slices).T).reshape(b, *(1,) * len(extra), -1)
     return 0.5 * (jnp.sum(w * y * y, axis=-1).reshape(b, *extra, 1) - 2.0 * cross + power)
