@@ -143,6 +143,24 @@ def test_search_losses_match_direct_losses_with_shifted_copies():
         np.testing.assert_allclose(np.asarray(fast[:, s]), np.asarray(expected), rtol=1e-4, atol=1e-6)
 
 
+
+def test_search_losses_are_exact_for_counts_the_loop_must_pad():
+    # search_losses makes the slices and the weighted images in two loop steps; 5 images and 7
+    # rotations do not split in two, so a padded row must be dropped and no row counted twice
+    vol_h, rots, shifts, ctf, images = _clean_set(n=5)
+    target = _targets(images)
+    mask = slicing.frequency_mask(32, 0.8)
+    grid = geometry.random_rotations(jax.random.key(6), (7,), jnp.float32)
+    direct = losses.per_image_loss(losses.predict(vol_h, jnp.broadcast_to(grid, (5, 7, 3, 3)), ctf), target, mask)
+    plain = losses.search_losses(vol_h, grid, ctf, target, mask)  # (B, G)
+    assert plain.shape == (5, 7)
+    np.testing.assert_allclose(np.asarray(plain), np.asarray(direct), rtol=1e-4, atol=1e-6)
+    copies = losses.shift_hartley(target[:, None], -jnp.asarray(shifts)[:, None] + search.shift_offsets(1)[None])
+    fast = losses.search_losses(vol_h, grid, ctf, copies, mask)  # (B, S, G)
+    assert fast.shape == (5, 9, 7)
+    expected = losses.per_image_loss(losses.predict(vol_h, jnp.broadcast_to(grid, (5, 7, 3, 3)), ctf), copies[:, 8], mask)
+    np.testing.assert_allclose(np.asarray(fast[:, 8]), np.asarray(expected), rtol=1e-4, atol=1e-6)
+
 def test_search_with_offsets_recovers_rotation_and_shift():
     vol_h, rots, shifts, ctf, images = _clean_set(n=8)
     target = _targets(images)
