@@ -177,8 +177,10 @@ def pass_batch(requested: int, n: int, n_dev: int) -> int:
     return max(n_dev, wanted - wanted % n_dev)
 
 
-def _open_workdir(config, workdir: pathlib.Path) -> None:
-    """Create the work directory, or check that the run it holds may be resumed with ``config``."""
+def _open_workdir(config, workdir: pathlib.Path) -> pathlib.Path | None:
+    """Create the work directory, or check that the run it holds may be resumed with ``config``.
+    Returns the outermost directory this call created (None if the work directory existed)."""
+    created = next((p for p in reversed([workdir, *workdir.parents]) if not p.exists()), None)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -193,16 +195,29 @@ def _open_workdir(config, workdir: pathlib.Path) -> None:
         except ValueError:
             raise InputError(f"{stored}: unreadable; this work directory holds a damaged run") from None
         configcheck.check_resumable(previous, config, stored)
+    return created
+
+
+def _remove_created(workdir: pathlib.Path, created: pathlib.Path | None) -> None:
+    """Remove the directories ``_open_workdir`` created, up to ``created``, while they are empty: a
+    command rejected for its input leaves no trace."""
+    path = workdir
+    while created is not None and path.is_relative_to(created):
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        path = path.parent
 
 
 def train_and_evaluate(config, workdir, devices=None) -> dict:
     """Run (or resume) a reconstruction in ``workdir`` on ``devices`` (default: every process's devices).
 
     The config, the work directory and the data are all checked before anything is written, so a
-    rejected command leaves an existing work directory as it was."""
+    rejected command leaves an existing work directory as it was, and a new one is removed again."""
     workdir = pathlib.Path(workdir)
     configcheck.validate(config)
-    _open_workdir(config, workdir)
+    created = _open_workdir(config, workdir)
     if config.get("halfsets", False):
         from jaxcryo import halfsets
 
@@ -211,6 +226,10 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
                              "devices); with several processes run each half as its own job")
         runio.write_json(workdir / "config.json", config.to_dict())
         return halfsets.run_halfsets(config, workdir, train_and_evaluate, devices)
-    run = Run(config, workdir, devices)  # reads and checks the data
+    try:
+        run = Run(config, workdir, devices)  # reads and checks the data
+    except InputError:
+        _remove_created(workdir, created)
+        raise
     runio.write_json(workdir / "config.json", config.to_dict())
     return run.run()

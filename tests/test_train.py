@@ -254,6 +254,17 @@ def test_a_rejected_rerun_leaves_the_work_directory_untouched(finished_run, tmp_
     assert _snapshot(tmp_path / "run") == before
 
 
+def test_a_command_rejected_for_its_data_leaves_no_new_work_directory(tmp_path):
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    config = tiny_config()
+    config.data.particles = str(tmp_path / "missing.star")
+    for workdir in (tmp_path / "new" / "deeper" / "run", tmp_path / "kept" / "run"):
+        with pytest.raises(InputError, match="missing.star: file not found"):
+            train.train_and_evaluate(config, workdir)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]  # the nested new folders are gone
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["notes.txt"]  # an existing parent stays
+
 def test_more_epochs_resume_a_finished_run(finished_run, tmp_path):
     reference, _ = finished_run
     shutil.copytree(reference, tmp_path / "run", symlinks=True)
