@@ -3,7 +3,7 @@
     python -m experiments.bench --what=steps --config=experiments/quickstart.py
     python -m experiments.bench --what=steps --config=experiments/spike.py --steps=3
     python -m experiments.bench --what=loader --particles=DIR/particles.star
-    python -m experiments.bench --what=slices   (forward loss forms: the pose searches' and mate test's cost)
+    python -m experiments.bench --what=slices   (forward loss forms and the global search's products: the pose searches' and mate test's cost)
     python -m experiments.bench --scale [--sizes=10000,100000,1000000]   (experiments/scale.py)
 
 Steps run on random images (no disk) with the config's model and batch size; each stage is timed after
@@ -150,6 +150,38 @@ def bench_slices(size: int = 64, images: int = 256, poses: int = 15) -> None:
         print(f"{name:40s} {images} x {poses} poses at {size} px: {1000 * seconds:6.0f} ms, {images * poses / seconds:8.0f} slices/s")
 
 
+def bench_global_search(size: int = 48, images: int = 64, rotations: int = 2_048) -> None:
+    """The global search's shared-rotation products (``losses.search_losses`` through
+    ``search.global_search``) with 1, 9 and 25 shifted copies per image, beside the bare matrix product
+    of the same shape: a gap of several times means XLA has fused an operand (the slices or the copies)
+    into the product and redoes it per tile (README, "Measured")."""
+    from jaxcryo import geometry, search, slicing
+
+    keys = jax.random.split(jax.random.key(0), 4)
+    vol = jax.random.normal(keys[0], (size,) * 3)
+    ctf, target = (jax.random.normal(k, (images, size, size)) for k in keys[1:3])
+    grid = geometry.random_rotations(keys[3], (rotations,))
+    mask, shift = slicing.frequency_mask(size, 1.0), jnp.zeros((images, 2))
+
+    def best_of_3(fn, *args):
+        jax.block_until_ready(fn(*args))
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    for radius in (0, 1, 2):
+        offsets = search.shift_offsets(radius)
+        copies = offsets.shape[0]
+        found = jax.jit(lambda v, c, t, s, o=offsets: search.global_search(v, grid, c, t, mask, s, o))
+        bare = jax.jit(lambda a, b: a @ b.T)
+        a, b = jnp.ones((images * copies, size * size)), jnp.ones((rotations, size * size))
+        seconds, floor = best_of_3(found, vol, ctf, target, shift), best_of_3(bare, a, b)
+        print(f"global search, {copies:2d} copies: {images} images x {rotations} rotations at {size} px: "
+              f"{1000 * seconds:6.0f} ms ({images / seconds:7.0f} images/s); the bare product {1000 * floor:5.0f} ms")
+
 def main(argv):
     del argv
     import json
@@ -168,6 +200,7 @@ def main(argv):
         bench_loader(_PARTICLES.value)
     elif _WHAT.value == "slices":
         bench_slices()
+        bench_global_search()
     else:
         bench_steps(_CONFIG.value)
 

@@ -164,11 +164,12 @@ def winner_takes_all(volume_h, rotations, ctf, target, mask, kind="gaussian", sh
 def _in_loop_steps(fn, *rows: jax.Array, steps: int = 2):
     """fn applied to ``rows`` (arrays sharing a leading axis) in ``steps`` loop steps, one buffer out.
 
-    Why a loop: in the matrix products of ``search_losses`` XLA:CPU (jax 0.10) fuses a product's
-    operand into the product and recomputes it for every tile of the output, and it drops
-    ``optimization_barrier``; a loop's output is always a buffer of its own. The operands are the
-    slices' 8-corner interpolation and the shifted copies of the images: 64 images x 25 copies x 2,048
-    rotations at 48 px (2-core AMD EPYC) took 0.42 s with both fused, 0.12 s with both apart.
+    Why a loop: in the matrix products of ``search_losses`` with several versions of each image
+    XLA:CPU (jax 0.10) fuses a product's operand into the product and recomputes it for every tile of
+    the output, and it drops ``optimization_barrier``; a loop's output is always a buffer of its own.
+    The operands are the slices' 8-corner interpolation and the shifted copies of the images: the
+    global search of 64 images x 25 copies x 2,048 rotations at 48 px (2-core AMD EPYC) took 0.38 s
+    with both fused, 0.16 s with both apart (``experiments.bench --what=slices``).
     """
     n = rows[0].shape[0]
     padded = -(-n // steps) * steps  # the last row repeated up to whole steps; its results are dropped
@@ -187,12 +188,18 @@ def search_losses(volume_h: jax.Array, rotations: jax.Array, ctf: jax.Array, tar
     (B [S], P) x (P, G) instead of B x [S x] G slices, which makes a global search over thousands of
     poses cheap.
     """
-    size = ctf.shape[-1]
+    if target.ndim == 3:  # one version of each image: as (B, 1, L, L), a form XLA:CPU does not slow down
+        return search_losses(volume_h, rotations, ctf, target[:, None], mask)[:, 0]
+    size, b, extra = ctf.shape[-1], target.shape[0], target.shape[1:-2]
     vol = jax.lax.stop_gradient(volume_h)
-    slices = _in_loop_steps(lambda r: slicing.extract_slices(vol, r, size).reshape(r.shape[0], -1), rotations)
     w = (mask.astype(target.dtype) / jnp.sum(mask)).reshape(1, -1)
-    b, extra = target.shape[0], target.shape[1:-2]
     y, c = target.reshape(b, -1, size * size), ctf.reshape(b, 1, -1)
-    cross = (_in_loop_steps(lambda y, c: w * y * c, y, c) @ slices.T).reshape(b, *extra, -1)
+    if y.shape[1] > 1:  # several versions (shifted copies): slices and weighted images made apart
+        slices = _in_loop_steps(lambda r: slicing.extract_slices(vol, r, size).reshape(r.shape[0], -1), rotations)
+        weighted = _in_loop_steps(lambda y, c: w * y * c, y, c)
+    else:  # one version: the loop would cost 10-25 % at 48-64 px (the barrier is enough here)
+        slices = jax.lax.optimization_barrier(slicing.extract_slices(vol, rotations, size).reshape(rotations.shape[0], -1))
+        weighted = w * y * c
+    cross = (weighted @ slices.T).reshape(b, *extra, -1)
     power = ((w * c[:, 0] ** 2) @ (slices * slices).T).reshape(b, *(1,) * len(extra), -1)
     return 0.5 * (jnp.sum(w * y * y, axis=-1).reshape(b, *extra, 1) - 2.0 * cross + power)
