@@ -182,6 +182,7 @@ def bench_global_search(size: int = 48, images: int = 64, rotations: int = 2_048
         print(f"global search, {copies:2d} copies: {images} images x {rotations} rotations at {size} px: "
               f"{1000 * seconds:6.0f} ms ({images / seconds:7.0f} images/s); the bare product {1000 * floor:5.0f} ms")
 
+
 def main(argv):
     del argv
     import json
