@@ -66,12 +66,10 @@ def device_groups(devices, n_groups: int = 2) -> list | None:
     return [devices[i * per_group : (i + 1) * per_group] for i in range(n_groups)]
 
 
-def run_halfsets(config, workdir: pathlib.Path, train_fn, devices=None) -> dict:
-    """Both half-set runs, then ``combine``. With two or more devices the halves run at the same
-    time, each on its own half of the devices; with one they run one after the other."""
-    from jaxcryo.dataset import prepare_data
-
-    data = prepare_data(config, workdir)  # simulates into WORKDIR/data when no particles are given
+def run_halfsets(config, workdir: pathlib.Path, train_fn, data, devices=None) -> dict:
+    """Both half-set runs, then ``combine``. ``data``: ``dataset.prepare_data``'s, already checked (it
+    simulated into WORKDIR/data when no particles were given). With two or more devices the halves run
+    at the same time, each on its own half of the devices; with one they run one after the other."""
     particles = config.data.particles or str(workdir / "data" / "particles.star")
     halves, table, labels = split(config, workdir, particles, data.ground_truth_poses)
     configs = []

@@ -217,19 +217,19 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
     rejected command leaves an existing work directory as it was, and a new one is removed again."""
     workdir = pathlib.Path(workdir)
     configcheck.validate(config)
+    halfsets = config.get("halfsets", False)
+    if halfsets and distributed.process_count() > 1:
+        raise InputError("config: halfsets=True runs in one process (its two halves on two groups of local "
+                         "devices); with several processes run each half as its own job")
     created = _open_workdir(config, workdir)
-    if config.get("halfsets", False):
-        from jaxcryo import halfsets
-
-        if distributed.process_count() > 1:
-            raise InputError("config: halfsets=True runs in one process (its two halves on two groups of local "
-                             "devices); with several processes run each half as its own job")
-        runio.write_json(workdir / "config.json", config.to_dict())
-        return halfsets.run_halfsets(config, workdir, train_and_evaluate, devices)
-    try:
-        run = Run(config, workdir, devices)  # reads and checks the data
+    try:  # reads and checks the data
+        run = prepare_data(config, workdir) if halfsets else Run(config, workdir, devices)
     except InputError:
         _remove_created(workdir, created)
         raise
     runio.write_json(workdir / "config.json", config.to_dict())
+    if halfsets:
+        from jaxcryo.halfsets import run_halfsets
+
+        return run_halfsets(config, workdir, train_and_evaluate, run, devices)
     return run.run()

@@ -254,11 +254,13 @@ def test_a_rejected_rerun_leaves_the_work_directory_untouched(finished_run, tmp_
     assert _snapshot(tmp_path / "run") == before
 
 
-def test_a_command_rejected_for_its_data_leaves_no_new_work_directory(tmp_path):
+@pytest.mark.parametrize("halfsets", [False, True])
+def test_a_command_rejected_for_its_data_leaves_no_new_work_directory(tmp_path, halfsets):
     (tmp_path / "kept").mkdir()
     (tmp_path / "kept" / "notes.txt").write_text("mine")
     config = tiny_config()
     config.data.particles = str(tmp_path / "missing.star")
+    config.halfsets = halfsets
     for workdir in (tmp_path / "new" / "deeper" / "run", tmp_path / "kept" / "run"):
         with pytest.raises(InputError, match="missing.star: file not found"):
             train.train_and_evaluate(config, workdir)
