@@ -1,7 +1,7 @@
 """The two stages' own pieces, mixed into ``jaxcryo.train.Run`` (which holds the data, the mesh, the
-jitted steps and the config): how each stage's state is made, how the encoder's poses are read out
-at the switch, when to switch, and (beyond the paper) auto-decoding's global re-search between epochs
-(the volumes made by direct inversion are ``jaxcryo.volumes``'s).
+jitted steps and the config): how each stage's state is made, the switch (the encoder's poses are
+read out by ``jaxcryo.encoderposes``), when to switch, and (beyond the paper) auto-decoding's global
+re-search between epochs (the volumes made by direct inversion are ``jaxcryo.volumes``'s).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import numpy as np
 from jaxcryo import distributed, fourier, models, pseudosym, steps
 from jaxcryo.dataset import AMORTIZED, device_batch, read_batch
 from jaxcryo.io import InputError, read_particles
-from jaxcryo.io.loader import padded_chunks
 from jaxcryo.research import mate_poses, mates_due, research_due, research_poses
 
 AUTODECODING = "autodecoding"
@@ -102,7 +101,7 @@ def initial_state(encoder, enc_opt, vol_opt, size: int, radial_log_amplitude: np
 
 
 class AmortizedStage:
-    """Encoder + volume state, the volume's carry to the full box, the encoder's poses, the switch."""
+    """Encoder + volume state, the volume's carry to the full box, the switch."""
 
     def init_amortized(self, start: int = 0) -> dict:
         """Encoder + volume state; ``start`` > 0 draws another initialisation and other search
@@ -148,50 +147,15 @@ class AmortizedStage:
                              "but it holds no origins (rlnOriginXAngst/YAngst, rlnOriginX/Y or a .cs file's alignment shifts)")
         return shifts.astype(np.float32)
 
-    def encoder_rotations(self, state, radius: float, heads_for: np.ndarray | None = None, passes: int = 1,
-                          rows: np.ndarray | None = None):
-        """Winning-head rotation (n, 3, 3), its shift (n, 2) in pixels of the full box and winner
-        index (n,) of every image of ``rows`` (default: all N, in table order); with ``heads_for`` (row
-        indices) also every head's rotation for those rows, (len, M, 3, 3). With a search, ``passes`` > 1
-        draws that many sets of random candidates and keeps each image's best pose of all of them."""
-        bs = self.inference_batch
-        rows = np.arange(self.n) if rows is None else np.asarray(rows)
-        rots, winners = np.zeros((len(rows), 3, 3), np.float32), np.zeros(len(rows), np.int64)
-        shifts = np.zeros((len(rows), 2), np.float32)
-        to_full = self.data.source.image_size / self.data.coarse.image_size  # same shift in A, finer pixels
-        heads = None
-        if heads_for is not None:  # only the sampled rows are kept: memory stays bounded for any N
-            position = np.full(self.n, -1)
-            position[heads_for] = np.arange(len(heads_for))
-            heads = np.zeros((len(heads_for), self.config.model.n_heads, 3, 3), np.float32)
-        key = jax.random.key(self.config.seed + 7)
-        passes = passes if self.config.model.search_candidates else 1  # without a search every pass is the same
-        for start, idx, padded in padded_chunks(rows, bs):
-            batch = self.read_amortized(padded)
-            best_loss = np.full(len(idx), np.inf)
-            for p in range(passes):  # pass 0 uses the key of a single pass: passes=1 is unchanged
-                pass_key = jax.random.fold_in(key, start if p == 0 else self.n * p + start)
-                r, t, w, all_heads, loss = (distributed.to_host(x)[: len(idx)] for x in self.encoder_inference(
-                    state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius, pass_key))
-                better = loss < best_loss
-                best_loss = np.where(better, loss, best_loss)
-                at = start + np.nonzero(better)[0]
-                rots[at], winners[at], shifts[at] = r[better], w[better], t[better] * to_full
-            if heads is not None:
-                keep = position[idx] >= 0
-                heads[position[idx][keep]] = all_heads[keep]
-        if self.pre_shift_angstrom is not None:  # the stage saw the images re-centred by these
-            shifts += (self.pre_shift_angstrom[rows] / self.data.source.pixel_size_angstrom).astype(np.float32)
-        return (rots, shifts, winners) if heads is None else (rots, shifts, winners, heads)
-
     def switch(self, state, progress: dict) -> tuple[dict, dict]:
         """The stage switch: every image's pose from the encoder (best of ``train.switch_search_passes``
         searches), the volume carried to the full box; every head's pose for a sample of images is kept
         for the per-head figures (amortized_heads.npz). Returns auto-decoding's state and progress."""
         config = self.config
-        sample = np.sort(np.random.default_rng(config.seed).permutation(self.n)[:20_000])
+        sample = self.switch_heads_rows()
         rots, shifts, winners, heads = self.encoder_rotations(state, radius_at(config, AMORTIZED, 1e9), sample,
                                                               config.train.switch_search_passes)
+        self.drop_kept_pass()  # its state is gone
         if distributed.is_writer():
             np.savez_compressed(self.workdir / "amortized_heads.npz", rows=sample, heads=heads,
                                 winners=winners[sample], chosen=rots[sample])

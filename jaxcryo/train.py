@@ -16,8 +16,9 @@ amortized stage estimates no shifts and auto-decoding finds them.
 
 Layout: ``Run`` holds the data, the mesh, the jitted steps and the stage loop; one epoch and the
 divergence guard are in ``jaxcryo.epochloop``, each stage's own pieces (the switch among them) in
-``jaxcryo.stages``, several amortized starts in ``jaxcryo.starts``, the plan lines in ``jaxcryo.plan``
-and the outputs in ``jaxcryo.outputs`` (mixins of ``Run``).
+``jaxcryo.stages``, the encoder's poses for every image in ``jaxcryo.encoderposes``, several amortized
+starts in ``jaxcryo.starts``, the plan lines in ``jaxcryo.plan`` and the outputs in ``jaxcryo.outputs``
+(mixins of ``Run``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from jaxcryo import configcheck, distributed, models, runio, steps
 from jaxcryo.dataset import AMORTIZED, prepare_data, radial_log_amplitude
 from jaxcryo.io import InputError
 from jaxcryo.io.loader import steps_per_epoch
+from jaxcryo.encoderposes import EncoderPoses
 from jaxcryo.epochloop import EpochLoop
 from jaxcryo.outputs import RunOutputs
 from jaxcryo.plan import RunPlan
@@ -47,7 +49,7 @@ from jaxcryo.starts import AmortizedStarts, start_steps
 from jaxcryo.volumes import RunVolumes
 
 
-class Run(EpochLoop, AmortizedStage, AmortizedStarts, AutodecodingStage, RunVolumes, RunOutputs, RunPlan):
+class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, AutodecodingStage, RunVolumes, RunOutputs, RunPlan):
     """Holds the pieces of one reconstruction; ``run()`` executes or resumes it."""
 
     def __init__(self, config, workdir: pathlib.Path, devices=None):

@@ -91,3 +91,28 @@ def test_start_steps_in_epochs_or_steps(n_starts, epochs_each, steps_each, spe, 
     config = tiny_config()
     config.train.update(amortized_starts=n_starts, amortized_start_epochs=epochs_each, amortized_start_steps=steps_each)
     assert start_steps(config.train, planned, spe) == expected
+
+
+def test_the_switch_reuses_the_last_pass_over_every_image_while_the_state_is_the_same(tmp_path):
+    """The switch's pass 0 is the end-of-epoch pass (same state, key and chunks): kept, it is not run
+    again, and the switch's poses, winners and heads are exactly those of a run that recomputes it."""
+    config = tiny_config(inference_batch_size=32)  # 96 images: 3 chunks
+    config.model.volume_init_scale = 0.1  # a random map: the searches' losses differ
+    run = train.Run(config, tmp_path)
+    calls = []
+    inference = run.encoder_inference
+    run.encoder_inference = lambda *args: calls.append(1) or inference(*args)
+    state, radius, sample = run.init_amortized(), stages.radius_at(run.config, stages.AMORTIZED, 1e9), run.switch_heads_rows()
+    fresh = run.encoder_rotations(state, radius, sample, passes=3)
+    assert len(calls) == 9
+    first = run.encoder_rotations(state, radius)  # the end-of-epoch pass: kept
+    assert len(calls) == 12
+    reused = run.encoder_rotations(state, radius, sample, passes=3)
+    assert len(calls) == 12 + 6  # passes 1 and 2 only
+    for a, b in zip(fresh, reused, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert np.mean(np.any(fresh[0] != first[0], axis=(1, 2))) > 0.1  # the later passes did change poses
+    other = dict(state, vol_params=dict(state["vol_params"]))  # equal values, but not the kept state's arrays
+    other["vol_params"]["mantissa"] = state["vol_params"]["mantissa"] + 0
+    run.encoder_rotations(other, radius, sample, passes=3)
+    assert len(calls) == 18 + 9
