@@ -7,7 +7,8 @@
     python -m experiments.bench --scale [--sizes=10000,100000,1000000]   (experiments/scale.py)
 
 Steps run on random images (no disk) with the config's model and batch size; each stage is timed after
-its first (compiling) call. Peak RSS is the process's maximum resident set size.
+its first (compiling) call; the forward forms of --what=slices are the fastest of 3 calls after a
+compiling one. Peak RSS is the process's maximum resident set size.
 """
 
 import time
@@ -64,6 +65,17 @@ def _time(step, state, batches, replicated, rows=None):
         state, out = step(state, b, 1.0)
     jax.block_until_ready(out["loss"])
     return state, time.perf_counter() - start
+
+
+def _best_seconds(fn, *args, repeats: int = 3) -> float:
+    """The fastest of ``repeats`` calls after a compiling one: the least disturbed by a shared machine."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def bench_steps(config) -> None:
@@ -141,12 +153,7 @@ def bench_slices(size: int = 64, images: int = 256, poses: int = 15) -> None:
         "loss, shifted target (losses.loss_at)": lambda: losses.loss_at(vol, rots, ctf, target, mask, shifts_px=shifts),
     }
     for name, form in forms.items():
-        fn = jax.jit(form)
-        jax.block_until_ready(fn())
-        start = time.perf_counter()
-        for _ in range(3):
-            jax.block_until_ready(fn())
-        seconds = (time.perf_counter() - start) / 3
+        seconds = _best_seconds(jax.jit(form))
         print(f"{name:40s} {images} x {poses} poses at {size} px: {1000 * seconds:6.0f} ms, {images * poses / seconds:8.0f} slices/s")
 
 
@@ -163,22 +170,13 @@ def bench_global_search(size: int = 48, images: int = 64, rotations: int = 2_048
     grid = geometry.random_rotations(keys[3], (rotations,))
     mask, shift = slicing.frequency_mask(size, 1.0), jnp.zeros((images, 2))
 
-    def best_of_3(fn, *args):
-        jax.block_until_ready(fn(*args))
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times.append(time.perf_counter() - start)
-        return min(times)
-
     for radius in (0, 1, 2):
         offsets = search.shift_offsets(radius)
         copies = offsets.shape[0]
         found = jax.jit(lambda v, c, t, s, o=offsets: search.global_search(v, grid, c, t, mask, s, o))
         bare = jax.jit(lambda a, b: a @ b.T)
         a, b = jnp.ones((images * copies, size * size)), jnp.ones((rotations, size * size))
-        seconds, floor = best_of_3(found, vol, ctf, target, shift), best_of_3(bare, a, b)
+        seconds, floor = _best_seconds(found, vol, ctf, target, shift), _best_seconds(bare, a, b)
         print(f"global search, {copies:2d} copies: {images} images x {rotations} rotations at {size} px: "
               f"{1000 * seconds:6.0f} ms ({images / seconds:7.0f} images/s); the bare product {1000 * floor:5.0f} ms")
 
