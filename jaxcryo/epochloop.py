@@ -80,6 +80,8 @@ class EpochLoop:
                             "global_step": progress["global_step"], "loss": float(np.mean(losses_seen or [np.nan])),
                             "elapsed_s": self.elapsed(), "images_per_s": rate, "epoch_end": True,
                             "winner_histogram": winners.tolist(), **summary})
+        if stage == AMORTIZED:  # decided before the save: a run killed before its switch resumes at the switch
+            progress = dict(progress, switch_due=self.should_switch(progress["epoch"]))
         self.save(state, progress, f"end of {stage} epoch {epoch + 1}")
         return state, progress
 

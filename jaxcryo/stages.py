@@ -162,6 +162,7 @@ class AmortizedStage:
         state = self.init_autodecoding(self.upsample_volume(state["vol_params"]), rots, shifts)
         if self.inverted_volume:
             state = self.inverted(state)
+        progress = {k: v for k, v in progress.items() if k != "switch_due"}
         return state, dict(progress, stage=AUTODECODING, epoch=0, step=0, amortized_epochs=progress["epoch"])
 
     def should_switch(self, epochs_done: int) -> bool:

@@ -159,10 +159,8 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
             for stage in (AMORTIZED, AUTODECODING):
                 if progress["stage"] != stage:
                     continue
-                while self.another_epoch(stage, progress, epochs[stage]):
+                while not progress.get("switch_due") and self.another_epoch(stage, progress, epochs[stage]):
                     state, progress = self.run_epoch(stage, state, progress, epochs[stage])
-                    if stage == AMORTIZED and self.should_switch(progress["epoch"]):
-                        break
                 if stage == AMORTIZED:
                     state, progress = self.switch(state, progress)
                     self.save(state, progress, "the stage switch")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from experiments import quickstart
-from jaxcryo import evaluate, geometry, inversion, train
+from jaxcryo import evaluate, geometry, inversion, stages, train
 from jaxcryo.io import InputError, read_particles
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -139,6 +139,25 @@ def test_resume_mid_stage_gives_the_uninterrupted_result(finished_run, tmp_path,
     np.testing.assert_allclose(pb.euler_deg, pa.euler_deg, atol=1e-3)
     steps = [json.loads(line)["global_step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)  # records past the checkpoint were dropped, none duplicated
+
+
+def test_a_run_killed_before_its_switch_resumes_at_the_switch(finished_run, tmp_path, monkeypatch):
+    """The automatic switch is decided at the end of an epoch and kept in that epoch's checkpoint: a run
+    killed during the switch (its passes take a minute on a real stack) does not train another
+    amortized epoch when it resumes."""
+    reference, _ = finished_run
+    (tmp_path / "data").symlink_to(reference / "data")
+    monkeypatch.setattr(stages.AmortizedStage, "should_switch", lambda self, epochs_done: True)
+    config = tiny_config(epochs_amortized=3)
+    run = train.Run(config, tmp_path)
+    _interrupt_after(run, "switch", 0)
+    with pytest.raises(Interrupt):
+        run.run()
+    summary = train.train_and_evaluate(config, tmp_path)
+    assert summary["amortized_epochs_run"] == 1
+    ends = [(r["stage"], r["epoch"]) for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+            if r.get("epoch_end")]
+    assert ends[0] == ("amortized", 1) and {stage for stage, _ in ends[1:]} == {"autodecoding"}, ends
 
 
 @pytest.mark.parametrize("overrides", [dict(lr_volume=1e30), dict(lr_volume_autodecoding=1e38, autodecoding_volume="gradient")])
