@@ -65,12 +65,12 @@ def reference(data_dir: pathlib.Path) -> dict:
     cache = data_dir / "reference.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    from jaxcryo import inversion
+    from jaxcryo import inversion, runio
 
     rec = inversion.reconstruct_from_star(data_dir / "particles.star", data_dir / "ground_truth_poses.star")
     out = inversion.compare_with_truth(rec["map"], data_dir / "ground_truth.mrc")
     out.update(pose_floor(data_dir))
-    cache.write_text(json.dumps(out))
+    runio.write_json(cache, out)  # atomic: a zoo killed here finds no half-written cache
     return out
 
 

@@ -196,13 +196,14 @@ def simulate_dataset(cfg, outdir: str | pathlib.Path, log=print) -> dict:
         amplitude_contrast=np.full(n, cfg.amplitude_contrast), phase_shift_deg=np.zeros(n),
         b_factor_angstrom2=np.zeros(n),
     )
-    write_particles_star(outdir / "particles.star", table)
     euler = np.asarray(geometry.matrix_to_euler(jnp.asarray(rot, jnp.float32)), np.float64)
     write_particles_star(outdir / "ground_truth_poses.star", table, euler_deg=euler, origin_angstrom=-shifts * pixel)
     mrc.write_mrc(outdir / "ground_truth.mrc", volume, pixel)
     contrast = np.concatenate(scales).astype(np.float32)
     if spread:  # the per-particle contrast scales, for checking a fitted contrast (no star column holds them)
         np.save(outdir / "ground_truth_contrast.npy", contrast)
+    # last: a run finds the simulation done by this file, so one killed before it simulates again
+    write_particles_star(outdir / "particles.star", table)
     seconds = time.perf_counter() - start
     log(f"simulated {n} images of {size} px in {seconds:.1f} s ({n / seconds:.0f} images/s); noise std {noise_std:.4g}")
     return {"seconds": seconds, "noise_std": noise_std, "n_images": n, "rotations": rot, "shifts_px": shifts,
