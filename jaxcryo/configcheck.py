@@ -81,6 +81,14 @@ def validate(config) -> None:
     finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
     _even_box("data.image_size", int(flat.get("data.image_size", 0)))
     _even_box("train.amortized_image_size", int(flat.get("train.amortized_image_size", 0)))
+    if not flat.get("poses"):  # the encoder runs: its box has a floor (a stack's own box is checked with its data)
+        from jaxcryo.models import MIN_ENCODER_BOX
+
+        simulated = () if flat.get("data.particles") else ("simulate.image_size",)
+        for key in ("data.image_size", "train.amortized_image_size", *simulated):
+            if 0 < int(flat.get(key, 0)) < MIN_ENCODER_BOX:
+                raise InputError(f"config: {key} = {flat[key]} is below the {MIN_ENCODER_BOX} px the pose encoder needs "
+                                 f"(0 = as stored, or at least {MIN_ENCODER_BOX})")
     need("data.pixel_size_angstrom", lambda v: finite(v) and v >= 0, "a pixel size > 0 in A (0 = from the metadata)")
     for key in ("train.amortized_starts", "train.amortized_start_epochs", "train.batch_size", "train.inference_batch_size", "train.research_batch_size", "model.n_heads", "train.log_every", "model.search_top_k"):
         need(key, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")

@@ -106,6 +106,9 @@ class MultiHead(nn.Module):
         return h
 
 
+MIN_ENCODER_BOX = 2 ** 5  # five 2 x 2 poolings (VALID) leave a 31 px image no pixel
+
+
 class PoseEncoder(nn.Module):
     """(B, L, L) images -> (B, M, 6) pose candidates, or (B, M, 8) with ``estimate_shifts``
     (6D rotation, then 2 raw shift outputs; see ``decode_poses``)."""

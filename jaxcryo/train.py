@@ -70,6 +70,8 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
         self.inference_batch = pass_batch(int(tc.get("inference_batch_size", tc.batch_size)), self.n, n_dev)
         self.research_batch = pass_batch(int(tc.get("research_batch_size", self.inference_batch)), self.n, n_dev)
         self.known_poses = bool(config.poses)
+        if not self.known_poses:
+            check_encoder_box(self.data, config.data.particles or "the simulated particles")
         mc = config.model
         self.estimate_shifts = bool(mc.estimate_shifts) and not self.known_poses
         if self.estimate_shifts and not 0 < mc.max_shift_fraction < 0.5:
@@ -168,6 +170,14 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
         finally:
             self.metrics.close()
             self.checkpoints.close()
+
+
+def check_encoder_box(data, label: str) -> None:
+    """A stack whose own box is below ``models.MIN_ENCODER_BOX`` px (the settings are checked by
+    ``configcheck.validate``) cannot be posed by the encoder."""
+    if data.coarse.image_size < models.MIN_ENCODER_BOX:
+        raise InputError(f"{label}: its box of {data.coarse.image_size} px is below the {models.MIN_ENCODER_BOX} px "
+                         "the pose encoder needs; extract the particles in a larger box")
 
 
 def pass_batch(requested: int, n: int, n_dev: int) -> int:

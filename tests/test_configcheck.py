@@ -72,3 +72,14 @@ def test_a_move_cap_outside_its_range_is_refused(value):
         configcheck.validate(config)
     config.train.research_move_cap = 1.0
     configcheck.validate(config)
+
+
+@pytest.mark.parametrize("key", ["train.amortized_image_size", "data.image_size", "simulate.image_size"])
+def test_a_box_below_the_encoders_is_refused_unless_the_poses_are_given(key):
+    config = quickstart.get_config()
+    section, name = key.split(".")
+    config[section][name] = 24
+    with pytest.raises(InputError, match=rf"config: {key} = 24 is below the 32 px the pose encoder needs"):
+        configcheck.validate(config)
+    config.poses = "known.star"  # no encoder: a small box is fine
+    configcheck.validate(config)
