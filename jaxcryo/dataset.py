@@ -50,6 +50,9 @@ def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
         particles = str(data_dir / "particles.star")
         gt, gt_poses = gt or str(data_dir / "ground_truth.mrc"), gt_poses or str(data_dir / "ground_truth_poses.star")
     table = read_particles(particles, config.data.datadir or None, config.data.pixel_size_angstrom or None)
+    if not np.any(table.defocus_u_angstrom) and np.all(table.amplitude_contrast == 1.0):
+        log(f"{particles}: no CTF parameters, so the images are taken as free of any CTF (a bare stack holds none: "
+            "for micrograph particles give their .star or .cs)")
     stacks = check_stacks(table)
     source = ImageSource(table, stacks, config.data.image_size or None, config.data.invert_contrast)
     source.estimate_normalization(seed=config.seed)

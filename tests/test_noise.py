@@ -108,6 +108,18 @@ def test_the_diameter_covers_a_long_particle_end_to_end(tmp_path, member):
     assert extent_99 <= 1.2 * diameter <= 2.0 * extent_99, (diameter, extent_99)
 
 
+def test_a_bare_stack_is_said_to_be_taken_without_a_ctf(realistic_stack, tmp_path):
+    star, _ = realistic_stack
+    config = quickstart.get_config()
+    said = []
+    for particles in (star, star.with_suffix(".mrcs")):  # the star's CTFs; the same images as a bare stack
+        config.data.particles = str(particles)
+        prepare_data(config, tmp_path / "w", log=said.append)
+    ctf_lines = [line for line in said if "no CTF parameters" in line]
+    assert ctf_lines == [f"{star.with_suffix('.mrcs')}: no CTF parameters, so the images are taken as free of any "
+                         "CTF (a bare stack holds none: for micrograph particles give their .star or .cs)"], said
+
+
 def test_dark_stack_refused_before_anything_is_written(realistic_stack, tmp_path):
     star, _ = realistic_stack
     config = quickstart.get_config()
