@@ -54,7 +54,7 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
 
     def __init__(self, config, workdir: pathlib.Path, devices=None):
         self.config, self.workdir = config, workdir
-        self.data = prepare_data(config, workdir)
+        self.data = checked_data(config, workdir)
         tc = config.train
         self.mesh = steps.make_mesh(devices)
         n_dev = self.mesh.devices.size
@@ -70,8 +70,6 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
         self.inference_batch = pass_batch(int(tc.get("inference_batch_size", tc.batch_size)), self.n, n_dev)
         self.research_batch = pass_batch(int(tc.get("research_batch_size", self.inference_batch)), self.n, n_dev)
         self.known_poses = bool(config.poses)
-        if not self.known_poses:
-            check_encoder_box(self.data, config.data.particles or "the simulated particles")
         mc = config.model
         self.estimate_shifts = bool(mc.estimate_shifts) and not self.known_poses
         if self.estimate_shifts and not 0 < mc.max_shift_fraction < 0.5:
@@ -172,12 +170,15 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
             self.checkpoints.close()
 
 
-def check_encoder_box(data, label: str) -> None:
-    """A stack whose own box is below ``models.MIN_ENCODER_BOX`` px (the settings are checked by
-    ``configcheck.validate``) cannot be posed by the encoder."""
-    if data.coarse.image_size < models.MIN_ENCODER_BOX:
-        raise InputError(f"{label}: its box of {data.coarse.image_size} px is below the {models.MIN_ENCODER_BOX} px "
-                         "the pose encoder needs; extract the particles in a larger box")
+def checked_data(config, workdir: pathlib.Path):
+    """``dataset.prepare_data``, and a stack whose own box is below the encoder's (the settings are
+    checked by ``configcheck.validate``) refused when the encoder is to pose it."""
+    data = prepare_data(config, workdir)
+    if not config.poses and data.coarse.image_size < models.MIN_ENCODER_BOX:
+        raise InputError(f"{config.data.particles or 'the simulated particles'}: its box of {data.coarse.image_size} px "
+                         f"is below the {models.MIN_ENCODER_BOX} px the pose encoder needs; extract the particles in a "
+                         "larger box")
+    return data
 
 
 def pass_batch(requested: int, n: int, n_dev: int) -> int:
@@ -233,7 +234,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
                          "devices); with several processes run each half as its own job")
     created = _open_workdir(config, workdir)
     try:  # reads and checks the data
-        run = prepare_data(config, workdir) if halfsets else Run(config, workdir, devices)
+        checked = checked_data(config, workdir) if halfsets else Run(config, workdir, devices)
     except InputError:
         _remove_created(workdir, created)
         raise
@@ -241,5 +242,5 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
     if halfsets:
         from jaxcryo.halfsets import run_halfsets
 
-        return run_halfsets(config, workdir, train_and_evaluate, run, devices)
-    return run.run()
+        return run_halfsets(config, workdir, train_and_evaluate, checked, devices)
+    return checked.run()

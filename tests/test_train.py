@@ -286,7 +286,8 @@ def test_a_command_rejected_for_its_data_leaves_no_new_work_directory(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]  # the nested new folders are gone
     assert [p.name for p in (tmp_path / "kept").iterdir()] == ["notes.txt"]  # an existing parent stays
 
-def test_a_stack_below_the_encoders_box_is_refused_in_one_line(tmp_path):
+@pytest.mark.parametrize("halfsets", [False, True])
+def test_a_stack_below_the_encoders_box_is_refused_in_one_line(tmp_path, halfsets):
     from experiments import common
     from jaxcryo import simulate
 
@@ -294,6 +295,7 @@ def test_a_stack_below_the_encoders_box_is_refused_in_one_line(tmp_path):
                               tmp_path / "small", log=lambda *_: None)
     config = tiny_config()
     config.data.particles = str(tmp_path / "small" / "particles.star")
+    config.halfsets = halfsets
     with pytest.raises(InputError, match=r"small/particles.star: its box of 24 px is below the 32 px the pose encoder"):
         train.train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
