@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib.util
+import pathlib
 import sys
 
 from absl import flags
@@ -38,7 +39,26 @@ def _config_keys(argv: list[str]) -> list[str]:
     return list(walk(config, ""))
 
 
+def _config_file_problem(argv: list[str]) -> str | None:
+    """The --config= file that cannot be found or loaded, said as one line (ml_collections only says
+    'Failed loading config file config_config')."""
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if path is None:
+        return None
+    if not pathlib.Path(path).is_file():
+        return f"{path}: config file not found"
+    try:
+        spec = importlib.util.spec_from_file_location("_config_check", path)
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    except Exception as exc:  # the file's own error, whatever it is
+        return f"{path}: cannot load the config ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+    return None
+
+
 def _one_line(exc: Exception, argv: list[str]) -> str:
+    problem = _config_file_problem(argv)
+    if problem:
+        return problem
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     for arg in argv:
         if not arg.startswith("--config."):
@@ -55,10 +75,15 @@ def _one_line(exc: Exception, argv: list[str]) -> str:
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with any failure reported as one line on stderr and exit status 2."""
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
     except Exception as exc:  # absl and ml_collections raise several types for bad flags and overrides
         print(f"error: {_one_line(exc, argv[1:])}", file=sys.stderr)
         sys.exit(2)
+    problem = _config_file_problem(argv[1:])  # a --config= without overrides is loaded only when first used
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    return rest
 
 
 @contextlib.contextmanager

@@ -122,6 +122,11 @@ def validate(config) -> None:
     need("data.particle_diameter_angstrom", lambda v: finite(v) and v >= 0, "a diameter >= 0 in A (0 = estimate)")
     need("train.switch", lambda v: v in ("fixed", "auto"), "'fixed' or 'auto'")
     need("train.autodecoding_volume", lambda v: v in ("gradient", "inversion"), "'gradient' or 'inversion'")
+    need("seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+    need("data.datadir", lambda v: not v or pathlib.Path(v).is_dir(), "an existing folder (where the stacks are) or ''")
+    if not flat.get("data.particles") and "simulate.n_images" in flat:  # the stack to simulate, before it is written
+        need("simulate.n_images", lambda v: isinstance(v, int) and v >= int(flat.get("train.batch_size", 1)),
+             f"at least one batch of train.batch_size = {flat.get('train.batch_size')} images")
 
 
 def check_resumable(stored: dict, config, stored_path: pathlib.Path) -> None:

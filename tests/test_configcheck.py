@@ -83,3 +83,17 @@ def test_a_box_below_the_encoders_is_refused_unless_the_poses_are_given(key):
         configcheck.validate(config)
     config.poses = "known.star"  # no encoder: a small box is fine
     configcheck.validate(config)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"seed": -3}, r"config: seed = -3; expected an integer >= 0"),
+    ({"data.datadir": "/nonexistent/stacks"}, r"config: data.datadir = '/nonexistent/stacks'; expected an existing folder"),
+    ({"simulate.n_images": 10}, r"config: simulate.n_images = 10; expected at least one batch of train.batch_size = 64"),
+])
+def test_a_value_no_run_can_use_is_refused_before_anything_is_written(overrides, message):
+    config = quickstart.get_config()
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        (config[section] if section else config)[name] = value
+    with pytest.raises(InputError, match=message):
+        configcheck.validate(config)

@@ -362,6 +362,21 @@ def test_bad_config_is_one_line(tmp_path):
     assert out.strip().splitlines()[-1] == "error: /nonexistent/particles.star: file not found"
 
 
+@pytest.mark.parametrize("content, message", [
+    (None, "config file not found"),
+    ("def get_config(:\n", "cannot load the config (SyntaxError: invalid syntax"),
+])
+def test_a_config_file_that_cannot_be_loaded_is_one_line(tmp_path, content, message):
+    config = tmp_path / "my_config.py"
+    if content is not None:
+        config.write_text(content)
+    p = subprocess.run([sys.executable, "-m", "experiments.run", f"--config={config}", f"--workdir={tmp_path / 'run'}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 2 and last.startswith(f"error: {config}: {message}"), p.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_fault_injection_kill_minus_9_at_random_moments(tmp_path):
     """SIGKILL at seeded random moments (any stage, mid-checkpoint: one is saved every step, and at the
