@@ -123,6 +123,7 @@ def validate(config) -> None:
     need("train.switch", lambda v: v in ("fixed", "auto"), "'fixed' or 'auto'")
     need("train.autodecoding_volume", lambda v: v in ("gradient", "inversion"), "'gradient' or 'inversion'")
     need("seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+    need("train.amortized_resolution_angstrom", lambda v: finite(v) and v >= 0, "a resolution >= 0 in A (0 = the full box)")
     need("data.datadir", lambda v: not v or pathlib.Path(v).is_dir(), "an existing folder (where the stacks are) or ''")
     if not flat.get("data.particles") and "simulate.n_images" in flat:  # the stack to simulate, before it is written
         need("simulate.n_images", lambda v: isinstance(v, int) and v >= int(flat.get("train.batch_size", 1)),

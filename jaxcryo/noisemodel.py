@@ -32,6 +32,9 @@ def needs_diameter(data_config) -> bool:
         or bool(data_config.get("contrast_check", False))
 
 
+MIN_DIAMETER_PX = 8  # a particle narrower than this is no particle for the masks and the noise estimate
+
+
 def particle_diameter_angstrom(source: ImageSource, data_config, seed: int, log=logging.info) -> float:
     """``data.particle_diameter_angstrom``, or estimated from a sample of the images when it is 0."""
     given = float(data_config.get("particle_diameter_angstrom", 0.0))
@@ -40,6 +43,11 @@ def particle_diameter_angstrom(source: ImageSource, data_config, seed: int, log=
         if not 0 < given <= box_angstrom * np.sqrt(2):
             raise InputError(f"config: data.particle_diameter_angstrom = {given} does not fit the "
                              f"{box_angstrom:.0f} A box of {source.table.source}")
+        least = MIN_DIAMETER_PX * source.pixel_size_angstrom
+        if given < least:  # the masks would hold a few pixels: a diameter in pixels or nm, not in A
+            raise InputError(f"config: data.particle_diameter_angstrom = {given} is under {MIN_DIAMETER_PX} pixels of "
+                             f"{source.pixel_size_angstrom:.3g} A ({least:.3g} A) in {source.table.source}; "
+                             "give the diameter in A (0 = estimate it)")
         return given
     rows = _sample(np.arange(len(source.table)), seed)
     diameter = noise.estimate_diameter_px(source.normalized(rows), source.pixel_size_angstrom) * source.pixel_size_angstrom

@@ -87,6 +87,7 @@ def test_a_box_below_the_encoders_is_refused_unless_the_poses_are_given(key):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"seed": -3}, r"config: seed = -3; expected an integer >= 0"),
+    ({"train.amortized_resolution_angstrom": -5.0}, r"config: train.amortized_resolution_angstrom = -5.0; expected a resolution >= 0"),
     ({"data.datadir": "/nonexistent/stacks"}, r"config: data.datadir = '/nonexistent/stacks'; expected an existing folder"),
     ({"simulate.n_images": 10}, r"config: simulate.n_images = 10; expected at least one batch of train.batch_size = 64"),
 ])

@@ -108,6 +108,22 @@ def test_the_diameter_covers_a_long_particle_end_to_end(tmp_path, member):
     assert extent_99 <= 1.2 * diameter <= 2.0 * extent_99, (diameter, extent_99)
 
 
+@pytest.mark.parametrize("diameter, message", [
+    (1000.0, r"data.particle_diameter_angstrom = 1000.0 does not fit the 192 A box of .*particles.star"),
+    (2.0, r"data.particle_diameter_angstrom = 2.0 is under 8 pixels of 4 A \(32 A\) in .*particles.star; "
+          r"give the diameter in A"),
+])
+def test_a_diameter_no_particle_can_have_is_refused(realistic_stack, tmp_path, diameter, message):
+    star, _ = realistic_stack
+    config = quickstart.get_config()
+    config.data.update(particles=str(star), particle_diameter_angstrom=diameter)
+    config.model.volume_mask = True  # a run that uses the diameter
+    with pytest.raises(InputError, match=message):
+        prepare_data(config, tmp_path / "w", log=lambda *_: None)
+    config.data.particle_diameter_angstrom = 100.0
+    assert prepare_data(config, tmp_path / "w", log=lambda *_: None).particle_diameter_angstrom == 100.0
+
+
 def test_a_bare_stack_is_said_to_be_taken_without_a_ctf(realistic_stack, tmp_path):
     star, _ = realistic_stack
     config = quickstart.get_config()
