@@ -160,6 +160,11 @@ def run_member(name: str, seed: int, root: pathlib.Path) -> dict:
 
 def main(argv):
     del argv
+    try:
+        chosen = members(_MEMBERS.value)
+    except ValueError as exc:  # a mistyped member: one line, before anything is made
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     root = pathlib.Path(_WORKDIR.value)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -167,7 +172,7 @@ def main(argv):
 
     print(f"machine: {runio.describe_machine()}")
     print(f"{'member':16s} {'FSC0.5 A':>9s} {'ref A':>7s} {'ratio':>6s} {'pose med':>9s} {'floor':>6s} {'warp':>5s} {'wall':>9s}")
-    for name, seed in members(_MEMBERS.value):
+    for name, seed in chosen:
         row = run_member(name, seed, root)
         rows.append(row)
         if "error" in row:

@@ -39,3 +39,11 @@ def test_a_stopped_zoo_stops_its_child(tmp_path, how):
         time.sleep(0.1)
     os.kill(child_pid, signal.SIGKILL)
     pytest.fail(f"the zoo's child {child_pid} outlived the zoo ({how.name})")
+
+
+def test_a_mistyped_member_is_one_line_before_anything_is_made(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "experiments.zoo", "--members=blob:1", f"--workdir={tmp_path / 'zoo'}"],
+                       cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1].startswith("error: --members: 'blob:1' is not NAME:SEED with NAME in compact")
+    assert not (tmp_path / "zoo").exists()
