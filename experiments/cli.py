@@ -16,16 +16,25 @@ import sys
 from absl import flags
 
 
+def _config_path(argv: list[str]) -> str | None:
+    return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+
+
+def _load_config_module(path: str):
+    """The config file as a module; the file's own error is raised."""
+    spec = importlib.util.spec_from_file_location("_config_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _config_keys(argv: list[str]) -> list[str]:
     """Every dotted key of the config file named by --config= (empty if it cannot be loaded)."""
-    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    path = _config_path(argv)
     if not path:
         return []
     try:
-        spec = importlib.util.spec_from_file_location("_config_for_keys", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config = module.get_config()
+        config = _load_config_module(path).get_config()
     except Exception:
         return []
 
@@ -42,16 +51,16 @@ def _config_keys(argv: list[str]) -> list[str]:
 def _config_file_problem(argv: list[str]) -> str | None:
     """The --config= file that cannot be found or loaded, said as one line (ml_collections only says
     'Failed loading config file config_config')."""
-    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    path = _config_path(argv)
     if path is None:
         return None
     if not pathlib.Path(path).is_file():
         return f"{path}: config file not found"
     try:
-        spec = importlib.util.spec_from_file_location("_config_check", path)
-        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        _load_config_module(path)
     except Exception as exc:  # the file's own error, whatever it is
-        return f"{path}: cannot load the config ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return f"{path}: cannot load the config ({type(exc).__name__}: {first})"
     return None
 
 
