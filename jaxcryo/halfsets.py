@@ -67,9 +67,9 @@ def device_groups(devices, n_groups: int = 2) -> list | None:
 
 
 def run_halfsets(config, workdir: pathlib.Path, train_fn, data, devices=None) -> dict:
-    """Both half-set runs, then ``combine``. ``data``: ``train.checked_data``'s (it
-    simulated into WORKDIR/data when no particles were given). With two or more devices the halves run
-    at the same time, each on its own half of the devices; with one they run one after the other."""
+    """Both half-set runs, then ``combine``. ``data``: ``train.checked_data``'s, which simulated into
+    WORKDIR/data when no particles were given. With two or more devices the halves run at the same
+    time, each on its own half of the devices; with one they run one after the other."""
     particles = config.data.particles or str(workdir / "data" / "particles.star")
     halves, table, labels = split(config, workdir, particles, data.ground_truth_poses)
     configs = []
