@@ -344,3 +344,24 @@ def test_stacks_found_from_a_relion_project_layout(tmp_path, monkeypatch):
     table = read_particles(star)
     assert table.image_path[0] == str((project / "Extract" / "job007" / "stack.mrcs").resolve())
     assert len(check_stacks(table)) == 1
+
+
+def test_a_star_without_pixel_size_takes_the_stack_headers_and_says_so(tmp_path, caplog):
+    # RELION 3.0 style: no optics block, no rlnImagePixelSize / rlnDetectorPixelSize columns
+    write_mrc(tmp_path / "stack.mrcs", np.zeros((2, 16, 16), np.float32), 1.75, is_stack=True)
+    rows = "\n".join(f"{i + 1:06d}@stack.mrcs 10000 9000 0 300 2.7 0.1" for i in range(2))
+    star = tmp_path / "particles.star"
+    star.write_text("data_\n\nloop_\n_rlnImageName #1\n_rlnDefocusU #2\n_rlnDefocusV #3\n_rlnDefocusAngle #4\n"
+                    f"_rlnVoltage #5\n_rlnSphericalAberration #6\n_rlnAmplitudeContrast #7\n{rows}\n")
+    with caplog.at_level("INFO"):
+        table = read_particles(star)
+    np.testing.assert_allclose(table.pixel_size_angstrom, 1.75)
+    assert table.box_size == 16
+    assert "taking 1.75 A/px from the stacks' headers" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        read_particles(star, pixel_size_angstrom=2.0)  # given: nothing to report
+    assert "headers" not in caplog.text
+    (tmp_path / "stack.mrcs").unlink()
+    with pytest.raises(InputError, match="no pixel size in the STAR file and no stack to read it from"):
+        read_particles(star)

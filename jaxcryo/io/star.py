@@ -144,7 +144,12 @@ def read_star(path: pathlib.Path, datadir: str | None = None, pixel_size_angstro
     else:
         size = np.zeros(n, np.int64)  # unknown until the stack header is read
     if pixel is None or np.any(size == 0):
+        from_headers = pixel is None
         pixel, size = _from_stack_headers(path, image_paths, pixel, size)
+        if from_headers:  # MRC writers often leave a default there: the user should see which value ran
+            found = ", ".join(f"{p:g}" for p in np.unique(pixel[np.isfinite(pixel)]))
+            logging.info("%s: no pixel size in the STAR file; taking %s A/px from the stacks' headers "
+                         "(set data.pixel_size_angstrom if that is wrong)", path, found)
 
     euler = None
     if {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"} <= set(particles.columns):
