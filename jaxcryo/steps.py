@@ -286,7 +286,9 @@ def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_ang
     ``map_coordinates`` about 3.5x faster with the phase ramp on the slice than without it (measured
     with ``experiments.bench``: 140 -> 520 images/s at 64 px), and it costs nothing measurable. With
     refined shifts the ramp goes on the target instead (``losses.loss_at``, the same loss): 370 -> 455
-    images/s there, while fixed shifts on the target fall to 185 (the bench at 64 px, 2 cores).
+    images/s there, while fixed shifts on the target fall to 185 (the bench at 64 px, 2 cores). An odd
+    box turns this around: the ramp on the slice makes the pose gradient 4x slower than the ramp on the
+    target (63 px, 64 images: 341 against 80 ms), so odd boxes move the target.
     """
     refine_shifts = shift_lr > 0
     fit_contrast = contrast_prior_std > 0
@@ -305,7 +307,7 @@ def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_ang
 
         def pose_loss(omega, shift):
             rots = geometry.so3_exp(omega) @ rot
-            if refine_shifts:  # the faster form in each case (docstring)
+            if refine_shifts or target.shape[-1] % 2:  # the faster form in each case (docstring)
                 return jnp.sum(losses.loss_at(frozen, rots, scaled_ctf, target, mask, loss_kind, shift))
             return jnp.sum(losses.per_image_loss(losses.predict(frozen, rots, scaled_ctf, shift), target, mask, loss_kind))
 
