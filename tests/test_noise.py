@@ -13,6 +13,7 @@ from jaxcryo import inversion, noise, simulate
 from jaxcryo.dataset import amortized_box, prepare_data
 from jaxcryo.io import InputError, check_stacks, read_particles
 from jaxcryo.io.loader import ImageSource
+from jaxcryo.io.mrc import write_mrc
 from jaxcryo.io.table import CTF_FIELDS
 from jaxcryo.stages import stage_epochs
 
@@ -134,6 +135,21 @@ def test_a_bare_stack_is_said_to_be_taken_without_a_ctf(realistic_stack, tmp_pat
     ctf_lines = [line for line in said if "no CTF parameters" in line]
     assert ctf_lines == [f"{star.with_suffix('.mrcs')}: no CTF parameters, so the images are taken as free of any "
                          "CTF (a bare stack holds none: for micrograph particles give their .star or .cs)"], said
+
+
+def test_an_odd_box_is_said_to_run_slowly_with_the_even_box_to_use(realistic_stack, tmp_path):
+    star, _ = realistic_stack
+    table = read_particles(star)
+    images = ImageSource(table, check_stacks(table)).read_raw(np.arange(len(table)))
+    config = quickstart.get_config()
+    said = []
+    for size in (L, L - 1):
+        write_mrc(tmp_path / f"box{size}.mrcs", images[:, :size, :size], 4.0, is_stack=True)
+        config.data.particles = str(tmp_path / f"box{size}.mrcs")
+        prepare_data(config, tmp_path / "w", log=said.append)
+    odd = [line for line in said if "the box is odd" in line]
+    assert odd == [f"{tmp_path / f'box{L - 1}.mrcs'}: the box is odd ({L - 1} px), which runs about twice as slowly "
+                   f"as an even one; data.image_size={L - 2} Fourier-crops it to the even box below"], said
 
 
 def test_dark_stack_refused_before_anything_is_written(realistic_stack, tmp_path):
