@@ -57,8 +57,8 @@ def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
     source = ImageSource(table, stacks, config.data.image_size or None, config.data.invert_contrast)
     source.estimate_normalization(seed=config.seed)
     if source.image_size % 2:  # XLA:CPU's fast forms of the slice gradients are those of even boxes
-        log(f"{particles}: the box is odd ({source.image_size} px), which runs about twice as slowly as an even "
-            f"one; data.image_size={source.image_size - 1} Fourier-crops it to the even box below")
+        log(f"{particles}: the box is odd ({source.image_size} px), which ran twice as slowly as an even one on a "
+            f"CPU; data.image_size={source.image_size - 1} Fourier-crops it to the even box below")
     coarse = source
     coarse_size = amortized_box(config.train, source.image_size, source.pixel_size_angstrom)
     if coarse_size < source.image_size:

@@ -148,8 +148,8 @@ def test_an_odd_box_is_said_to_run_slowly_with_the_even_box_to_use(realistic_sta
         config.data.particles = str(tmp_path / f"box{size}.mrcs")
         prepare_data(config, tmp_path / "w", log=said.append)
     odd = [line for line in said if "the box is odd" in line]
-    assert odd == [f"{tmp_path / f'box{L - 1}.mrcs'}: the box is odd ({L - 1} px), which runs about twice as slowly "
-                   f"as an even one; data.image_size={L - 2} Fourier-crops it to the even box below"], said
+    assert odd == [f"{tmp_path / f'box{L - 1}.mrcs'}: the box is odd ({L - 1} px), which ran twice as slowly as an "
+                   f"even one on a CPU; data.image_size={L - 2} Fourier-crops it to the even box below"], said
 
 
 def test_dark_stack_refused_before_anything_is_written(realistic_stack, tmp_path):
