@@ -132,6 +132,8 @@ def test_table_is_compact_and_reads_the_same(tmp_path):
     "case, pattern",
     [
         ("missing_file", r"nope\.star: file not found"),
+        ("folder", r"job007: a folder, not a particle file; give one of the files it holds: particles\.star, stack\.mrcs$"),
+        ("empty_folder", r"job008: a folder, not a particle file; it holds no \.star, \.cs, \.mrcs or \.txt$"),
         ("missing_column", r"particles\.star: missing required column rlnDefocusU"),
         ("unknown_optics", r"unknown optics group\(s\) \[3\]"),
         ("empty", r"no data loop found|no particles"),
@@ -141,6 +143,13 @@ def test_table_is_compact_and_reads_the_same(tmp_path):
 def test_bad_metadata_gives_one_clear_line(tmp_path, case, pattern):
     if case == "missing_file":
         path = tmp_path / "nope.star"
+    elif case == "folder":  # a RELION job folder given for the star in it
+        path = tmp_path / "job007"
+        path.mkdir()
+        make_dataset(path)
+    elif case == "empty_folder":
+        path = tmp_path / "job008"
+        path.mkdir()
     elif case == "missing_column":
         path = make_dataset(tmp_path, drop_column="_rlnDefocusU")
     elif case == "unknown_optics":

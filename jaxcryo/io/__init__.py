@@ -49,6 +49,11 @@ def read_particles(path, datadir: str | None = None, pixel_size_angstrom: float 
     from jaxcryo.io import cryosparc, star
 
     path = pathlib.Path(path)
+    if path.is_dir():  # a job folder (RELION's Extract/job007/, cryoSPARC's J12/) given for the file in it
+        held = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".star", ".cs", ".mrcs", ".txt"))
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise InputError(f"{path}: a folder, not a particle file; "
+                         + (f"give one of the files it holds: {shown}" if held else "it holds no .star, .cs, .mrcs or .txt"))
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     suffix = path.suffix.lower()
