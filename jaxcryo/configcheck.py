@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import pathlib
 
-from jaxcryo.io.table import InputError
+from jaxcryo.io.table import InputError, listed
 
 RESUMABLE = ("progress_bar", "train.epochs_amortized", "train.epochs_autodecoding", "train.amortized_steps",
              "train.autodecoding_steps", "train.epochs_autodecoding_max", "train.log_every",
@@ -135,7 +135,6 @@ def check_resumable(stored: dict, config, stored_path: pathlib.Path) -> None:
     old, new = flatten(stored), flatten(config.to_dict())
     differing = sorted(k for k in set(old) | set(new) if _differs(k, old, new))
     if differing:
-        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differing[:6])
-        more = f" and {len(differing) - 6} more" if len(differing) > 6 else ""
-        raise InputError(f"{stored_path}: this work directory holds a run with another config ({shown}{more}); "
+        shown = listed([f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differing], most=6)
+        raise InputError(f"{stored_path}: this work directory holds a run with another config ({shown}); "
                          "use a new --workdir, or the same config to resume")

@@ -371,6 +371,9 @@ def test_a_star_without_pixel_size_takes_the_stack_headers_and_says_so(tmp_path,
     with caplog.at_level("INFO"):
         read_particles(star, pixel_size_angstrom=2.0)  # given: nothing to report
     assert "headers" not in caplog.text
-    (tmp_path / "stack.mrcs").unlink()
-    with pytest.raises(InputError, match="no pixel size in the STAR file and no stack to read it from"):
+    # a missing stack is named as such, not its rows refused for a NaN pixel size
+    text = star.read_text()
+    star.write_text(text.replace("000002@stack.mrcs", "000001@other.mrcs"))
+    with pytest.raises(InputError, match=r"no pixel size in the STAR file, and 1 of the stacks to read it from are "
+                                         r"missing: .*other\.mrcs \(set data\.datadir, or data\.pixel_size_angstrom\)$"):
         read_particles(star)

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 from jaxcryo.io.mrc import Stack, read_volume, write_mrc
-from jaxcryo.io.table import CTF_FIELDS, InputError, ParticleTable, check_values
+from jaxcryo.io.table import CTF_FIELDS, InputError, ParticleTable, check_values, listed
 
 __all__ = ["read_particles", "check_stacks", "ParticleTable", "InputError", "Stack", "read_volume", "write_mrc", "CTF_FIELDS"]
 
@@ -51,9 +51,8 @@ def read_particles(path, datadir: str | None = None, pixel_size_angstrom: float 
     path = pathlib.Path(path)
     if path.is_dir():  # a job folder (RELION's Extract/job007/, cryoSPARC's J12/) given for the file in it
         held = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".star", ".cs", ".mrcs", ".txt"))
-        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
         raise InputError(f"{path}: a folder, not a particle file; "
-                         + (f"give one of the files it holds: {shown}" if held else "it holds no .star, .cs, .mrcs or .txt"))
+                         + (f"give one of the files it holds: {listed(held)}" if held else "it holds no .star, .cs, .mrcs or .txt"))
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     suffix = path.suffix.lower()
@@ -104,8 +103,7 @@ def check_stacks(table: ParticleTable) -> dict[str, Stack]:
     """Open every referenced stack's header; raise one InputError line listing all problems."""
     missing = table.missing_stacks()
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise InputError(f"{table.source}: {len(missing)} missing stack(s): {shown}")
+        raise InputError(f"{table.source}: {len(missing)} missing stack(s): {listed(missing)}")
     stacks = {p: Stack(p) for p in table.stacks()}
     for stack_path, stack in stacks.items():
         rows = table.image_path == stack_path

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from jaxcryo.io.table import InputError, ParticleTable
+from jaxcryo.io.table import InputError, ParticleTable, listed
 
 _OPTICS_FIELDS = {  # our name -> RELION column; looked up per particle, then in its optics group
     "voltage_kv": "rlnVoltage",
@@ -203,9 +203,14 @@ def _from_stack_headers(path, image_paths, pixel, size):
     """Fill a missing pixel size / image size from the stacks' headers (header only, no data)."""
     from jaxcryo.io.mrc import Stack
 
+    stacks = sorted(set(image_paths.tolist()))
+    missing = [p for p in stacks if not pathlib.Path(p).is_file()]
+    if pixel is None and missing:  # else the missing stack's rows would be refused for a NaN pixel size
+        raise InputError(f"{path}: no pixel size in the STAR file, and {len(missing)} of the stacks to read it from "
+                         f"are missing: {listed(missing)} (set data.datadir, or data.pixel_size_angstrom)")
     pixel = None if pixel is None else pixel.copy()
     size = size.copy()
-    for stack_path in sorted(set(image_paths.tolist())):
+    for stack_path in stacks:
         rows = image_paths == stack_path
         if not pathlib.Path(stack_path).is_file():
             continue  # reported as missing when a run checks its stacks
@@ -214,8 +219,6 @@ def _from_stack_headers(path, image_paths, pixel, size):
         if pixel is None:
             pixel = np.full(len(image_paths), np.nan)
         pixel[rows & np.isnan(pixel)] = stack.voxel_size_angstrom
-    if pixel is None:
-        raise InputError(f"{path}: no pixel size in the STAR file and no stack to read it from; set data.pixel_size_angstrom")
     return pixel, size
 
 

@@ -128,6 +128,12 @@ class InputError(ValueError):
     """Bad user input; the message is one line naming the file and the problem."""
 
 
+def listed(items, most: int = 5) -> str:
+    """'a, b, c' or, past ``most`` items, 'a, b, c, d, e and 3 more': a list that keeps a message one line."""
+    items = [str(i) for i in items]
+    return ", ".join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
 # Physically possible ranges (inclusive) of the per-particle values, and their column names by format.
 VALUE_RANGES = {
     "pixel_size_angstrom": (1e-3, 100.0, "A"),
