@@ -147,7 +147,7 @@ def read_star(path: pathlib.Path, datadir: str | None = None, pixel_size_angstro
         from_headers = pixel is None
         pixel, size = _from_stack_headers(path, image_paths, pixel, size)
         if from_headers:  # MRC writers often leave a default there: the user should see which value ran
-            found = ", ".join(f"{p:g}" for p in np.unique(pixel[np.isfinite(pixel)]))
+            found = ", ".join(f"{p:g}" for p in np.unique(pixel))
             logging.info("%s: no pixel size in the STAR file; taking %s A/px from the stacks' headers "
                          "(set data.pixel_size_angstrom if that is wrong)", path, found)
 
@@ -208,16 +208,14 @@ def _from_stack_headers(path, image_paths, pixel, size):
     if pixel is None and missing:  # else the missing stack's rows would be refused for a NaN pixel size
         raise InputError(f"{path}: no pixel size in the STAR file, and {len(missing)} of the stacks to read it from "
                          f"are missing: {listed(missing)} (set data.datadir, or data.pixel_size_angstrom)")
-    pixel = None if pixel is None else pixel.copy()
+    pixel = np.full(len(image_paths), np.nan) if pixel is None else pixel.copy()
     size = size.copy()
     for stack_path in stacks:
         rows = image_paths == stack_path
-        if not pathlib.Path(stack_path).is_file():
-            continue  # reported as missing when a run checks its stacks
+        if stack_path in missing:
+            continue  # only the box is wanted from it: reported as missing when a run checks its stacks
         stack = Stack(stack_path)
         size[rows & (size == 0)] = stack.image_size
-        if pixel is None:
-            pixel = np.full(len(image_paths), np.nan)
         pixel[rows & np.isnan(pixel)] = stack.voxel_size_angstrom
     return pixel, size
 
