@@ -1,5 +1,6 @@
 """A particle set from an outside simulator, to test jaxcryo on data its own simulator did not make:
 python -m experiments.outside_sim --outdir=DIR [--n_images=5000 --seed=11 --snr=0.1 --realistic]
+    [--atomic_model=PDB --atoms=A:27-305]
 
 Needs cryoJAX (``pip install -e .[outside]``), used for every step of image formation: the particle
 is a mixture of Gaussian pseudo-atoms (``GaussianMixtureVolume``) projected analytically in real space
@@ -7,7 +8,10 @@ is a mixture of Gaussian pseudo-atoms (``GaussianMixtureVolume``) projected anal
 blurred by ``AstigmaticCTF`` on a grid padded 2x — none of it jaxcryo's code. The particle itself is
 new: two pseudo-atomic lobes of unequal size (random walks of 3.8 A steps confined to ellipsoids,
 ~1,700 pseudo-atoms, ~60 x 45 x 30 A) bridged by a helix-like arm; ``--shape_seed`` draws the lobes'
-sizes and directions, so each seed is another particle.
+sizes and directions, so each seed is another particle. ``--atomic_model`` (a PDB/mmCIF file, .gz
+accepted; gemmi reads it) with ``--atoms=CHAIN:FIRST-LAST`` takes a real protein instead: those residues'
+atoms, each with its tabulated electron scattering factor (Peng 1996, five Gaussians per element;
+cryoJAX's ``GaussianMixtureVolume.from_tabulated_parameters``).
 
 Conventions, as cryoJAX documents them (checked image by image in tests/test_outside_golden.py):
 RELION's angles are cryoJAX's negated, rlnDefocusAngle is 90 deg minus cryoJAX's astigmatism angle,
@@ -24,6 +28,7 @@ exponentially 10x from k = 0 to Nyquist) and per-image background offsets.
 """
 
 import pathlib
+import re
 
 import numpy as np
 from absl import app, flags
@@ -37,6 +42,8 @@ _SHAPE_SEED = flags.DEFINE_integer("shape_seed", None, "Seed of the particle's s
 _SNR = flags.DEFINE_float("snr", 0.1, "Signal-to-noise ratio (variance of the clean images over the noise's).")
 _TWO_FOLD = flags.DEFINE_bool("two_fold", False, "A pseudo-two-fold dimer (an arm the only large asymmetry).")
 _REALISTIC = flags.DEFINE_bool("realistic", False, "Offsets, astigmatism, B factor, contrast, coloured noise.")
+_MODEL = flags.DEFINE_string("atomic_model", None, "A PDB/mmCIF file (.gz accepted): image its atoms instead.")
+_ATOMS = flags.DEFINE_string("atoms", None, "With --atomic_model: CHAIN:FIRST-LAST, the residues to image.")
 flags.mark_flags_as_required(["outdir"])
 
 BOX, PIXEL_ANGSTROM, BATCH = 64, 3.0, 250
@@ -84,6 +91,26 @@ def pseudo_atoms(shape_seed: int, two_fold: bool = False) -> np.ndarray:
     return xyz - xyz.mean(0)
 
 
+def model_atoms(path: str, selection: str) -> tuple[np.ndarray, np.ndarray]:
+    """(M, 3) positions in A about their centre of mass and (M,) atomic numbers of the atoms of one
+    chain's residues FIRST-LAST (``selection`` "CHAIN:FIRST-LAST") in the first model of ``path``.
+    Hydrogens are left out: most deposited models have none, and a set should not depend on whether
+    its model's authors added them."""
+    import gemmi
+
+    match = re.fullmatch(r"(\w+):(-?\d+)-(-?\d+)", selection or "")
+    if match is None:
+        raise app.UsageError(f"--atoms={selection!r}: give CHAIN:FIRST-LAST, e.g. A:27-305")
+    chain, first, last = match.group(1), int(match.group(2)), int(match.group(3))
+    model = gemmi.read_structure(str(path))[0]
+    atoms = [(a.pos.tolist(), a.element.atomic_number) for ch in model if ch.name == chain
+             for r in ch if first <= r.seqid.num <= last for a in r if a.element.atomic_number > 1]
+    if not atoms:
+        raise app.UsageError(f"{path}: no atoms in chain {chain}, residues {first}-{last}")
+    xyz = np.array([a[0] for a in atoms])
+    return xyz - xyz.mean(0), np.array([a[1] for a in atoms])
+
+
 def draw_particles(n: int, realistic: bool, rng) -> dict:
     """RELION angles uniform on SO(3) (deg), defocus 1-2.5 um, astigmatism and displacements (A)."""
     astigmatism = np.minimum(np.abs(rng.normal(0, 700 if realistic else 350, n)), 1500)
@@ -94,13 +121,19 @@ def draw_particles(n: int, realistic: bool, rng) -> dict:
             "displacement": (rng.uniform(-0.05, 0.05, (n, 2)) * BOX * PIXEL_ANGSTROM if realistic else np.zeros((n, 2)))}
 
 
-def clean_images(xyz: np.ndarray, p: dict) -> tuple[np.ndarray, np.ndarray]:
-    """cryoJAX's noise-free images (N, BOX, BOX) of the pseudo-atoms at ``p``, and the map (BOX,)^3."""
+def clean_images(xyz: np.ndarray, p: dict, atomic_numbers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """cryoJAX's noise-free images (N, BOX, BOX) of the (M, 3) atoms at ``p``, and the map (BOX,)^3:
+    pseudo-atoms (Gaussians of variance 3 A^2), or with ``atomic_numbers`` their scattering factors."""
     import jax
     import jax.numpy as jnp
+    import cryojax.constants as cxc
     import cryojax.simulator as cxs
 
-    volume = cxs.GaussianMixtureVolume(jnp.asarray(xyz, jnp.float32), 1.0, 3.0)
+    if atomic_numbers is None:
+        volume = cxs.GaussianMixtureVolume(jnp.asarray(xyz, jnp.float32), 1.0, 3.0)
+    else:
+        volume = cxs.GaussianMixtureVolume.from_tabulated_parameters(
+            jnp.asarray(xyz, jnp.float32), cxc.PengScatteringFactorParameters(np.asarray(atomic_numbers)))
 
     @jax.jit
     @jax.vmap
@@ -168,11 +201,14 @@ def main(argv):
     del argv
     shape_seed = _SEED.value if _SHAPE_SEED.value is None else _SHAPE_SEED.value
     rng = np.random.default_rng(_SEED.value)
-    xyz = pseudo_atoms(shape_seed, _TWO_FOLD.value)
+    if _MODEL.value:
+        xyz, atomic_numbers = model_atoms(_MODEL.value, _ATOMS.value)
+    else:
+        xyz, atomic_numbers = pseudo_atoms(shape_seed, _TWO_FOLD.value), None
     p = draw_particles(_N.value, _REALISTIC.value, rng)
-    clean, volume_map = clean_images(xyz, p)
+    clean, volume_map = clean_images(xyz, p, atomic_numbers)
     write_set(pathlib.Path(_OUTDIR.value), add_noise(clean, _SNR.value, _REALISTIC.value, rng), volume_map, p)
-    print(f"wrote {_N.value} images of a {len(xyz)}-pseudo-atom particle (extent {np.ptp(xyz, 0).round(0)} A) "
+    print(f"wrote {_N.value} images of a {len(xyz)}-{'' if _MODEL.value else 'pseudo-'}atom particle (extent {np.ptp(xyz, 0).round(0)} A) "
           f"to {_OUTDIR.value}")
 
 

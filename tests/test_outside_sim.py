@@ -3,6 +3,8 @@ install; its conventions are checked in test_outside_golden.py): the noise it ad
 writes reads back through jaxcryo's front door with the poses and displacements drawn."""
 
 import numpy as np
+import pytest
+from absl import app
 
 from experiments import outside_sim
 from jaxcryo.io import read_particles
@@ -53,3 +55,36 @@ def test_two_fold_particle_is_a_pseudo_symmetric_dimer():
     turn = u @ np.diag([1, 1, np.linalg.det(u @ vt)]) @ vt
     assert np.abs(b - a @ turn.T).max() < 1e-3
     assert np.degrees(np.arccos(np.clip((np.trace(turn) - 1) / 2, -1, 1))) > 179.9
+
+
+def test_atomic_model_selection_takes_one_chains_residues_about_their_centre(tmp_path):
+    gemmi = pytest.importorskip("gemmi")
+    structure, model = gemmi.Structure(), gemmi.Model("1")
+    atoms = {("A", 5): [("N", "N", (0.0, 0.0, 0.0)), ("CA", "C", (4.0, 0.0, 0.0))],
+             ("A", 6): [("S", "S", (4.0, 6.0, 0.0)), ("H", "H", (9.0, 9.0, 9.0))],
+             ("A", 7): [("O", "O", (50.0, 0.0, 0.0))], ("B", 6): [("C", "C", (0.0, 0.0, 80.0))]}
+    for name in ("A", "B"):
+        chain = gemmi.Chain(name)
+        for (chain_name, number), members in atoms.items():
+            if chain_name != name:
+                continue
+            residue = gemmi.Residue()
+            residue.name, residue.seqid = "ALA", gemmi.SeqId(number, " ")
+            for atom_name, element, position in members:
+                atom = gemmi.Atom()
+                atom.name, atom.element, atom.pos = atom_name, gemmi.Element(element), gemmi.Position(*position)
+                residue.add_atom(atom)
+            chain.add_residue(residue)
+        model.add_chain(chain)
+    structure.add_model(model)
+    structure.write_pdb(str(tmp_path / "tiny.pdb"))
+
+    xyz, atomic_numbers = outside_sim.model_atoms(str(tmp_path / "tiny.pdb"), "A:5-6")
+    # N, C and S of chain A's residues 5-6; the hydrogen is left out, as most deposited models leave it out
+    assert sorted(atomic_numbers.tolist()) == [6, 7, 16]
+    expected = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [4.0, 6.0, 0.0]])
+    np.testing.assert_allclose(np.sort(xyz, 0), np.sort(expected - expected.mean(0), 0), atol=1e-3)
+    with pytest.raises(app.UsageError, match="CHAIN:FIRST-LAST"):
+        outside_sim.model_atoms(str(tmp_path / "tiny.pdb"), "A5-6")
+    with pytest.raises(app.UsageError, match="no atoms in chain C"):
+        outside_sim.model_atoms(str(tmp_path / "tiny.pdb"), "C:1-9")
