@@ -170,6 +170,9 @@ def base_config() -> ml_collections.ConfigDict:
     # > epochs_autodecoding: auto-decoding goes on past its planned epochs, up to this many, while each
     # re-search still moves research_repeat_fraction of the images (jaxcryo.research)
     config.train.epochs_autodecoding_max = 0
+    # the same cap when the encoder's heads alone proposed the amortized stage's poses (model.search_candidates=0;
+    # 0 = epochs_autodecoding_max): the re-search then does the ab initio from near random poses
+    config.train.epochs_autodecoding_max_heads_only = 0
     # after auto-decoding, each rotation replaced by its posterior mean: posterior_samples draws ~
     # posterior_sigma_deg around it, weighted by their likelihood under the other half set's map
     # (jaxcryo.posemean; nearer the truth than the most likely pose, which the paper reports)

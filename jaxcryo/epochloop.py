@@ -112,7 +112,7 @@ class EpochLoop:
         """Whether ``stage`` runs another epoch: the planned ones, and in auto-decoding those the
         re-search still asks for (``research.another_autodecoding_epoch``)."""
         if stage == AUTODECODING and self.research is not None:
-            return another_autodecoding_epoch(self.config.train, progress["epoch"], n_epochs, progress)
+            return another_autodecoding_epoch(self.config, progress["epoch"], n_epochs, progress)
         return progress["epoch"] < n_epochs
 
     def restore(self, progress: dict):

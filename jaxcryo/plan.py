@@ -39,7 +39,7 @@ class RunPlan:
                             "at SNR 0.1 (README, 'Pose inference across particles'); on %d particles expect them "
                             "near random and auto-decoding's re-search to find the poses, or set model.search_candidates",
                             HEADS_NEED_PARTICLES, self.n)
-        limit = autodecoding_epochs_limit(self.config.train, epochs[AUTODECODING]) if self.research is not None else 0
+        limit = autodecoding_epochs_limit(self.config, epochs[AUTODECODING]) if self.research is not None else 0
         if epochs[AUTODECODING] and limit > epochs[AUTODECODING]:
             logging.info("plan: auto-decoding goes on past its %d epochs, up to %d, while each re-search still moves "
                          ">= %.0f %% of the images", epochs[AUTODECODING], limit,

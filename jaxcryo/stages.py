@@ -235,7 +235,7 @@ class AutodecodingStage:
         """After each epoch, beyond the paper when configured: auto-decoding's global re-search
         (``jaxcryo.research``), the volume by direct inversion at the current poses, or the volume mask."""
         config, epoch = self.config, progress["epoch"]
-        if stage == AUTODECODING and self.research is not None and research_due(config.train, epoch, n_epochs, progress):
+        if stage == AUTODECODING and self.research is not None and research_due(config, epoch, n_epochs, progress):
             halves = self.half_maps(state) if config.train.get("research_half_maps", False) else None
             min_gain = float(config.train.get("research_min_gain_nats", 0.0))
             move_cap = float(config.train.get("research_move_cap", 1.0))

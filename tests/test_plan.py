@@ -48,3 +48,14 @@ def test_the_plan_says_how_many_amortized_starts_run(caplog, starts, known, said
     if said:
         assert lines[0] == ("plan: the amortized stage starts 3 times (%d steps each, 1 epoch(s); its first %d steps are "
                             "the most likely start's)" % (plan.steps_per_epoch, plan.steps_per_epoch))
+
+
+@pytest.mark.parametrize("candidates, limit", [(2048, 20), (0, 40)])
+def test_the_plan_gives_auto_decodings_epoch_cap_for_how_the_amortized_stage_posed(caplog, candidates, limit):
+    plan = _plan(5_000, candidates)
+    plan.research = object()  # a re-search runs (the quickstart's)
+    with caplog.at_level(logging.INFO):
+        plan.log_plan({"amortized": 6, "autodecoding": 6})
+    lines = [r.getMessage() for r in caplog.records if "goes on past" in r.getMessage()]
+    assert lines == [f"plan: auto-decoding goes on past its 6 epochs, up to {limit}, while each re-search still "
+                     "moves >= 2 % of the images"]

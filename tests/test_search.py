@@ -67,9 +67,10 @@ def test_research_schedule_repeats_only_while_it_pays():
     from experiments import common
     from jaxcryo.research import research_due
 
-    tc = common.base_config().train
+    config = common.base_config()
+    tc = config.train
     tc.update(research_every_epochs=2, research_candidates=64)
-    due = lambda e, moved=0.0: research_due(tc, e, 6, {"research_moved": moved})  # noqa: E731
+    due = lambda e, moved=0.0: research_due(config, e, 6, {"research_moved": moved})  # noqa: E731
     assert [e for e in range(1, 7) if due(e)] == [2, 4]  # fixed schedule; never after the last epoch
     tc.research_repeat_fraction = 0.02
     assert due(3, moved=0.25) and not due(3, moved=0.01) and not due(6, moved=0.5)
@@ -79,15 +80,18 @@ def test_autodecoding_goes_on_past_its_plan_only_while_the_research_moves_images
     from experiments import common
     from jaxcryo.research import another_autodecoding_epoch, research_due
 
-    tc = common.base_config().train
-    tc.update(research_every_epochs=2, research_candidates=64, research_repeat_fraction=0.02, epochs_autodecoding_max=9)
+    config = common.base_config()
+    config.model.search_candidates = 2048
+    tc = config.train
+    tc.update(research_every_epochs=2, research_candidates=64, research_repeat_fraction=0.02, epochs_autodecoding_max=9,
+              epochs_autodecoding_max_heads_only=12)
 
     def simulate(moved_per_research):
         """Epochs run and epochs after which a re-search ran, when the k-th re-search moves moved_per_research[k]."""
         progress, ran, k = {"epoch": 0}, [], 0
-        while another_autodecoding_epoch(tc, progress["epoch"], 6, progress):
+        while another_autodecoding_epoch(config, progress["epoch"], 6, progress):
             progress["epoch"] += 1
-            if research_due(tc, progress["epoch"], 6, progress):
+            if research_due(config, progress["epoch"], 6, progress):
                 progress.update(research_moved=moved_per_research[k], research_epoch=progress["epoch"])
                 ran.append(progress["epoch"])
                 k += 1
@@ -100,6 +104,10 @@ def test_autodecoding_goes_on_past_its_plan_only_while_the_research_moves_images
     # a search moves < 2 % (after 7) and epoch 8 refines what it moved
     assert simulate([0.3, 0.2, 0.1, 0.05, 0.03, 0.01, 0.01]) == (8, [2, 3, 4, 5, 6, 7])
     # never past the cap, and no search after the last epoch the cap allows
+    assert simulate([0.5] * 10) == (9, [2, 3, 4, 5, 6, 7, 8])
+    config.model.search_candidates = 0  # the heads alone posed the amortized stage: the re-search does the ab initio
+    assert simulate([0.5] * 12) == (12, list(range(2, 12)))
+    tc.epochs_autodecoding_max_heads_only = 0  # unset: the one cap
     assert simulate([0.5] * 10) == (9, [2, 3, 4, 5, 6, 7, 8])
     tc.epochs_autodecoding_max = 0  # off: the plan, as before
     assert simulate([0.5] * 10) == (6, [2, 3, 4, 5])
