@@ -49,3 +49,26 @@ def relion_form_ctf(size, pixel, dfu, dfv, dfang, kv, cs, w, phase=0.0, bfac=0.0
     deltaf = defocus_average + defocus_deviation * np.cos(2 * (ang - np.radians(dfang)))
     argument = k1 * deltaf * u2 + k2 * u2 * u2 - k5 - k3
     return -np.sin(argument) * np.exp(k4 * u2)
+
+
+def write_pdb(path, residues: dict) -> None:
+    """A PDB file written by gemmi: ``residues`` {(chain, number): [(atom name, element, (x, y, z) A)]},
+    chains in order of first appearance."""
+    import gemmi
+
+    structure, model = gemmi.Structure(), gemmi.Model("1")
+    for name in dict.fromkeys(chain for chain, _ in residues):
+        chain = gemmi.Chain(name)
+        for (chain_name, number), atoms in residues.items():
+            if chain_name != name:
+                continue
+            residue = gemmi.Residue()
+            residue.name, residue.seqid = "ALA", gemmi.SeqId(number, " ")
+            for atom_name, element, position in atoms:
+                atom = gemmi.Atom()
+                atom.name, atom.element, atom.pos = atom_name, gemmi.Element(element), gemmi.Position(*position)
+                residue.add_atom(atom)
+            chain.add_residue(residue)
+        model.add_chain(chain)
+    structure.add_model(model)
+    structure.write_pdb(str(path))

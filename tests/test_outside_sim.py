@@ -8,6 +8,7 @@ from absl import app
 
 from experiments import outside_sim
 from jaxcryo.io import read_particles
+from references import write_pdb
 
 
 def test_noise_has_the_snr_and_colour_asked_for():
@@ -58,26 +59,10 @@ def test_two_fold_particle_is_a_pseudo_symmetric_dimer():
 
 
 def test_atomic_model_selection_takes_one_chains_residues_about_their_centre(tmp_path):
-    gemmi = pytest.importorskip("gemmi")
-    structure, model = gemmi.Structure(), gemmi.Model("1")
-    atoms = {("A", 5): [("N", "N", (0.0, 0.0, 0.0)), ("CA", "C", (4.0, 0.0, 0.0))],
-             ("A", 6): [("S", "S", (4.0, 6.0, 0.0)), ("H", "H", (9.0, 9.0, 9.0))],
-             ("A", 7): [("O", "O", (50.0, 0.0, 0.0))], ("B", 6): [("C", "C", (0.0, 0.0, 80.0))]}
-    for name in ("A", "B"):
-        chain = gemmi.Chain(name)
-        for (chain_name, number), members in atoms.items():
-            if chain_name != name:
-                continue
-            residue = gemmi.Residue()
-            residue.name, residue.seqid = "ALA", gemmi.SeqId(number, " ")
-            for atom_name, element, position in members:
-                atom = gemmi.Atom()
-                atom.name, atom.element, atom.pos = atom_name, gemmi.Element(element), gemmi.Position(*position)
-                residue.add_atom(atom)
-            chain.add_residue(residue)
-        model.add_chain(chain)
-    structure.add_model(model)
-    structure.write_pdb(str(tmp_path / "tiny.pdb"))
+    pytest.importorskip("gemmi")
+    write_pdb(tmp_path / "tiny.pdb", {("A", 5): [("N", "N", (0.0, 0.0, 0.0)), ("CA", "C", (4.0, 0.0, 0.0))],
+                                      ("A", 6): [("S", "S", (4.0, 6.0, 0.0)), ("H", "H", (9.0, 9.0, 9.0))],
+                                      ("A", 7): [("O", "O", (50.0, 0.0, 0.0))], ("B", 6): [("C", "C", (0.0, 0.0, 80.0))]})
 
     xyz, atomic_numbers = outside_sim.model_atoms(str(tmp_path / "tiny.pdb"), "A:5-6")
     # N, C and S of chain A's residues 5-6; the hydrogen is left out, as most deposited models leave it out

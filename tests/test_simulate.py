@@ -9,7 +9,7 @@ from experiments import common
 from jaxcryo import geometry, phantoms, simulate, slicing
 from jaxcryo.io import check_stacks, read_particles
 from jaxcryo.io.loader import ImageSource
-from references import analytic_projection, blob_volume, relion_form_ctf
+from references import analytic_projection, blob_volume, relion_form_ctf, write_pdb
 
 
 def test_simulated_image_equals_analytic_projection_times_ctf_with_shift():
@@ -94,20 +94,8 @@ def test_phantom_is_asymmetric_and_resampling_keeps_it():
 
 
 def test_atomic_model_density(tmp_path):
-    gemmi = pytest.importorskip("gemmi")
-    st = gemmi.Structure()
-    model = gemmi.Model("1")
-    chain = gemmi.Chain("A")
-    res = gemmi.Residue()
-    res.name = "GLY"
-    for name, el, pos in (("CA", "C", (10.0, 0.0, 0.0)), ("O", "O", (-10.0, 0.0, 0.0))):
-        atom = gemmi.Atom()
-        atom.name, atom.element, atom.pos = name, gemmi.Element(el), gemmi.Position(*pos)
-        res.add_atom(atom)
-    chain.add_residue(res)
-    model.add_chain(chain)
-    st.add_model(model)
-    st.write_pdb(str(tmp_path / "two.pdb"))
+    pytest.importorskip("gemmi")
+    write_pdb(tmp_path / "two.pdb", {("A", 1): [("CA", "C", (10.0, 0.0, 0.0)), ("O", "O", (-10.0, 0.0, 0.0))]})
     vol = phantoms.atomic_model_volume(tmp_path / "two.pdb", 32, 2.0, 6.0)
     # centre of mass (weights Z=6, 8) at the box centre: C at x = +10 - shift, O at -10 - shift
     shift = (6 * 10 - 8 * 10) / 14
