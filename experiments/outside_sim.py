@@ -98,6 +98,8 @@ def model_atoms(path: str, selection: str) -> tuple[np.ndarray, np.ndarray]:
     its model's authors added them."""
     import gemmi
 
+    if not pathlib.Path(path).is_file():
+        raise app.UsageError(f"--atomic_model={path}: file not found")
     match = re.fullmatch(r"(\w+):(-?\d+)-(-?\d+)", selection or "")
     if match is None:
         raise app.UsageError(f"--atoms={selection!r}: give CHAIN:FIRST-LAST, e.g. A:27-305")
@@ -201,6 +203,10 @@ def main(argv):
     del argv
     shape_seed = _SEED.value if _SHAPE_SEED.value is None else _SHAPE_SEED.value
     rng = np.random.default_rng(_SEED.value)
+    if _ATOMS.value and not _MODEL.value:
+        raise app.UsageError("--atoms selects residues of an --atomic_model; give the model file too")
+    if _MODEL.value and (_TWO_FOLD.value or _SHAPE_SEED.value is not None):
+        raise app.UsageError("--two_fold and --shape_seed shape the pseudo-atomic particle; --atomic_model replaces it")
     if _MODEL.value:
         xyz, atomic_numbers = model_atoms(_MODEL.value, _ATOMS.value)
     else:

@@ -71,5 +71,7 @@ def test_atomic_model_selection_takes_one_chains_residues_about_their_centre(tmp
     np.testing.assert_allclose(np.sort(xyz, 0), np.sort(expected - expected.mean(0), 0), atol=1e-3)
     with pytest.raises(app.UsageError, match="CHAIN:FIRST-LAST"):
         outside_sim.model_atoms(str(tmp_path / "tiny.pdb"), "A5-6")
+    with pytest.raises(app.UsageError, match="missing.pdb: file not found"):
+        outside_sim.model_atoms(str(tmp_path / "missing.pdb"), "A:5-6")
     with pytest.raises(app.UsageError, match="no atoms in chain C"):
         outside_sim.model_atoms(str(tmp_path / "tiny.pdb"), "C:1-9")
