@@ -92,25 +92,27 @@ def pseudo_atoms(shape_seed: int, two_fold: bool = False) -> np.ndarray:
 
 
 def model_atoms(path: str, selection: str) -> tuple[np.ndarray, np.ndarray]:
-    """(M, 3) positions in A about their centre of mass and (M,) atomic numbers of the atoms of one
-    chain's residues FIRST-LAST (``selection`` "CHAIN:FIRST-LAST") in the first model of ``path``.
+    """(M, 3) positions in A about their centre and (M,) atomic numbers of the atoms of one chain's
+    residues FIRST-LAST (``selection`` "CHAIN:FIRST-LAST") in the first model of ``path``, read by the
+    zoo's reader (``phantoms.read_atoms``; only the atom list, not the image formation, is jaxcryo's).
     Hydrogens are left out: most deposited models have none, and a set should not depend on whether
     its model's authors added them."""
-    import gemmi
+    from jaxcryo import phantoms
+    from jaxcryo.io import InputError
 
-    if not pathlib.Path(path).is_file():
-        raise app.UsageError(f"--atomic_model={path}: file not found")
     match = re.fullmatch(r"(\w+):(-?\d+)-(-?\d+)", selection or "")
     if match is None:
         raise app.UsageError(f"--atoms={selection!r}: give CHAIN:FIRST-LAST, e.g. A:27-305")
     chain, first, last = match.group(1), int(match.group(2)), int(match.group(3))
-    model = gemmi.read_structure(str(path))[0]
-    atoms = [(a.pos.tolist(), a.element.atomic_number) for ch in model if ch.name == chain
-             for r in ch if first <= r.seqid.num <= last for a in r if a.element.atomic_number > 1]
-    if not atoms:
-        raise app.UsageError(f"{path}: no atoms in chain {chain}, residues {first}-{last}")
-    xyz = np.array([a[0] for a in atoms])
-    return xyz - xyz.mean(0), np.array([a[1] for a in atoms])
+    try:
+        xyz, atomic_numbers = phantoms.read_atoms(path, chain, min_residue=first, max_residue=last)
+    except InputError as exc:
+        raise app.UsageError(str(exc)) from None
+    heavy = atomic_numbers > 1
+    if not heavy.any():
+        raise app.UsageError(f"{path}: only hydrogens in chain {chain}, residues {first}-{last}")
+    xyz = xyz[heavy]
+    return xyz - xyz.mean(0), atomic_numbers[heavy].astype(int)
 
 
 def draw_particles(n: int, realistic: bool, rng) -> dict:

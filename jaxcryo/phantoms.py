@@ -130,9 +130,11 @@ def shared_model_path() -> pathlib.Path:
     return pathlib.Path(root) / "data" / "atomic_models" / "6vxx.pdb.gz"
 
 
-def read_atoms(path: str | pathlib.Path, chain: str | None = None, max_residue: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_atoms(path: str | pathlib.Path, chain: str | None = None, max_residue: int | None = None,
+               min_residue: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Atom positions (P, 3) in A, centred on the centre of mass, and atomic numbers (P,) of a PDB/mmCIF
-    model's first model (one chain and residues up to max_residue if given); gemmi reads it (.gz accepted)."""
+    model's first model (one chain and residues min_residue..max_residue if given); gemmi reads it (.gz
+    accepted)."""
     try:
         import gemmi
     except ImportError:
@@ -149,13 +151,17 @@ def read_atoms(path: str | pathlib.Path, chain: str | None = None, max_residue: 
         if chain is not None and ch.name != chain:
             continue
         for residue in ch:
-            if max_residue is not None and residue.seqid.num > max_residue:
+            number = residue.seqid.num
+            if (min_residue is not None and number < min_residue) or (max_residue is not None and number > max_residue):
                 continue
             for atom in residue:
                 xyz.append((atom.pos.x, atom.pos.y, atom.pos.z))
                 z.append(atom.element.atomic_number)
     if not xyz:
-        raise InputError(f"{path}: no atoms in the first model" + (f" (chain {chain})" if chain else ""))
+        bounds = "" if min_residue is None and max_residue is None else \
+            f"residues {'' if min_residue is None else min_residue}-{'' if max_residue is None else max_residue}"
+        where = [w for w in (f"chain {chain}" if chain else "", bounds) if w]
+        raise InputError(f"{path}: no atoms in the first model" + (f" ({', '.join(where)})" if where else ""))
     xyz, z = np.asarray(xyz), np.asarray(z, np.float64)
     return xyz - np.average(xyz, axis=0, weights=z), z
 

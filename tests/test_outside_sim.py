@@ -69,9 +69,10 @@ def test_atomic_model_selection_takes_one_chains_residues_about_their_centre(tmp
     assert sorted(atomic_numbers.tolist()) == [6, 7, 16]
     expected = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [4.0, 6.0, 0.0]])
     np.testing.assert_allclose(np.sort(xyz, 0), np.sort(expected - expected.mean(0), 0), atol=1e-3)
+    assert outside_sim.model_atoms(str(tmp_path / "tiny.pdb"), "A:6-6")[1].tolist() == [16]  # from residue 6 on
     with pytest.raises(app.UsageError, match="CHAIN:FIRST-LAST"):
         outside_sim.model_atoms(str(tmp_path / "tiny.pdb"), "A5-6")
-    with pytest.raises(app.UsageError, match="missing.pdb: file not found"):
+    with pytest.raises(app.UsageError, match="missing.pdb: atomic model not found"):
         outside_sim.model_atoms(str(tmp_path / "missing.pdb"), "A:5-6")
-    with pytest.raises(app.UsageError, match="no atoms in chain C"):
+    with pytest.raises(app.UsageError, match=r"no atoms in the first model \(chain C, residues 1-9\)"):
         outside_sim.model_atoms(str(tmp_path / "tiny.pdb"), "C:1-9")
