@@ -108,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.epochs_amortized = 7  # with switch='auto': the most auto-encoding epochs
     # > 0: a stage's length in steps, rounded up to whole epochs, at least 2 and at most epochs_* (a cap)
     config.train.amortized_steps = 0
+    # > 0 with switch='auto': the amortized stage goes on past its planned epochs while the poses still move,
+    # up to the epochs that hold this many steps (at most epochs_amortized)
+    config.train.amortized_steps_max = 0
     config.train.autodecoding_steps = 0
     # beyond the paper: this many amortized starts, each amortized_start_epochs long (or, when > 0,
     # amortized_start_steps steps: a part of an epoch on a large stack); the most likely is kept

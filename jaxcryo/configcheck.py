@@ -14,7 +14,8 @@ import pathlib
 from jaxcryo.io.table import InputError, listed
 
 RESUMABLE = ("progress_bar", "train.epochs_amortized", "train.epochs_autodecoding", "train.amortized_steps",
-             "train.autodecoding_steps", "train.epochs_autodecoding_max", "train.epochs_autodecoding_max_heads_only",
+             "train.amortized_steps_max", "train.autodecoding_steps", "train.epochs_autodecoding_max",
+             "train.epochs_autodecoding_max_heads_only",
              "train.log_every",
              "train.checkpoint_every_steps", "train.inference_batch_size", "train.research_batch_size", "train.epoch_outputs_max_particles",
              "train.posterior_mean_poses", "train.posterior_samples", "train.posterior_sigma_deg",  # final outputs only
@@ -34,7 +35,8 @@ ADDED_OPTIONS = {
     "simulate.offset_std": 0.0,
     "train.amortized_resolution_angstrom": 0.0, "train.amortized_start_epochs": 2, "train.amortized_start_steps": 0,
     "train.amortized_starts": 1,
-    "train.amortized_steps": 0, "train.autodecoding_steps": 0, "train.autodecoding_volume": "gradient",
+    "train.amortized_steps": 0, "train.amortized_steps_max": 0, "train.autodecoding_steps": 0,
+    "train.autodecoding_volume": "gradient",
     "train.epochs_autodecoding_max": 0, "train.epochs_autodecoding_max_heads_only": 0, "train.lr_pose_final_fraction": 1.0, "train.research_candidates": 0,
     "train.research_every_epochs": 0, "train.research_global_radius": 0.0, "train.research_local": 8,
     "train.research_half_maps": False, "train.research_judge_only": False, "train.research_mates": False,
@@ -97,7 +99,7 @@ def validate(config) -> None:
                 "model.search_candidates", "train.checkpoint_every_steps", "train.switch_search_passes",
                 "model.search_local", "model.search_local_rounds", "train.research_every_epochs",
                 "train.research_candidates", "train.research_local", "train.amortized_steps", "train.autodecoding_steps",
-                "train.amortized_start_steps",
+                "train.amortized_start_steps", "train.amortized_steps_max",
                 "train.epochs_autodecoding_max", "train.epochs_autodecoding_max_heads_only", "train.switch_min_steps"):
         need(key, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
     need("train.posterior_samples", lambda v: isinstance(v, int) and v >= 2, "an integer >= 2 (draws per image)")

@@ -16,7 +16,7 @@ from jaxcryo import distributed
 from jaxcryo.dataset import AMORTIZED
 from jaxcryo.io.loader import iterate_batches
 from jaxcryo.research import another_autodecoding_epoch
-from jaxcryo.stages import AUTODECODING, pose_lr_scale, radius_at
+from jaxcryo.stages import AUTODECODING, amortized_epochs_limit, pose_lr_scale, radius_at
 
 
 class EpochLoop:
@@ -72,7 +72,8 @@ class EpochLoop:
         summary = self.end_of_epoch(stage, state, epoch + 1 + progress.get("amortized_epochs", 0))
         rate = images_seen / max(time.perf_counter() - t0, 1e-9)
         hist = f" winners {winners.tolist()}" if stage == AMORTIZED else ""
-        label = f"{epoch + 1}/{n_epochs}" if epoch < n_epochs else f"{epoch + 1} (past the {n_epochs} planned: the re-search still moves images)"
+        why = "the poses still move" if stage == AMORTIZED else "the re-search still moves images"
+        label = f"{epoch + 1}/{n_epochs}" if epoch < n_epochs else f"{epoch + 1} (past the {n_epochs} planned: {why})"
         logging.info("%s epoch %s: loss %.5f, %.0f images/s%s%s", stage, label,
                      np.mean(losses_seen) if losses_seen else float("nan"), rate, hist,
                      "".join(f", {k} {v:.3g}" for k, v in summary.items() if isinstance(v, float)))
@@ -109,10 +110,13 @@ class EpochLoop:
         return self.elapsed_before + time.perf_counter() - self.start_time
 
     def another_epoch(self, stage: str, progress: dict, n_epochs: int) -> bool:
-        """Whether ``stage`` runs another epoch: the planned ones, and in auto-decoding those the
-        re-search still asks for (``research.another_autodecoding_epoch``)."""
+        """Whether ``stage`` runs another epoch: the planned ones; in auto-decoding those the re-search
+        still asks for (``research.another_autodecoding_epoch``); in the amortized stage, while its switch
+        is not due, up to ``stages.amortized_epochs_limit`` (the caller stops at a due switch)."""
         if stage == AUTODECODING and self.research is not None:
             return another_autodecoding_epoch(self.config, progress["epoch"], n_epochs, progress)
+        if stage == AMORTIZED and not self.config.model.fully_amortized:
+            return progress["epoch"] < amortized_epochs_limit(self.config.train, self.steps_per_epoch, n_epochs)
         return progress["epoch"] < n_epochs
 
     def restore(self, progress: dict):

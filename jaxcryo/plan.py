@@ -7,7 +7,7 @@ import logging
 
 from jaxcryo.dataset import AMORTIZED
 from jaxcryo.research import autodecoding_epochs_limit
-from jaxcryo.stages import AUTODECODING
+from jaxcryo.stages import AUTODECODING, amortized_epochs_limit
 from jaxcryo.starts import start_steps
 
 
@@ -39,6 +39,11 @@ class RunPlan:
                             "at SNR 0.1 (README, 'Pose inference across particles'); on %d particles expect them "
                             "near random and auto-decoding's re-search to find the poses, or set model.search_candidates",
                             HEADS_NEED_PARTICLES, self.n)
+        most = amortized_epochs_limit(self.config.train, self.steps_per_epoch, epochs[AMORTIZED])
+        if infers_poses and not self.config.model.fully_amortized and most > epochs[AMORTIZED]:
+            logging.info("plan: the amortized stage goes on past its %d epochs, up to %d, while the poses still move "
+                         "(until fewer than %.0f %% of the images moved more than %g deg in an epoch)", epochs[AMORTIZED],
+                         most, 100 * float(self.config.train.switch_moved_fraction), float(self.config.train.switch_threshold_deg))
         limit = autodecoding_epochs_limit(self.config, epochs[AUTODECODING]) if self.research is not None else 0
         if epochs[AUTODECODING] and limit > epochs[AUTODECODING]:
             logging.info("plan: auto-decoding goes on past its %d epochs, up to %d, while each re-search still moves "

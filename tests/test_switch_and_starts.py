@@ -29,6 +29,30 @@ def test_auto_switch_waits_for_the_same_steps_whatever_the_stack_size():
     assert stages.switch_min_epochs_for(tc, 31) == 2
 
 
+def test_the_amortized_stage_goes_on_while_poses_move_up_to_its_step_cap():
+    tc = ml_collections.ConfigDict({"switch": "auto", "amortized_steps_max": 1200, "epochs_amortized": 30})
+    assert stages.amortized_epochs_limit(tc, 78, 6) == 16  # 5,000 particles: 16 epochs hold 1,200 steps (15 hold 1,170)
+    assert stages.amortized_epochs_limit(tc, 31, 15) == 30  # 2,000: 39 epochs, capped by epochs_amortized
+    assert stages.amortized_epochs_limit(tc, 3125, 2) == 2  # 200,000: the plan already holds the steps
+    tc.switch = "fixed"
+    assert stages.amortized_epochs_limit(tc, 78, 6) == 6  # a fixed switch ends the stage at its plan
+    tc.switch, tc.amortized_steps_max = "auto", 0
+    assert stages.amortized_epochs_limit(tc, 78, 6) == 6  # off
+
+    from types import SimpleNamespace
+
+    from jaxcryo.epochloop import EpochLoop
+
+    tc.amortized_steps_max = 1200
+    loop = SimpleNamespace(config=SimpleNamespace(train=tc, model=SimpleNamespace(fully_amortized=False)),
+                           steps_per_epoch=78, research=None)
+    assert EpochLoop.another_epoch(loop, "amortized", {"epoch": 6}, 6)  # past the plan: the switch was not due
+    assert EpochLoop.another_epoch(loop, "amortized", {"epoch": 15}, 6)
+    assert not EpochLoop.another_epoch(loop, "amortized", {"epoch": 16}, 6)
+    loop.config.model.fully_amortized = True  # one stage only: its length is the plan's
+    assert not EpochLoop.another_epoch(loop, "amortized", {"epoch": 6}, 6)
+
+
 def test_switch_follows_a_fixed_sample_kept_on_disk(tmp_path):
     """The automatic switch's pose change without epoch outputs: the sample is all images up to
     SWITCH_SAMPLE, else a fixed seeded subset; the change is the median angle to the previous epoch's
