@@ -166,6 +166,11 @@ class AmortizedStage:
         searches), the volume carried to the full box; every head's pose for a sample of images is kept
         for the per-head figures (amortized_heads.npz). Returns auto-decoding's state and progress."""
         config = self.config
+        moved = getattr(self, "last_summary", {}).get("pose_change_moved_fraction")
+        if config.train.switch == "auto" and not progress.get("switch_due") and moved is not None:
+            logging.info("the amortized stage ends at its limit of %d epochs with its poses still moving: %.0f %% of the "
+                         "images moved more than %.1f deg in its last epoch", progress["epoch"], 100 * moved,
+                         config.train.switch_threshold_deg)
         sample = self.switch_heads_rows()
         rots, shifts, winners, heads = self.encoder_rotations(state, radius_at(config, AMORTIZED, 1e9), sample,
                                                               config.train.switch_search_passes)

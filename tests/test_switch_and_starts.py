@@ -53,6 +53,20 @@ def test_the_amortized_stage_goes_on_while_poses_move_up_to_its_step_cap():
     assert not EpochLoop.another_epoch(loop, "amortized", {"epoch": 6}, 6)
 
 
+@pytest.mark.slow  # a whole tiny run (154 s beside a 5,000-image run); the rule's own test is above
+def test_the_amortized_stage_goes_past_its_plan_to_its_step_cap_while_the_switch_is_not_due(tmp_path, caplog):
+    """6 steps an epoch: amortized_steps 6 plans the 2-epoch floor, amortized_steps_max 18 allows 3, and a
+    switch that cannot come due (switch_min_epochs 10) lets the stage run all 3 and say why it ended."""
+    config = tiny_config(epochs_amortized=4, switch="auto", switch_min_epochs=10, switch_min_steps=0,
+                         amortized_steps=6, amortized_steps_max=18)
+    with caplog.at_level("INFO"):
+        summary = train.Run(config, tmp_path).run()
+    assert summary["amortized_epochs_run"] == 3
+    assert "amortized epoch 3 (past the 2 planned: the poses still move)" in caplog.text
+    assert "the amortized stage ends at its limit of 3 epochs with its poses still moving" in caplog.text
+    assert (tmp_path / "epoch_003" / "poses.star").exists()
+
+
 def test_switch_follows_a_fixed_sample_kept_on_disk(tmp_path):
     """The automatic switch's pose change without epoch outputs: the sample is all images up to
     SWITCH_SAMPLE, else a fixed seeded subset; the change is the median angle to the previous epoch's
