@@ -5,12 +5,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from experiments import quickstart
+from experiments import particles, quickstart
 from jaxcryo.plan import HEADS_NEED_PARTICLES, RunPlan
 
 
-def _plan(n: int, search_candidates: int, known_poses: bool = False) -> RunPlan:
-    config = quickstart.get_config()
+def _plan(n: int, search_candidates: int, known_poses: bool = False, config_module=quickstart) -> RunPlan:
+    config = config_module.get_config()
     config.model.search_candidates = search_candidates
     plan = RunPlan()
     source = SimpleNamespace(image_size=64, pixel_size_angstrom=3.0)
@@ -59,3 +59,14 @@ def test_the_plan_gives_auto_decodings_epoch_cap_for_how_the_amortized_stage_pos
     lines = [r.getMessage() for r in caplog.records if "goes on past" in r.getMessage()]
     assert lines == [f"plan: auto-decoding goes on past its 6 epochs, up to {limit}, while each re-search still "
                      "moves >= 2 % of the images"]
+
+
+@pytest.mark.parametrize("config_module, known, said", [(particles, False, True), (particles, True, False),
+                                                        (quickstart, False, False)])
+def test_the_plan_says_the_amortized_stage_may_go_on(caplog, config_module, known, said):
+    plan = _plan(5_000, 2048, known, config_module)
+    with caplog.at_level(logging.INFO):
+        plan.log_plan({"amortized": 6, "autodecoding": 6})
+    lines = [r.getMessage() for r in caplog.records if "amortized stage goes on" in r.getMessage()]
+    assert lines == (["plan: the amortized stage goes on past its 6 epochs, up to 16, while the poses still move "
+                      "(until fewer than 50 % of the images moved more than 2 deg in an epoch)"] if said else [])
