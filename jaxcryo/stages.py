@@ -75,7 +75,7 @@ def amortized_epochs_limit(train_config, steps_per_epoch: int, planned: int) -> 
     from poses far from any solution (README, "Your own particles": the outside simulator's realistic
     dimer, seed 131, ended its 6 planned epochs at a median pose change of 34 deg an epoch)."""
     steps = int(train_config.get("amortized_steps_max", 0))
-    if steps <= 0 or train_config.switch != "auto":
+    if steps <= 0 or planned <= 0 or train_config.switch != "auto":  # planned 0: known poses, no amortized stage
         return planned
     return max(planned, min(int(train_config.epochs_amortized), epochs_for_steps(steps, steps_per_epoch)))
 
