@@ -115,8 +115,9 @@ class EpochLoop:
         is not due, up to ``stages.amortized_epochs_limit`` (the caller stops at a due switch)."""
         if stage == AUTODECODING and self.research is not None:
             return another_autodecoding_epoch(self.config, progress["epoch"], n_epochs, progress)
-        if stage == AMORTIZED and not self.config.model.fully_amortized:
-            return progress["epoch"] < amortized_epochs_limit(self.config.train, self.steps_per_epoch, n_epochs)
+        if stage == AMORTIZED:
+            return progress["epoch"] < amortized_epochs_limit(self.config.train, self.steps_per_epoch, n_epochs,
+                                                              self.config.model.fully_amortized)
         return progress["epoch"] < n_epochs
 
     def restore(self, progress: dict):

@@ -39,8 +39,9 @@ class RunPlan:
                             "at SNR 0.1 (README, 'Pose inference across particles'); on %d particles expect them "
                             "near random and auto-decoding's re-search to find the poses, or set model.search_candidates",
                             HEADS_NEED_PARTICLES, self.n)
-        most = amortized_epochs_limit(self.config.train, self.steps_per_epoch, epochs[AMORTIZED])
-        if infers_poses and not self.config.model.fully_amortized and most > epochs[AMORTIZED]:
+        most = amortized_epochs_limit(self.config.train, self.steps_per_epoch, epochs[AMORTIZED],
+                                      self.config.model.fully_amortized)
+        if infers_poses and most > epochs[AMORTIZED]:
             logging.info("plan: the amortized stage goes on past its %d epochs, up to %d, while the poses still move "
                          "(until fewer than %.0f %% of the images moved more than %g deg in an epoch)", epochs[AMORTIZED],
                          most, 100 * float(self.config.train.switch_moved_fraction), float(self.config.train.switch_threshold_deg))

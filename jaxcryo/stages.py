@@ -66,16 +66,16 @@ def stage_epochs(train_config, steps_per_epoch: int, known_poses: bool = False, 
     return {AMORTIZED: amortized, AUTODECODING: autodecoding}
 
 
-def amortized_epochs_limit(train_config, steps_per_epoch: int, planned: int) -> int:
+def amortized_epochs_limit(train_config, steps_per_epoch: int, planned: int, fully_amortized: bool = False) -> int:
     """The most amortized epochs: the ``planned`` ones, or with ``train.switch='auto'`` and
     ``train.amortized_steps_max`` > 0 the whole epochs that hold that many steps (at most
-    ``train.epochs_amortized``). The stage then goes on past its plan while the switch is not due, that
+    ``train.epochs_amortized``; a fully amortized run, one stage with no switch, keeps its plan). The stage then goes on past its plan while the switch is not due, that
     is while the poses still move: on a hard stack (coloured noise, a weak signal) the plan can end with
     the search still reassigning most images, tens of degrees an epoch, and auto-decoding then starts
     from poses far from any solution (README, "Your own particles": the outside simulator's realistic
     dimer, seed 131, ended its 6 planned epochs at a median pose change of 34 deg an epoch)."""
     steps = int(train_config.get("amortized_steps_max", 0))
-    if steps <= 0 or planned <= 0 or train_config.switch != "auto":  # planned 0: known poses, no amortized stage
+    if steps <= 0 or planned <= 0 or fully_amortized or train_config.switch != "auto":  # planned 0: known poses, no amortized stage
         return planned
     return max(planned, min(int(train_config.epochs_amortized), epochs_for_steps(steps, steps_per_epoch)))
 
@@ -166,7 +166,7 @@ class AmortizedStage:
         searches), the volume carried to the full box; every head's pose for a sample of images is kept
         for the per-head figures (amortized_heads.npz). Returns auto-decoding's state and progress."""
         config = self.config
-        moved = getattr(self, "last_summary", {}).get("pose_change_moved_fraction")
+        moved = self.last_moved_fraction()
         if config.train.switch == "auto" and not progress.get("switch_due") and moved is not None:
             logging.info("the amortized stage ends at its limit of %d epochs with its poses still moving: %.0f %% of the "
                          "images moved more than %.1f deg in its last epoch", progress["epoch"], 100 * moved,
@@ -184,12 +184,17 @@ class AmortizedStage:
         progress = {k: v for k, v in progress.items() if k != "switch_due"}
         return state, dict(progress, stage=AUTODECODING, epoch=0, step=0, amortized_epochs=progress["epoch"])
 
+    def last_moved_fraction(self) -> float | None:
+        """The fraction of the images that moved more than ``train.switch_threshold_deg`` in the last
+        epoch (``end_of_epoch``'s summary), None before two epochs can be compared."""
+        return getattr(self, "last_summary", {}).get("pose_change_moved_fraction")
+
     def should_switch(self, epochs_done: int) -> bool:
         """train.switch='auto': leave auto-encoding once the images' poses stop moving (fewer than
         switch_moved_fraction of them moved more than switch_threshold_deg since the previous epoch),
         after at least switch_min_epochs and switch_min_steps (``switch_min_epochs_for``)."""
         tc = self.config.train
-        moved = getattr(self, "last_summary", {}).get("pose_change_moved_fraction")
+        moved = self.last_moved_fraction()
         limit = float(tc.get("switch_moved_fraction", 0.5))
         min_epochs = switch_min_epochs_for(tc, self.steps_per_epoch)
         if tc.switch != "auto" or not auto_switch_due(epochs_done, moved, limit, min_epochs):

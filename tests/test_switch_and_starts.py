@@ -35,6 +35,7 @@ def test_the_amortized_stage_goes_on_while_poses_move_up_to_its_step_cap():
     assert stages.amortized_epochs_limit(tc, 31, 15) == 30  # 2,000: 39 epochs, capped by epochs_amortized
     assert stages.amortized_epochs_limit(tc, 3125, 2) == 2  # 200,000: the plan already holds the steps
     assert stages.amortized_epochs_limit(tc, 78, 0) == 0  # known poses: no amortized stage to extend
+    assert stages.amortized_epochs_limit(tc, 78, 12, fully_amortized=True) == 12  # one stage, no switch
     tc.switch = "fixed"
     assert stages.amortized_epochs_limit(tc, 78, 6) == 6  # a fixed switch ends the stage at its plan
     tc.switch, tc.amortized_steps_max = "auto", 0
