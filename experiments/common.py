@@ -88,6 +88,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.search_local = 0
     config.model.search_local_sigma_deg = 10.0
     config.model.search_local_rounds = 0
+    # > 0: the global stage ranks its rotations on the frequencies up to this fraction of Nyquist only (as
+    # train.research_global_radius does for the re-search: ~4x cheaper at 0.5, so 4x the rotations for the
+    # same time), and the best search_top_k are scored again on the whole disc
+    config.model.search_global_radius = 0.0
 
     config.loss = ml_collections.ConfigDict()
     config.loss.kind = "gaussian"  # the paper's Gaussian NLL; 'l1_fourier' = the official code's loss

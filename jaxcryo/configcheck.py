@@ -30,7 +30,7 @@ ADDED_OPTIONS = {
     "data.particle_diameter_angstrom": 0.0, "data.whiten": False, "loss.wta_relax": 0.0,
     "model.amortized_shifts": True, "model.contrast_prior_std": 0.0, "model.search_local": 0,
     "model.search_local_rounds": 0, "model.search_local_sigma_deg": 10.0, "model.search_top_k": 1,
-    "model.volume_mask": False,
+    "model.search_global_radius": 0.0, "model.volume_mask": False,
     "simulate.b_factor_angstrom2": 0.0, "simulate.contrast_spread": 0.0, "simulate.noise_color": 1.0,
     "simulate.offset_std": 0.0,
     "train.amortized_resolution_angstrom": 0.0, "train.amortized_start_epochs": 2, "train.amortized_start_steps": 0,
@@ -116,7 +116,8 @@ def validate(config) -> None:
     need("train.research_move_cap", lambda v: finite(v) and 0 < v <= 1, "a fraction in (0, 1]")
     need("train.research_stop_fraction", lambda v: finite(v) and 0 <= v <= 1, "a fraction in [0, 1]")
     need("train.research_repeat_fraction", lambda v: finite(v) and 0 <= v <= 1, "a fraction in [0, 1]")
-    need("train.research_global_radius", lambda v: finite(v) and 0 <= v <= 1, "a fraction of Nyquist in [0, 1] (0 = the loss disc)")
+    for key in ("train.research_global_radius", "model.search_global_radius"):
+        need(key, lambda v: finite(v) and 0 <= v <= 1, "a fraction of Nyquist in [0, 1] (0 = the loss disc)")
     need("train.lr_pose_final_fraction", lambda v: finite(v) and 0 < v <= 1, "a fraction in (0, 1]")
     for key in ("loss.radius_start", "loss.radius_end"):
         need(key, lambda v: finite(v) and 0 < v <= 1.5, "a fraction of Nyquist in (0, 1.5]")

@@ -43,7 +43,8 @@ class SearchSettings:
         return cls(n_global=int(mc.search_candidates), top_k=int(mc.get("search_top_k", 1)),
                    n_local=int(mc.get("search_local", 0)), sigma_deg=float(mc.get("search_local_sigma_deg", 10.0)),
                    rounds=int(mc.get("search_local_rounds", 0)),
-                   shift_radius_px=int(mc.search_shift_radius_px) if estimate_shifts else 0)
+                   shift_radius_px=int(mc.search_shift_radius_px) if estimate_shifts else 0,
+                   global_radius=float(mc.get("search_global_radius", 0.0)))
 
 
 def shift_offsets(radius_px: int) -> jnp.ndarray:

@@ -60,7 +60,10 @@ def test_search_poses_shapes_and_settings_from_config():
     rot, loss, shift = search.search_poses(vol_h, ctf, target, mask, jax.random.key(0), settings)
     assert rot.shape == (4, 3, 3) and loss.shape == (4,) and shift is None
     cfg = search.SearchSettings.from_config(quickstart.get_config().model, estimate_shifts=False)
-    assert cfg.n_global == 2048 and cfg.shift_radius_px == 0
+    assert cfg.n_global == 2048 and cfg.shift_radius_px == 0 and cfg.global_radius == 0.0
+    model = quickstart.get_config().model
+    model.search_global_radius = 0.5
+    assert search.SearchSettings.from_config(model, estimate_shifts=False).global_radius == 0.5
 
 
 def test_research_schedule_repeats_only_while_it_pays():
