@@ -59,7 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.epochs_amortized = 30  # caps for small stacks
     # and past its 450 steps while the poses still move, up to 1,200: the outside realistic dimer (seed 131)
     # ended its 6 planned epochs reassigning half its images and failed at 24.8 deg; 16 epochs took it to
-    # 13.4 (the realistic seed-7 dimer switched after 10 and ended as before, 12.4; README)
+    # 13.4, and its second draw from 112 to 13.0 (the realistic seed-7 dimer switched after 10 and ended as
+    # before, 12.4; README)
     config.train.amortized_steps_max = 1200
     config.train.autodecoding_steps = 450
     config.train.epochs_autodecoding = 12
