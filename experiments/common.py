@@ -89,8 +89,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.search_local_sigma_deg = 10.0
     config.model.search_local_rounds = 0
     # > 0: the global stage ranks its rotations on the frequencies up to this fraction of Nyquist only (as
-    # train.research_global_radius does for the re-search: ~4x cheaper at 0.5, so 4x the rotations for the
-    # same time), and the best search_top_k are scored again on the whole disc
+    # train.research_global_radius does for the re-search: a rotation ~4x cheaper at 0.5; 4x the rotations
+    # ran 1.2x slower a step, README), and the best search_top_k are scored again on the whole disc
     config.model.search_global_radius = 0.0
 
     config.loss = ml_collections.ConfigDict()

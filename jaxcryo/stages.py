@@ -69,13 +69,14 @@ def stage_epochs(train_config, steps_per_epoch: int, known_poses: bool = False, 
 def amortized_epochs_limit(train_config, steps_per_epoch: int, planned: int, fully_amortized: bool = False) -> int:
     """The most amortized epochs: the ``planned`` ones, or with ``train.switch='auto'`` and
     ``train.amortized_steps_max`` > 0 the whole epochs that hold that many steps (at most
-    ``train.epochs_amortized``; a fully amortized run, one stage with no switch, keeps its plan). The stage then goes on past its plan while the switch is not due, that
-    is while the poses still move: on a hard stack (coloured noise, a weak signal) the plan can end with
+    ``train.epochs_amortized``; a fully amortized run, one stage with no switch, and a run with known
+    poses, no amortized stage, keep their plan). The stage then goes on past its plan while the switch
+    is not due, that is while the poses still move: on a hard stack (coloured noise, a weak signal) the plan can end with
     the search still reassigning most images, tens of degrees an epoch, and auto-decoding then starts
     from poses far from any solution (README, "Your own particles": the outside simulator's realistic
     dimer, seed 131, ended its 6 planned epochs at a median pose change of 34 deg an epoch)."""
     steps = int(train_config.get("amortized_steps_max", 0))
-    if steps <= 0 or planned <= 0 or fully_amortized or train_config.switch != "auto":  # planned 0: known poses, no amortized stage
+    if steps <= 0 or planned <= 0 or fully_amortized or train_config.switch != "auto":
         return planned
     return max(planned, min(int(train_config.epochs_amortized), epochs_for_steps(steps, steps_per_epoch)))
 
