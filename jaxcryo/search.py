@@ -74,19 +74,23 @@ def global_search(vol_h, grid, ctf, target, mask, shift_px=None, offsets=None, t
     return grid[flat % grid.shape[0]], -neg, shifts
 
 
-def global_crop(vol_h, ctf, target, radius_fraction: float):
+def global_crop(vol_h, ctf, target, radius_fraction: float, mask=None):
     """The central part of the centred Hartley volume (D, D, D), CTFs and images (B, L, L) that holds the
     frequencies up to ``radius_fraction`` of Nyquist, and the loss disc on it: slices of the cropped
     volume are the cropped slices (the same coefficients, fewer of them). A margin of one frequency
-    keeps trilinear interpolation at the disc's edge inside the crop."""
+    keeps trilinear interpolation at the disc's edge inside the crop. ``mask`` (L, L), the caller's
+    loss mask, is intersected with the disc: the coarse ranking never uses a frequency the loss itself
+    leaves out (a marched loss disc smaller than the radius, a band-stop)."""
     size, vol_size = target.shape[-1], vol_h.shape[-1]
     crop = min(size, 2 * math.ceil(radius_fraction * size / 2) + 2)
+    disc = slicing.frequency_mask(size, radius_fraction)
+    if mask is not None:
+        disc = disc & mask
     if crop >= size or vol_size % size:
-        return vol_h, ctf, target, slicing.frequency_mask(size, radius_fraction)
+        return vol_h, ctf, target, disc
     vol_crop = crop * (vol_size // size)
-    mask = fourier.radial_index_grid(crop, ndim=2) <= radius_fraction * size / 2
     return (fourier.crop_center(vol_h, vol_crop, ndim=3), fourier.crop_center(ctf, crop),
-            fourier.crop_center(target, crop), mask)
+            fourier.crop_center(target, crop), fourier.crop_center(disc, crop))
 
 
 def local_refine(vol_h, rotations, ctf, target, mask, key, n_local: int, sigma_deg: float, rounds: int,
@@ -133,7 +137,9 @@ def search_poses(vol_h, ctf, target, mask, key, settings: SearchSettings, shift_
     grid = geometry.random_rotations(key, (settings.n_global,), target.dtype)
     k_local = jax.random.fold_in(key, 1)
     offsets = shift_offsets(settings.shift_radius_px) if (shift_px is not None and settings.shift_radius_px) else None
-    coarse = (vol_h, ctf, target, mask) if global_radius is None else global_crop(vol_h, ctf, target, global_radius)
+    coarse = (vol_h, ctf, target, mask)
+    if global_radius is not None:
+        coarse = global_crop(vol_h, ctf, target, global_radius, mask)
     c_vol, c_ctf, c_target, c_mask = coarse
     # shifts are in pixels of the array's box: the crop's pixels are larger by size / crop
     to_crop = c_target.shape[-1] / target.shape[-1]

@@ -144,6 +144,27 @@ def test_the_cropped_global_stage_is_the_low_frequency_disc_of_the_full_one():
                                rtol=1e-5)
 
 
+def test_the_cropped_global_stage_keeps_to_the_callers_loss_mask():
+    """A loss disc smaller than the global radius (a marched loss) bounds the coarse ranking too: noise
+    put only on the frequencies between the two discs changes no coarse loss, on the crop or in the
+    uncropped fallback, and the coarse losses are those of the whole arrays under the small disc."""
+    vol_h, _, ctf, target, _ = _clean(n=6)
+    small = slicing.frequency_mask(32, 0.3)
+    ring = slicing.frequency_mask(32, 0.5) & ~small
+    noisy = target + 50.0 * ring * jax.random.normal(jax.random.key(1), target.shape)
+    grid = geometry.random_rotations(jax.random.key(5), (128,), jnp.float32)
+    on_small = losses.search_losses(vol_h, grid, ctf, target, small)
+    for radius in (0.5, 1.0):  # 1.0: nothing to crop, the arrays come back whole
+        coarse = [search.global_crop(vol_h, ctf, t, radius, small) for t in (target, noisy)]
+        clean_l, noisy_l = (losses.search_losses(c[0], grid, c[1], c[2], c[3]) for c in coarse)
+        np.testing.assert_allclose(np.asarray(noisy_l), np.asarray(clean_l), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(clean_l), np.asarray(on_small), rtol=1e-4, atol=1e-6)
+    # without the caller's mask the ring is inside the coarse disc, and its noise counts
+    unmasked = [search.global_crop(vol_h, ctf, t, 0.5) for t in (target, noisy)]
+    clean_u, noisy_u = (losses.search_losses(c[0], grid, c[1], c[2], c[3]) for c in unmasked)
+    assert float(jnp.min(noisy_u - clean_u)) > float(jnp.max(on_small))
+
+
 def test_cropped_global_stage_applies_shifts_in_the_crops_pixels():
     """A shift of s pixels of the box is s * crop / box pixels of the crop: shifted clean images are
     matched exactly at their true pose and shift on the crop, and the shift comes back in box pixels."""
