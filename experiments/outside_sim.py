@@ -42,6 +42,8 @@ _SHAPE_SEED = flags.DEFINE_integer("shape_seed", None, "Seed of the particle's s
 _SNR = flags.DEFINE_float("snr", 0.1, "Signal-to-noise ratio (variance of the clean images over the noise's).")
 _TWO_FOLD = flags.DEFINE_bool("two_fold", False, "A pseudo-two-fold dimer (an arm the only large asymmetry).")
 _REALISTIC = flags.DEFINE_bool("realistic", False, "Offsets, astigmatism, B factor, contrast, coloured noise.")
+_SHIFT = flags.DEFINE_float("max_shift_fraction", 0.05, "With --realistic: offsets up to this fraction of the box "
+                            "(0: centred particles, the same draws of everything else).")
 _MODEL = flags.DEFINE_string("atomic_model", None, "A PDB/mmCIF file (.gz accepted): image its atoms instead.")
 _ATOMS = flags.DEFINE_string("atoms", None, "With --atomic_model: CHAIN:FIRST-LAST, the residues to image.")
 flags.mark_flags_as_required(["outdir"])
@@ -115,14 +117,16 @@ def model_atoms(path: str, selection: str) -> tuple[np.ndarray, np.ndarray]:
     return xyz - xyz.mean(0), atomic_numbers[heavy].astype(int)
 
 
-def draw_particles(n: int, realistic: bool, rng) -> dict:
-    """RELION angles uniform on SO(3) (deg), defocus 1-2.5 um, astigmatism and displacements (A)."""
+def draw_particles(n: int, realistic: bool, rng, max_shift_fraction: float = 0.05) -> dict:
+    """RELION angles uniform on SO(3) (deg), defocus 1-2.5 um, astigmatism and displacements (A). The
+    displacements are drawn whatever their bound, so a centred set shares every other draw."""
     astigmatism = np.minimum(np.abs(rng.normal(0, 700 if realistic else 350, n)), 1500)
     mean = rng.uniform(10000, 25000, n)
     return {"rot": rng.uniform(-180, 180, n), "tilt": np.degrees(np.arccos(rng.uniform(-1, 1, n))),
             "psi": rng.uniform(-180, 180, n), "defocus_u": mean + astigmatism / 2, "defocus_v": mean - astigmatism / 2,
             "defocus_angle": rng.uniform(0, 180, n),
-            "displacement": (rng.uniform(-0.05, 0.05, (n, 2)) * BOX * PIXEL_ANGSTROM if realistic else np.zeros((n, 2)))}
+            "displacement": (rng.uniform(-max_shift_fraction, max_shift_fraction, (n, 2)) * BOX * PIXEL_ANGSTROM
+                             if realistic else np.zeros((n, 2)))}
 
 
 def clean_images(xyz: np.ndarray, p: dict, atomic_numbers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -209,11 +213,15 @@ def main(argv):
         raise app.UsageError("--atoms selects residues of an --atomic_model; give the model file too")
     if _MODEL.value and (_TWO_FOLD.value or _SHAPE_SEED.value is not None):
         raise app.UsageError("--two_fold and --shape_seed shape the pseudo-atomic particle; --atomic_model replaces it")
+    if not 0 <= _SHIFT.value <= 0.5:
+        raise app.UsageError(f"--max_shift_fraction={_SHIFT.value}: give a fraction of the box in [0, 0.5]")
+    if flags.FLAGS["max_shift_fraction"].present and not _REALISTIC.value:
+        raise app.UsageError("--max_shift_fraction bounds --realistic's offsets; without --realistic particles are centred")
     if _MODEL.value:
         xyz, atomic_numbers = model_atoms(_MODEL.value, _ATOMS.value)
     else:
         xyz, atomic_numbers = pseudo_atoms(shape_seed, _TWO_FOLD.value), None
-    p = draw_particles(_N.value, _REALISTIC.value, rng)
+    p = draw_particles(_N.value, _REALISTIC.value, rng, _SHIFT.value)
     clean, volume_map = clean_images(xyz, p, atomic_numbers)
     write_set(pathlib.Path(_OUTDIR.value), add_noise(clean, _SNR.value, _REALISTIC.value, rng), volume_map, p)
     print(f"wrote {_N.value} images of a {len(xyz)}-{'' if _MODEL.value else 'pseudo-'}atom particle (extent {np.ptp(xyz, 0).round(0)} A) "

@@ -76,3 +76,15 @@ def test_atomic_model_selection_takes_one_chains_residues_about_their_centre(tmp
         outside_sim.model_atoms(str(tmp_path / "missing.pdb"), "A:5-6")
     with pytest.raises(app.UsageError, match=r"no atoms in the first model \(chain C, residues 1-9\)"):
         outside_sim.model_atoms(str(tmp_path / "tiny.pdb"), "C:1-9")
+
+
+def test_a_centred_set_shares_every_other_draw():
+    """``--max_shift_fraction=0`` centres the particles and changes nothing else drawn (poses, CTFs),
+    so a centred and an offset set can be compared image by image."""
+    offset = outside_sim.draw_particles(50, True, np.random.default_rng(7))
+    centred = outside_sim.draw_particles(50, True, np.random.default_rng(7), max_shift_fraction=0.0)
+    assert np.all(centred["displacement"] == 0)
+    bound = 0.05 * outside_sim.BOX * outside_sim.PIXEL_ANGSTROM
+    assert 0.5 * bound < np.abs(offset["displacement"]).max() <= bound
+    for key in ("rot", "tilt", "psi", "defocus_u", "defocus_v", "defocus_angle"):
+        np.testing.assert_array_equal(centred[key], offset[key])
