@@ -44,6 +44,8 @@ _TWO_FOLD = flags.DEFINE_bool("two_fold", False, "A pseudo-two-fold dimer (an ar
 _REALISTIC = flags.DEFINE_bool("realistic", False, "Offsets, astigmatism, B factor, contrast, coloured noise.")
 _SHIFT = flags.DEFINE_float("max_shift_fraction", 0.05, "With --realistic: offsets up to this fraction of the box "
                             "(0: centred particles, the same draws of everything else).")
+_COLOUR = flags.DEFINE_float("noise_power_ratio", 10.0, "With --realistic: the noise power at k = 0 over that at "
+                             "Nyquist (1: white noise, the same draws of everything else).")
 _MODEL = flags.DEFINE_string("atomic_model", None, "A PDB/mmCIF file (.gz accepted): image its atoms instead.")
 _ATOMS = flags.DEFINE_string("atoms", None, "With --atomic_model: CHAIN:FIRST-LAST, the residues to image.")
 flags.mark_flags_as_required(["outdir"])
@@ -162,9 +164,10 @@ def clean_images(xyz: np.ndarray, p: dict, atomic_numbers: np.ndarray | None = N
     return images, volume_map
 
 
-def add_noise(clean: np.ndarray, snr: float, realistic: bool, rng) -> np.ndarray:
+def add_noise(clean: np.ndarray, snr: float, realistic: bool, rng, noise_power_ratio: float = 10.0) -> np.ndarray:
     """Gaussian noise at ``snr``; with ``realistic`` first the B 80 A^2 envelope and contrast scales, and
-    the noise coloured, plus a background offset per image."""
+    the noise coloured (its power falling exponentially by ``noise_power_ratio`` from k = 0 to Nyquist),
+    plus a background offset per image."""
     n = len(clean)
     k = np.sqrt(np.add.outer(np.fft.fftfreq(BOX) ** 2, np.fft.fftfreq(BOX) ** 2))  # cycles per pixel
     if realistic:
@@ -173,7 +176,7 @@ def add_noise(clean: np.ndarray, snr: float, realistic: bool, rng) -> np.ndarray
     sigma = np.sqrt(clean.var(axis=(1, 2)).mean() / snr)
     noise = rng.standard_normal(clean.shape)
     if realistic:
-        noise = np.real(np.fft.ifft2(np.fft.fft2(noise) * np.sqrt(10.0 ** (-np.minimum(k, 0.5) / 0.5))))
+        noise = np.real(np.fft.ifft2(np.fft.fft2(noise) * np.sqrt(noise_power_ratio ** (-np.minimum(k, 0.5) / 0.5))))
         noise /= noise.std()
     images = clean + sigma * noise
     if realistic:
@@ -215,15 +218,19 @@ def main(argv):
         raise app.UsageError("--two_fold and --shape_seed shape the pseudo-atomic particle; --atomic_model replaces it")
     if not 0 <= _SHIFT.value <= 0.5:
         raise app.UsageError(f"--max_shift_fraction={_SHIFT.value}: give a fraction of the box in [0, 0.5]")
-    if flags.FLAGS["max_shift_fraction"].present and not _REALISTIC.value:
-        raise app.UsageError("--max_shift_fraction bounds --realistic's offsets; without --realistic particles are centred")
+    if not _COLOUR.value >= 1:
+        raise app.UsageError(f"--noise_power_ratio={_COLOUR.value}: give a ratio >= 1 (1: white noise)")
+    for name in ("max_shift_fraction", "noise_power_ratio"):
+        if flags.FLAGS[name].present and not _REALISTIC.value:
+            raise app.UsageError(f"--{name} sets one of --realistic's effects; give --realistic too")
     if _MODEL.value:
         xyz, atomic_numbers = model_atoms(_MODEL.value, _ATOMS.value)
     else:
         xyz, atomic_numbers = pseudo_atoms(shape_seed, _TWO_FOLD.value), None
     p = draw_particles(_N.value, _REALISTIC.value, rng, _SHIFT.value)
     clean, volume_map = clean_images(xyz, p, atomic_numbers)
-    write_set(pathlib.Path(_OUTDIR.value), add_noise(clean, _SNR.value, _REALISTIC.value, rng), volume_map, p)
+    images = add_noise(clean, _SNR.value, _REALISTIC.value, rng, _COLOUR.value)
+    write_set(pathlib.Path(_OUTDIR.value), images, volume_map, p)
     print(f"wrote {_N.value} images of a {len(xyz)}-{'' if _MODEL.value else 'pseudo-'}atom particle (extent {np.ptp(xyz, 0).round(0)} A) "
           f"to {_OUTDIR.value}")
 

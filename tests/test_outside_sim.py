@@ -24,6 +24,9 @@ def test_noise_has_the_snr_and_colour_asked_for():
     k = np.sqrt(np.add.outer(np.fft.fftfreq(outside_sim.BOX) ** 2, np.fft.fftfreq(outside_sim.BOX) ** 2))
     low, high = power[:, (k > 0.02) & (k < 0.06)].mean(), power[:, (k > 0.45) & (k < 0.5)].mean()
     assert 6 < low / high < 9  # 10x from k = 0 to Nyquist: 10^(0.96 - 0.08) = 7.6x between these bands
+    white = outside_sim.add_noise(np.repeat(checkerboard[None], 400, 0), 0.1, True, np.random.default_rng(1), 1.0)
+    power = np.abs(np.fft.fft2(white - white.mean(axis=(1, 2), keepdims=True))) ** 2
+    assert 0.9 < power[:, (k > 0.02) & (k < 0.06)].mean() / power[:, (k > 0.45) & (k < 0.5)].mean() < 1.1
 
 
 def test_written_set_reads_back_with_its_truth(tmp_path):
