@@ -154,15 +154,18 @@ def test_the_cropped_global_stage_keeps_to_the_callers_loss_mask():
     noisy = target + 50.0 * ring * jax.random.normal(jax.random.key(1), target.shape)
     grid = geometry.random_rotations(jax.random.key(5), (128,), jnp.float32)
     on_small = losses.search_losses(vol_h, grid, ctf, target, small)
+
+    def coarse_losses(images, radius, mask):
+        c_vol, c_ctf, c_target, c_mask = search.global_crop(vol_h, ctf, images, radius, mask)
+        return losses.search_losses(c_vol, grid, c_ctf, c_target, c_mask)
+
     for radius in (0.5, 1.0):  # 1.0: nothing to crop, the arrays come back whole
-        coarse = [search.global_crop(vol_h, ctf, t, radius, small) for t in (target, noisy)]
-        clean_l, noisy_l = (losses.search_losses(c[0], grid, c[1], c[2], c[3]) for c in coarse)
+        clean_l, noisy_l = coarse_losses(target, radius, small), coarse_losses(noisy, radius, small)
         np.testing.assert_allclose(np.asarray(noisy_l), np.asarray(clean_l), rtol=1e-5)
         np.testing.assert_allclose(np.asarray(clean_l), np.asarray(on_small), rtol=1e-4, atol=1e-6)
     # without the caller's mask the ring is inside the coarse disc, and its noise counts
-    unmasked = [search.global_crop(vol_h, ctf, t, 0.5) for t in (target, noisy)]
-    clean_u, noisy_u = (losses.search_losses(c[0], grid, c[1], c[2], c[3]) for c in unmasked)
-    assert float(jnp.min(noisy_u - clean_u)) > float(jnp.max(on_small))
+    unmasked_gain = coarse_losses(noisy, 0.5, None) - coarse_losses(target, 0.5, None)
+    assert float(jnp.min(unmasked_gain)) > float(jnp.max(on_small))
 
 
 def test_cropped_global_stage_applies_shifts_in_the_crops_pixels():
