@@ -7,8 +7,12 @@ z = cos(tilt) and in azimuth phi = rot, so every cell covers the same solid angl
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxcryo import ctf as ctf_lib
 from jaxcryo import geometry, losses, slicing
@@ -63,6 +67,56 @@ def view_log_posterior(volume_h, images: np.ndarray, ctf_params: dict, pixel_siz
     return log_lik - log_lik.max(axis=(1, 2), keepdims=True)
 
 
+def _truth_problem(volume: np.ndarray, source, true_rotations: np.ndarray, rows: np.ndarray,
+                   true_shifts_px: np.ndarray | None):
+    """The sampled images' likelihood under the true map: (vol_h scaled to the images by least squares,
+    rotations (B, 3, 3), shifts (B, 2) (0 for centred particles), CTF (B, L, L), Hartley targets, mask).
+    A source that whitens its images (``jaxcryo.noisemodel``) gets its CTFs whitened alike, as the run's
+    losses do."""
+    from jaxcryo import noise
+    from jaxcryo.io.table import CTF_FIELDS
+
+    size = source.image_size
+    batch = source.batch(rows)
+    target = losses.images_to_hartley(jnp.asarray(batch.images))
+    ctf = ctf_lib.ctf_grid(size, source.pixel_size_angstrom,
+                           **{k: jnp.asarray(getattr(source.table, k)[rows], jnp.float32) for k in CTF_FIELDS})
+    if batch.noise_radial is not None:
+        ctf = ctf * noise.expand_radial(jnp.asarray(batch.noise_radial), size)
+    mask = slicing.frequency_mask(size)
+    rot = jnp.asarray(true_rotations[rows], jnp.float32)
+    shift = (jnp.zeros((len(rows), 2), jnp.float32) if true_shifts_px is None
+             else jnp.asarray(true_shifts_px[rows], jnp.float32))
+    vol_h = slicing.volume_to_hartley(jnp.asarray(volume, jnp.float32))
+    at_truth = losses.predict(vol_h, rot, ctf, shift)
+    vol_h = vol_h * jnp.sum(at_truth * target * mask) / jnp.sum(at_truth**2 * mask)
+    return vol_h, rot, shift, ctf, target, mask
+
+
+@functools.partial(jax.jit, static_argnames="steps")
+def _nearest_maximum(vol_h, rot, shift, ctf, target, mask, steps: int):
+    """Each pose (B, 3, 3) with its shift (B, 2) moved by Adam on the Gaussian likelihood to its nearest
+    maximum: the rotation vectors omega (B, 3) that took it there and the per-image losses (B,) at the end."""
+    def per_image(omega):
+        return losses.loss_at(vol_h, geometry.so3_exp(omega) @ rot, ctf, target, mask, shifts_px=shift)
+
+    opt = optax.adam(0.01)
+
+    def step(_, carry):
+        omega, state = carry
+        updates, state = opt.update(jax.grad(lambda o: jnp.sum(per_image(o)))(omega), state)
+        return optax.apply_updates(omega, updates), state
+
+    omega = jnp.zeros((rot.shape[0], 3), jnp.float32)
+    omega, _ = jax.lax.fori_loop(0, steps, step, (omega, opt.init(omega)))
+    return omega, per_image(omega)
+
+
+def _sample_rows(source, n_images: int, seed: int) -> np.ndarray:
+    n = len(source.table)
+    return np.sort(np.random.default_rng(seed).choice(n, min(n_images, n), replace=False))
+
+
 def pose_error_floor(volume: np.ndarray, source, true_rotations: np.ndarray, n_images: int = 256,
                      steps: int = 200, seed: int = 0, true_shifts_px: np.ndarray | None = None) -> dict:
     """How far each image's most likely pose lies from its true pose when the map is perfect: the
@@ -70,40 +124,41 @@ def pose_error_floor(volume: np.ndarray, source, true_rotations: np.ndarray, n_i
 
     ``volume`` (L, L, L) the true map, ``source`` an ImageSource of the particles, ``true_rotations``
     (N, 3, 3), ``true_shifts_px`` (N, 2) the particles' displacements (None: centred; the floor is
-    meaningless for shifted particles without them). For ``n_images`` sampled images the true map is scaled to the images by least squares,
-    then each pose is moved by Adam on the Gaussian likelihood from the true pose to the nearest
-    maximum. Returns the median / mean / 90th-percentile distance (deg)."""
-    import jax
-    import optax
-
-    from jaxcryo.io.table import CTF_FIELDS
-
-    rows = np.sort(np.random.default_rng(seed).choice(len(source.table), min(n_images, len(source.table)), replace=False))
-    size = source.image_size
-    target = losses.images_to_hartley(jnp.asarray(source.read(rows)))
-    ctf = ctf_lib.ctf_grid(size, source.pixel_size_angstrom,
-                           **{k: jnp.asarray(getattr(source.table, k)[rows], jnp.float32) for k in CTF_FIELDS})
-    mask = slicing.frequency_mask(size)
-    rot = jnp.asarray(true_rotations[rows], jnp.float32)
-    shift = None if true_shifts_px is None else jnp.asarray(true_shifts_px[rows], jnp.float32)
-    vol_h = slicing.volume_to_hartley(jnp.asarray(volume, jnp.float32))
-    at_truth = losses.predict(vol_h, rot, ctf, shift)
-    vol_h = vol_h * jnp.sum(at_truth * target * mask) / jnp.sum(at_truth**2 * mask)
-
-    def nll(omega):
-        return jnp.sum(losses.loss_at(vol_h, geometry.so3_exp(omega) @ rot, ctf, target, mask, shifts_px=shift))
-
-    opt = optax.adam(0.01)
-
-    @jax.jit
-    def step(omega, state):
-        updates, state = opt.update(jax.grad(nll)(omega), state)
-        return optax.apply_updates(omega, updates), state
-
-    omega = jnp.zeros((len(rows), 3), jnp.float32)
-    state = opt.init(omega)
-    for _ in range(steps):
-        omega, state = step(omega, state)
+    meaningless for shifted particles without them). For ``n_images`` sampled images the true map is
+    scaled to the images by least squares, then each pose is moved by Adam on the Gaussian likelihood
+    from the true pose to the nearest maximum. Returns the median / mean / 90th-percentile distance (deg)."""
+    problem = _truth_problem(volume, source, true_rotations, _sample_rows(source, n_images, seed), true_shifts_px)
+    omega, _ = _nearest_maximum(*problem, steps)
     err = np.degrees(np.linalg.norm(np.asarray(omega), axis=1))
     return {"floor_median_deg": float(np.median(err)), "floor_mean_deg": float(np.mean(err)),
             "floor_p90_deg": float(np.percentile(err, 90))}
+
+
+def mate_floor(volume: np.ndarray, source, true_rotations: np.ndarray, n_images: int = 256, steps: int = 200,
+               seed: int = 0, true_shifts_px: np.ndarray | None = None) -> dict:
+    """How many images are more likely at a pseudo-symmetry mate of their true pose than at the true pose
+    itself when the map is perfect: the share of a pseudo-symmetric particle's images that any method
+    which takes each image's most likely pose leaves at a mate (``pose_error_floor``'s counterpart for
+    the turned images).
+
+    The true map's own pseudo-symmetry (``jaxcryo.pseudosym.pseudo_symmetry``: its cyclic rotations and
+    its mirror plane) gives each sampled image's mates of the true pose; the true pose and every mate are
+    moved by Adam to their nearest maxima with the same effort, so neither side wins by being polished
+    more (the shifts are held: the true ones, and the mates' moved about the symmetry's centre).
+    Returns {"mate_floor_fraction": the share whose best mate is more likely, "mate_evidence_median_nats":
+    the median log-likelihood ratio of the true pose's maximum over the best mate's
+    (``research.evidence_nats``), "mate_order": the symmetry's order}."""
+    from jaxcryo import pseudosym, research
+
+    rows = _sample_rows(source, n_images, seed)
+    vol_h, rot, shift, ctf, target, mask = _truth_problem(volume, source, true_rotations, rows, true_shifts_px)
+    sym = pseudosym.pseudo_symmetry(vol_h, source.pixel_size_angstrom)
+    mates, mate_shifts = pseudosym.mate_poses(rot, shift, jnp.asarray(sym["operators"], jnp.float32),
+                                              jnp.asarray(sym["centres_px"], jnp.float32))
+    _, at_truth = _nearest_maximum(vol_h, rot, shift, ctf, target, mask, steps)
+    at_mates = jnp.stack([_nearest_maximum(vol_h, mates[:, k], mate_shifts[:, k], ctf, target, mask, steps)[1]
+                          for k in range(mates.shape[1])], axis=1)
+    best_mate = np.asarray(jnp.min(at_mates, axis=1))
+    evidence = -research.evidence_nats(np.asarray(at_truth), best_mate, source.image_size, 1.0)
+    return {"mate_floor_fraction": float(np.mean(evidence < 0)),
+            "mate_evidence_median_nats": float(np.median(evidence)), "mate_order": int(sym["order"])}
