@@ -84,6 +84,14 @@ def test_a_config_file_that_cannot_be_loaded_is_one_line(tmp_path, content, mess
     assert not (tmp_path / "run").exists()
 
 
+def test_floors_of_a_set_without_its_truth_is_one_line(tmp_path):
+    (tmp_path / "particles.star").write_text("data_\n")
+    p = subprocess.run([sys.executable, "-m", "experiments.floors", f"--data={tmp_path}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 2 and last == f"error: {tmp_path / 'ground_truth.mrc'}: missing (a simulated set's directory holds it)"
+
+
 @pytest.mark.slow
 def test_fault_injection_kill_minus_9_at_random_moments(tmp_path):
     """SIGKILL at seeded random moments (any stage, mid-checkpoint: one is saved every step, and at the
