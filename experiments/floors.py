@@ -31,8 +31,7 @@ flags.mark_flags_as_required(["data"])
 
 
 def floors(data_dir: pathlib.Path, whiten: bool, n_mate_images: int) -> dict:
-    import ml_collections
-
+    from experiments import particles
     from jaxcryo import noisemodel, posterior
     from jaxcryo.io import check_stacks, read_particles, read_volume
     from jaxcryo.io.loader import ImageSource
@@ -43,10 +42,10 @@ def floors(data_dir: pathlib.Path, whiten: bool, n_mate_images: int) -> dict:
     table = read_particles(data_dir / "particles.star")
     source = ImageSource(table, check_stacks(table))
     source.estimate_normalization()
-    if whiten:
-        noisemodel.set_up(source, source, ml_collections.ConfigDict(
-            {"normalize": "per_particle", "whiten": True, "particle_diameter_angstrom": 0.0,
-             "contrast_check": False, "invert_contrast": False}), seed=0)
+    if whiten:  # particles.py's own noise model, whatever it becomes; a simulated set's contrast is known
+        data_config = particles.get_config().data
+        data_config.contrast_check = False
+        noisemodel.set_up(source, source, data_config, seed=0)
     truth = read_particles(data_dir / "ground_truth_poses.star")
     if len(truth) != len(table):
         raise InputError(f"{data_dir / 'ground_truth_poses.star'}: {len(truth)} rows for {len(table)} particles")
