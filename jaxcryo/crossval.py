@@ -60,12 +60,12 @@ def _other_half_volumes(source, rotations, shifts_px, labels, batch_size) -> tup
 def _make_scorers(pixel_size_angstrom: float):
     @jax.jit
     def score(vol_h, batch, rots, shifts):
-        target, ctf, mask = steps._targets(batch, pixel_size_angstrom, 1.0)
+        target, ctf, mask = steps.batch_targets(batch, pixel_size_angstrom, 1.0)
         return losses.loss_at(vol_h, rots, ctf, target, mask, shifts_px=shifts)
 
     @jax.jit
     def refine(vol_h, batch, rots, shifts, key):
-        target, ctf, mask = steps._targets(batch, pixel_size_angstrom, 1.0)
+        target, ctf, mask = steps.batch_targets(batch, pixel_size_angstrom, 1.0)
         found, loss, _ = search.local_refine(vol_h, rots[:, None], ctf, target, mask, key, REFINE_CANDIDATES,
                                              REFINE_SIGMA_DEG, REFINE_ROUNDS, shifts[:, None])
         return found, loss

@@ -94,13 +94,8 @@ def radial_log_amplitude(source: ImageSource, n_images: int = 256, seed: int = 0
     return 0.5 * np.log(np.maximum(power, 1e-12))
 
 
-def device_batch(batch, table: ParticleTable, sharding, pixel_size_angstrom: float,
-                 displacements_angstrom: np.ndarray | None = None) -> dict:
-    """The device arrays of a batch (``steps``' layout) from this process's rows (a ``Batch``): with
-    several processes each passes its own rows and the arrays span them all. Each image's CTF (B, L, L)
-    at the images' ``pixel_size_angstrom``, made on the devices by a program of its own (``ctf_grids``).
-    ``displacements_angstrom`` (N, 2): each particle's known offset from the box centre, which the step
-    takes out of its image (``pre_shift_angstrom``, ``steps._targets``)."""
+def host_batch(batch, table: ParticleTable, displacements_angstrom: np.ndarray | None = None) -> dict:
+    """A ``Batch``'s rows in ``steps``' layout as host (numpy) arrays, without the CTF grids."""
     out = {"images": batch.images, "index": batch.index.astype(np.int32)}
     if displacements_angstrom is not None:
         out["pre_shift_angstrom"] = displacements_angstrom[batch.index].astype(np.float32)
@@ -108,7 +103,17 @@ def device_batch(batch, table: ParticleTable, sharding, pixel_size_angstrom: flo
         out["noise_radial"] = batch.noise_radial
     for key in CTF_FIELDS:
         out[key] = getattr(table, key)[batch.index].astype(np.float32)
-    out = distributed.put_local(out, sharding)
+    return out
+
+
+def device_batch(batch, table: ParticleTable, sharding, pixel_size_angstrom: float,
+                 displacements_angstrom: np.ndarray | None = None) -> dict:
+    """The device arrays of a batch (``steps``' layout) from this process's rows (a ``Batch``): with
+    several processes each passes its own rows and the arrays span them all. Each image's CTF (B, L, L)
+    at the images' ``pixel_size_angstrom``, made on the devices by a program of its own (``ctf_grids``).
+    ``displacements_angstrom`` (N, 2): each particle's known offset from the box centre, which the step
+    takes out of its image (``pre_shift_angstrom``, ``steps.batch_targets``)."""
+    out = distributed.put_local(host_batch(batch, table, displacements_angstrom), sharding)
     return dict(out, ctf=ctf_grids({k: out[k] for k in CTF_FIELDS}, batch.images.shape[-1], float(pixel_size_angstrom)))
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxcryo import geometry, losses, models
-from jaxcryo.steps import AXIS, _targets
+from jaxcryo.steps import AXIS, batch_targets
 
 SLICES_PER_CALL = 4096  # images per call x draws: bounds the pass's memory (~0.3 GB of slices at 64 px)
 
@@ -70,7 +70,7 @@ def make_posterior_mean(pixel_size_angstrom: float, mesh, n_samples: int, sigma_
     n_keep = max(1, min(int(n_keep), n_samples))
 
     def core(vol_params, batch, key, rot, shift):
-        target, ctf, mask = _targets(batch, pixel_size_angstrom, 1.0)
+        target, ctf, mask = batch_targets(batch, pixel_size_angstrom, 1.0)
         vol_h = models.volume_hartley(vol_params)
         key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
         omega = perturbations(key, rot.shape[0], n_samples, sigma, rot.dtype)

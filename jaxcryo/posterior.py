@@ -15,7 +15,8 @@ import numpy as np
 import optax
 
 from jaxcryo import ctf as ctf_lib
-from jaxcryo import geometry, losses, slicing
+from jaxcryo import dataset, geometry, losses, pseudosym, research, slicing
+from jaxcryo.steps import batch_targets
 
 
 def equal_area_cell(views: np.ndarray, n_z: int, n_phi: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,20 +71,11 @@ def view_log_posterior(volume_h, images: np.ndarray, ctf_params: dict, pixel_siz
 def _truth_problem(volume: np.ndarray, source, true_rotations: np.ndarray, rows: np.ndarray,
                    true_shifts_px: np.ndarray | None):
     """The sampled images' likelihood under the true map: (vol_h scaled to the images by least squares,
-    rotations (B, 3, 3), shifts (B, 2) (0 for centred particles), CTF (B, L, L), Hartley targets, mask).
-    A source that whitens its images (``jaxcryo.noisemodel``) gets its CTFs whitened alike, as the run's
-    losses do."""
-    from jaxcryo import noise
-    from jaxcryo.io.table import CTF_FIELDS
-
-    size = source.image_size
-    batch = source.batch(rows)
-    target = losses.images_to_hartley(jnp.asarray(batch.images))
-    ctf = ctf_lib.ctf_grid(size, source.pixel_size_angstrom,
-                           **{k: jnp.asarray(getattr(source.table, k)[rows], jnp.float32) for k in CTF_FIELDS})
-    if batch.noise_radial is not None:
-        ctf = ctf * noise.expand_radial(jnp.asarray(batch.noise_radial), size)
-    mask = slicing.frequency_mask(size)
+    rotations (B, 3, 3), shifts (B, 2) (0 for centred particles), CTF (B, L, L), Hartley targets, mask),
+    made as the run's steps make theirs (``jaxcryo.steps.batch_targets``: a whitening source's CTFs whitened
+    alike)."""
+    arrays = dataset.host_batch(source.batch(rows), source.table)
+    target, ctf, mask = batch_targets(jax.tree.map(jnp.asarray, arrays), source.pixel_size_angstrom, 1.0)
     rot = jnp.asarray(true_rotations[rows], jnp.float32)
     shift = (jnp.zeros((len(rows), 2), jnp.float32) if true_shifts_px is None
              else jnp.asarray(true_shifts_px[rows], jnp.float32))
@@ -148,8 +140,6 @@ def mate_floor(volume: np.ndarray, source, true_rotations: np.ndarray, n_images:
     Returns {"mate_floor_fraction": the share whose best mate is more likely, "mate_evidence_median_nats":
     the median log-likelihood ratio of the true pose's maximum over the best mate's
     (``research.evidence_nats``), "mate_order": the symmetry's order}."""
-    from jaxcryo import pseudosym, research
-
     rows = _sample_rows(source, n_images, seed)
     vol_h, rot, shift, ctf, target, mask = _truth_problem(volume, source, true_rotations, rows, true_shifts_px)
     sym = pseudosym.pseudo_symmetry(vol_h, source.pixel_size_angstrom)

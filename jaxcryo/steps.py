@@ -41,7 +41,7 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
     return mesh
 
 
-def _targets(batch: dict, pixel_size_angstrom: float, radius_fraction):
+def batch_targets(batch: dict, pixel_size_angstrom: float, radius_fraction):
     """Hartley images, CTFs and the loss mask of a (per-device) batch."""
     images = batch["images"]
     size = images.shape[-1]
@@ -102,7 +102,7 @@ def make_amortized_step(encoder: models.PoseEncoder, enc_opt: optax.GradientTran
     search_candidates = settings.n_global
 
     def core(enc_params, batch_stats, vol_params, batch, radius, key):
-        target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
+        target, ctf, mask = batch_targets(batch, pixel_size_angstrom, radius)
         size = target.shape[-1]
 
         def loss_fn(enc_params, vol_params):
@@ -170,7 +170,7 @@ def make_encoder_inference(encoder: models.PoseEncoder, pixel_size_angstrom: flo
     search_candidates = settings.n_global
 
     def core(enc_params, batch_stats, vol_params, batch, radius, key):
-        target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
+        target, ctf, mask = batch_targets(batch, pixel_size_angstrom, radius)
         out = encoder.apply({"params": enc_params, "batch_stats": batch_stats}, batch["images"], train=False)
         rots, shifts = _head_poses(out, max_shift_fraction, target.shape[-1])
         vol_h = models.volume_hartley(vol_params)
@@ -199,7 +199,7 @@ def make_pose_search(pixel_size_angstrom: float, loss_kind: str, mesh, settings:
     so the caller can keep whichever is more likely."""
 
     def core(vol_params, batch, radius, key, rot, shift):
-        target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
+        target, ctf, mask = batch_targets(batch, pixel_size_angstrom, radius)
         vol_h = models.volume_hartley(vol_params)
         found, found_loss, found_shift = search.search_poses(vol_h, ctf, target, mask, key, settings, shift, loss_kind)
         current = losses.loss_at(vol_h, rot, ctf, target, mask, loss_kind, shift)
@@ -214,7 +214,7 @@ def make_pose_losses(pixel_size_angstrom: float, loss_kind: str, mesh):
     of its K poses (B, K): the re-search's judge when its candidates were found with another map."""
 
     def core(vol_params, batch, radius, rots, shifts):
-        target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
+        target, ctf, mask = batch_targets(batch, pixel_size_angstrom, radius)
         return (losses.loss_at(models.volume_hartley(vol_params), rots, ctf, target, mask, loss_kind, shifts),)
 
     return jax.jit(jax.shard_map(core, mesh=mesh, in_specs=(P(), P(AXIS), P(), P(AXIS), P(AXIS)),
@@ -232,7 +232,7 @@ def make_mate_test(pixel_size_angstrom: float, loss_kind: str, mesh, n_local: in
     slices per image."""
 
     def core(vol_params, batch, radius, key, rot, shift, operators, centres):
-        target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
+        target, ctf, mask = batch_targets(batch, pixel_size_angstrom, radius)
         vol_h = models.volume_hartley(vol_params)
         mates, mate_shifts = pseudosym.mate_poses(rot, shift, operators, centres)
         mate_loss = losses.loss_at(vol_h, mates, ctf, target, mask, loss_kind, mate_shifts)
@@ -301,7 +301,7 @@ def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_ang
         """Gather this device's rows from its block of the tables, refine them, scatter them back."""
         idx = local_rows(tables, batch)
         rot, shift, m, v, sm, sv, count, contrast = (t[idx] for t in tables)
-        target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
+        target, ctf, mask = batch_targets(batch, pixel_size_angstrom, radius)
         frozen = jax.lax.stop_gradient(models.volume_hartley(vol_params))
         scaled_ctf = ctf * contrast[:, None, None]
 
@@ -336,7 +336,7 @@ def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_ang
         return tables[0][idx], tables[1][idx], tables[-1][idx]
 
     def volume_grad(vol_params, rot, shift, contrast, batch, radius):
-        target, ctf, mask = _targets(batch, pixel_size_angstrom, radius)
+        target, ctf, mask = batch_targets(batch, pixel_size_angstrom, radius)
         ctf = ctf * contrast[:, None, None]
 
         def vol_loss(vol_params):

@@ -55,7 +55,7 @@ def _noisy_batch(n=64, size=32, pixel=6.0, noise_std=1.0, seed=0):
     clean = simulate.clean_images(vol_h, rots, jnp.zeros((n, 2)), ctf)
     scale = noise_std / float(jnp.std(clean))  # per-pixel SNR 1 / noise_std^2
     images = clean * scale + jax.random.normal(jax.random.key(seed + 1), clean.shape, jnp.float32)
-    # the volume in the units of _targets' Hartley images (test_search: images_to_hartley(images) * size = slices)
+    # the volume in the units of batch_targets' Hartley images (test_search: images_to_hartley(images) * size = slices)
     return vol_h * scale / size, rots, dict(images=images, **{k: jnp.asarray(v) for k, v in fields.items()})
 
 

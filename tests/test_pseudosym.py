@@ -160,7 +160,8 @@ def test_the_mate_floor_counts_the_images_whose_mate_the_true_map_prefers():
         images = np.asarray(batch["images"])
         source = types.SimpleNamespace(  # what the floor reads of an ImageSource
             image_size=BOX, pixel_size_angstrom=PIXEL, table=table,
-            batch=lambda rows, im=images: types.SimpleNamespace(images=im[rows], noise_radial=None))
+            batch=lambda rows, im=images: types.SimpleNamespace(index=np.asarray(rows), images=im[rows],
+                                                                noise_radial=None))
         out = posterior.mate_floor(volume, source, np.asarray(rots), n_images=n, steps=60)
         assert out["mate_order"] == 2
         assert abs(out["mate_floor_fraction"] - expected) <= 1 / n, out

@@ -223,8 +223,8 @@ def test_a_known_displacement_is_taken_out_of_the_image():
              "spherical_aberration_mm": jnp.full((8,), 2.7), "amplitude_contrast": jnp.full((8,), 0.1),
              "phase_shift_deg": jnp.zeros(8), "b_factor_angstrom2": jnp.zeros(8)}
     centred_pred = losses.predict(vol_h, rots, ctf)[:, 1:, 1:] / 32  # the 1/L scale of images_to_hartley
-    as_is, _, _ = steps._targets(batch, pixel, 1.0)
-    moved, _, _ = steps._targets(dict(batch, pre_shift_angstrom=jnp.asarray(shifts) * pixel), pixel, 1.0)
+    as_is, _, _ = steps.batch_targets(batch, pixel, 1.0)
+    moved, _, _ = steps.batch_targets(dict(batch, pre_shift_angstrom=jnp.asarray(shifts) * pixel), pixel, 1.0)
     scale = float(jnp.max(jnp.abs(centred_pred)))
     # away from the Nyquist row and column (see test_shift_hartley_matches_the_simulators_phase_ramp)
     assert float(jnp.max(jnp.abs(moved[:, 1:, 1:] - centred_pred))) < 1e-3 * scale
