@@ -9,6 +9,12 @@ the true map:
   their true pose (the map's own cyclic symmetry or mirror plane) than at the true pose itself, and the
   median evidence (nats) for the true pose. No method that takes each image's most likely pose turns
   fewer than this share to a mate.
+With ``--run=WORKDIR`` it judges a finished run's poses too (``posterior.basin_test``): the run's final
+poses (WORKDIR/poses.star) are aligned to the truth and sampled in three groups (within 20 deg of the
+truth, 20-150 deg, turned >= 150 deg); under the true map each sampled pose and its true pose are moved
+alike to their nearest maxima. Printed per group: its share of the stack, how many of the judged share
+the truth's maximum (the run's map, not the data, held them off), and of the rest, how many the data
+prefer at the run's pose. ``--nofloors`` skips the two floors.
 ``--whiten`` judges the images with the noise model of ``experiments/particles.py`` (per-particle
 normalisation and whitening by the background's noise spectrum: the right likelihood for coloured
 noise); without it, with white noise of one variance, as ``experiments.zoo``'s floor column is.
@@ -27,18 +33,29 @@ _WHITEN = flags.DEFINE_bool("whiten", False, "Judge with particles.py's noise mo
                             "normalisation, whitened images and CTFs).")
 _IMAGES = flags.DEFINE_integer("n_mate_images", 512, "Images sampled for the mate floor (the pose floor takes "
                                "experiments.zoo's sample of 256).")
+_RUN = flags.DEFINE_string("run", None, "A finished run's work directory (its poses.star) to judge under the true map.")
+_RUN_IMAGES = flags.DEFINE_integer("n_run_images", 192, "Images judged per group of the run's poses.")
+_FLOORS = flags.DEFINE_bool("floors", True, "Compute the pose and mate floors.")
 flags.mark_flags_as_required(["data"])
 
+# a run's pose error groups (deg): near the truth, in between, turned to a two-fold mate or end over end
+RUN_GROUPS = {"within_20": (0.0, 20.0), "20_to_150": (20.0, 150.0), "from_150": (150.0, 180.1)}
+SAME_BASIN_DEG = 2.0  # two maxima closer than this are one (Adam's polish stops ~0.1 deg from its maximum)
 
-def floors(data_dir: pathlib.Path, whiten: bool, n_mate_images: int) -> dict:
+
+def floors(data_dir: pathlib.Path, whiten: bool, n_mate_images: int, run_dir: pathlib.Path | None = None,
+           n_run_images: int = 192, with_floors: bool = True) -> dict:
     from experiments import particles
     from jaxcryo import noisemodel, posterior
     from jaxcryo.io import check_stacks, read_particles, read_volume
     from jaxcryo.io.loader import ImageSource
 
-    for name in ("particles.star", "ground_truth.mrc", "ground_truth_poses.star"):
-        if not (data_dir / name).is_file():
-            raise InputError(f"{data_dir / name}: missing (a simulated set's directory holds it)")
+    needed = [data_dir / name for name in ("particles.star", "ground_truth.mrc", "ground_truth_poses.star")]
+    if run_dir is not None:
+        needed.append(run_dir / "poses.star")
+    for path in needed:
+        if not path.is_file():
+            raise InputError(f"{path}: missing (a simulated set's directory, or a finished run's, holds it)")
     table = read_particles(data_dir / "particles.star")
     source = ImageSource(table, check_stacks(table))
     source.estimate_normalization()
@@ -52,15 +69,50 @@ def floors(data_dir: pathlib.Path, whiten: bool, n_mate_images: int) -> dict:
     shifts = truth.displacements_angstrom()
     shifts_px = None if shifts is None else shifts / source.pixel_size_angstrom
     volume = read_volume(data_dir / "ground_truth.mrc")[0]
-    out = posterior.pose_error_floor(volume, source, truth.rotations(), true_shifts_px=shifts_px)
-    out.update(posterior.mate_floor(volume, source, truth.rotations(), n_mate_images, true_shifts_px=shifts_px))
+    out = {}
+    if with_floors:
+        out.update(posterior.pose_error_floor(volume, source, truth.rotations(), true_shifts_px=shifts_px))
+        out.update(posterior.mate_floor(volume, source, truth.rotations(), n_mate_images, true_shifts_px=shifts_px))
+    if run_dir is not None:
+        out["run"] = judge_run(volume, source, truth.rotations(), read_particles(run_dir / "poses.star"),
+                               shifts_px, n_run_images)
+    return out
+
+
+def judge_run(volume, source, true_rotations, run_table, true_shifts_px, n_per_group: int, seed: int = 0) -> dict:
+    """``posterior.basin_test`` of a sample of each group of a run's poses (``RUN_GROUPS``)."""
+    import numpy as np
+
+    from jaxcryo import evaluate, posterior
+
+    if len(run_table) != len(true_rotations):
+        raise InputError(f"poses.star: {len(run_table)} rows for {len(true_rotations)} particles")
+    aligned = evaluate.align_poses(run_table.rotations(), true_rotations)
+    error = aligned["rotation_error_deg"]
+    in_truth_frame = evaluate.in_truth_frame(run_table.rotations(), aligned["q"], aligned["mirrored"])
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, (low, high) in RUN_GROUPS.items():
+        members = np.nonzero((error >= low) & (error < high))[0]
+        group = {"share": float(len(members) / len(error)), "judged": int(min(n_per_group, len(members)))}
+        if len(members):
+            rows = np.sort(rng.choice(members, group["judged"], replace=False))
+            test = posterior.basin_test(volume, source, true_rotations, in_truth_frame, rows,
+                                        true_shifts_px=true_shifts_px)
+            apart = test["apart_deg"] > SAME_BASIN_DEG
+            group.update(error_median_deg=float(np.median(error[members])),
+                         in_truths_basin=float(np.mean(~apart)),
+                         data_prefer_run=float(np.mean(apart & (test["evidence_nats"] > 0))),
+                         data_prefer_truth=float(np.mean(apart & (test["evidence_nats"] <= 0))))
+        out[name] = group
     return out
 
 
 def main(argv):
     del argv
     with cli.exit_on_input_error():
-        out = floors(pathlib.Path(_DATA.value), _WHITEN.value, _IMAGES.value)
+        out = floors(pathlib.Path(_DATA.value), _WHITEN.value, _IMAGES.value,
+                     None if _RUN.value is None else pathlib.Path(_RUN.value), _RUN_IMAGES.value, _FLOORS.value)
     print(json.dumps(dict(out, whiten=_WHITEN.value, n_mate_images=_IMAGES.value)))
 
 

@@ -119,6 +119,13 @@ def error_vectors_deg(r_est: np.ndarray, r_true: np.ndarray, q: np.ndarray, mirr
     return np.degrees(np.asarray(geometry.vee(jnp.asarray(err)), np.float64) @ np.asarray(q, np.float64).T)
 
 
+def in_truth_frame(r_est: np.ndarray, q: np.ndarray, mirrored: bool) -> np.ndarray:
+    """(N, 3, 3) estimated poses -> the same poses in the truth's frame and hand (``align_poses``' ``q`` and
+    ``mirrored``: R_est = R_true Q, so R_est Q^T sits beside R_true), for judging them under the true map."""
+    est = MIRROR @ r_est @ MIRROR if mirrored else r_est
+    return est @ np.swapaxes(q, -1, -2)
+
+
 def neighbour_error_share(r_true: np.ndarray, error_vectors: np.ndarray, n_neighbours: int = 10,
                           n_samples: int = 400, seed: int = 0) -> float:
     """How much of an image's pose error its neighbours share: for sampled images, the mean projection

@@ -85,23 +85,28 @@ def _truth_problem(volume: np.ndarray, source, true_rotations: np.ndarray, rows:
     return vol_h, rot, shift, ctf, target, mask
 
 
-@functools.partial(jax.jit, static_argnames="steps")
-def _nearest_maximum(vol_h, rot, shift, ctf, target, mask, steps: int):
+@functools.partial(jax.jit, static_argnames=("steps", "move_shifts"))
+def _nearest_maximum(vol_h, rot, shift, ctf, target, mask, steps: int, move_shifts: bool = False):
     """Each pose (B, 3, 3) with its shift (B, 2) moved by Adam on the Gaussian likelihood to its nearest
-    maximum: the rotation vectors omega (B, 3) that took it there and the per-image losses (B,) at the end."""
-    def per_image(omega):
-        return losses.loss_at(vol_h, geometry.so3_exp(omega) @ rot, ctf, target, mask, shifts_px=shift)
+    maximum (the shift held unless ``move_shifts``): the rotation vectors omega (B, 3) that took it there
+    and the per-image losses (B,) at the end."""
+    shift_step_px = 5.0 if move_shifts else 0.0  # Adam moves each parameter ~its rate a step: 0.05 px here
+
+    def per_image(params):
+        omega, moved = params
+        return losses.loss_at(vol_h, geometry.so3_exp(omega) @ rot, ctf, target, mask,
+                              shifts_px=shift + shift_step_px * moved)
 
     opt = optax.adam(0.01)
 
     def step(_, carry):
-        omega, state = carry
-        updates, state = opt.update(jax.grad(lambda o: jnp.sum(per_image(o)))(omega), state)
-        return optax.apply_updates(omega, updates), state
+        params, state = carry
+        updates, state = opt.update(jax.grad(lambda p: jnp.sum(per_image(p)))(params), state)
+        return optax.apply_updates(params, updates), state
 
-    omega = jnp.zeros((rot.shape[0], 3), jnp.float32)
-    omega, _ = jax.lax.fori_loop(0, steps, step, (omega, opt.init(omega)))
-    return omega, per_image(omega)
+    params = (jnp.zeros((rot.shape[0], 3), jnp.float32), jnp.zeros_like(shift))
+    params, _ = jax.lax.fori_loop(0, steps, step, (params, opt.init(params)))
+    return params[0], per_image(params)
 
 
 def _sample_rows(source, n_images: int, seed: int) -> np.ndarray:
@@ -152,3 +157,22 @@ def mate_floor(volume: np.ndarray, source, true_rotations: np.ndarray, n_images:
     evidence = -research.evidence_nats(np.asarray(at_truth), best_mate, source.image_size, 1.0)
     return {"mate_floor_fraction": float(np.mean(evidence < 0)),
             "mate_evidence_median_nats": float(np.median(evidence)), "mate_order": int(sym["order"])}
+
+
+def basin_test(volume: np.ndarray, source, true_rotations: np.ndarray, rotations: np.ndarray, rows: np.ndarray,
+               steps: int = 200, true_shifts_px: np.ndarray | None = None) -> dict:
+    """Whether the poses a run gave images ``rows`` are the data's or the run's: under the true map, each
+    given pose (``rotations`` (N, 3, 3), in the truth's frame: ``evaluate.in_truth_frame``) and the true
+    pose are moved by the same Adam steps to their nearest maxima, shifts too (from the true ones: a
+    mate about an off-centre axis sits off-centre). Where both reach one maximum the given pose lies in the truth's basin: a better
+    map would have brought it back. Where they part, the likelihood ratio says which the data prefer.
+    Returns {"apart_deg": (B,) the distance between the two maxima, "evidence_nats": (B,) the log-likelihood
+    ratio of the given pose's maximum over the truth's (``research.evidence_nats``: > 0 where the data
+    themselves prefer the given pose)}."""
+    vol_h, rot, shift, ctf, target, mask = _truth_problem(volume, source, true_rotations, rows, true_shifts_px)
+    given = jnp.asarray(rotations[rows], jnp.float32)
+    omega_t, loss_t = _nearest_maximum(vol_h, rot, shift, ctf, target, mask, steps, move_shifts=True)
+    omega_g, loss_g = _nearest_maximum(vol_h, given, shift, ctf, target, mask, steps, move_shifts=True)
+    apart = geometry.geodesic_distance_deg(geometry.so3_exp(omega_t) @ rot, geometry.so3_exp(omega_g) @ given)
+    return {"apart_deg": np.asarray(apart, np.float64),
+            "evidence_nats": research.evidence_nats(np.asarray(loss_t), np.asarray(loss_g), source.image_size, 1.0)}
