@@ -50,12 +50,13 @@ def floors(data_dir: pathlib.Path, whiten: bool, n_mate_images: int, run_dir: pa
     from jaxcryo.io import check_stacks, read_particles, read_volume
     from jaxcryo.io.loader import ImageSource
 
-    needed = [data_dir / name for name in ("particles.star", "ground_truth.mrc", "ground_truth_poses.star")]
+    needed = [(data_dir / name, "a simulated set's directory")
+              for name in ("particles.star", "ground_truth.mrc", "ground_truth_poses.star")]
     if run_dir is not None:
-        needed.append(run_dir / "poses.star")
-    for path in needed:
+        needed.append((run_dir / "poses.star", "a finished run's directory"))
+    for path, holder in needed:
         if not path.is_file():
-            raise InputError(f"{path}: missing (a simulated set's directory, or a finished run's, holds it)")
+            raise InputError(f"{path}: missing ({holder} holds it)")
     table = read_particles(data_dir / "particles.star")
     source = ImageSource(table, check_stacks(table))
     source.estimate_normalization()

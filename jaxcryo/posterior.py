@@ -90,12 +90,12 @@ def _nearest_maximum(vol_h, rot, shift, ctf, target, mask, steps: int, move_shif
     """Each pose (B, 3, 3) with its shift (B, 2) moved by Adam on the Gaussian likelihood to its nearest
     maximum (the shift held unless ``move_shifts``): the rotation vectors omega (B, 3) that took it there
     and the per-image losses (B,) at the end."""
-    shift_step_px = 5.0 if move_shifts else 0.0  # Adam moves each parameter ~its rate a step: 0.05 px here
+    shift_step_px = 5.0  # Adam moves each parameter ~its rate a step: 0.05 px for the shifts
 
-    def per_image(params):
-        omega, moved = params
+    def per_image(params):  # params: omega (B, 3), or (omega, shift moves (B, 2)) with move_shifts
+        omega, moved = params if move_shifts else (params, 0.0)
         return losses.loss_at(vol_h, geometry.so3_exp(omega) @ rot, ctf, target, mask,
-                              shifts_px=shift + shift_step_px * moved)
+                              shifts_px=shift + shift_step_px * moved if move_shifts else shift)
 
     opt = optax.adam(0.01)
 
@@ -104,9 +104,10 @@ def _nearest_maximum(vol_h, rot, shift, ctf, target, mask, steps: int, move_shif
         updates, state = opt.update(jax.grad(lambda p: jnp.sum(per_image(p)))(params), state)
         return optax.apply_updates(params, updates), state
 
-    params = (jnp.zeros((rot.shape[0], 3), jnp.float32), jnp.zeros_like(shift))
+    omega = jnp.zeros((rot.shape[0], 3), jnp.float32)
+    params = (omega, jnp.zeros_like(shift)) if move_shifts else omega
     params, _ = jax.lax.fori_loop(0, steps, step, (params, opt.init(params)))
-    return params[0], per_image(params)
+    return (params[0] if move_shifts else params), per_image(params)
 
 
 def _sample_rows(source, n_images: int, seed: int) -> np.ndarray:
