@@ -128,6 +128,18 @@ def test_the_mate_test_brings_images_back_from_a_mate_and_leaves_true_poses():
     assert np.all(np.asarray(stay_loss) > np.asarray(at_truth))  # at the truth no mate is more likely
 
 
+def _pseudo_c2_case(n: int = 16):
+    """The floors' tests' particle: a pseudo-C2 map whose axis passes off the centre, and n true poses."""
+    import jax
+
+    axis = np.array([0.3, -0.5, 0.8])
+    axis /= np.linalg.norm(axis)
+    centre = np.array([4.0, -3.0, 2.0])
+    volume = symmetric_map(2, axis, centre, mark=6.0)
+    rots = geometry.random_rotations(jax.random.key(7), (n,), jnp.float32)
+    return axis, centre, volume, slicing.volume_to_hartley(jnp.asarray(volume)), rots
+
+
 def test_the_mate_floor_counts_the_images_whose_mate_the_true_map_prefers():
     """``posterior.mate_floor`` under a pseudo-C2 map: images made at the given poses prefer them (the
     fraction near 0); images made at the given poses' mates (the exact operator about the true centre)
@@ -136,17 +148,10 @@ def test_the_mate_floor_counts_the_images_whose_mate_the_true_map_prefers():
     way."""
     import types
 
-    import jax
-
     from jaxcryo import posterior
 
-    axis = np.array([0.3, -0.5, 0.8])
-    axis /= np.linalg.norm(axis)
-    centre = np.array([4.0, -3.0, 2.0])
-    volume = symmetric_map(2, axis, centre, mark=6.0)
-    vol_h = slicing.volume_to_hartley(jnp.asarray(volume))
-    n = 16
-    rots = geometry.random_rotations(jax.random.key(7), (n,), jnp.float32)
+    axis, centre, volume, vol_h, rots = _pseudo_c2_case()
+    n = rots.shape[0]
     op = pseudosym.rotations_about(axis[None], np.array([np.pi]))
     mates, mate_shifts = pseudosym.mate_poses(rots, jnp.zeros((n, 2)), op, jnp.asarray(centre / PIXEL, jnp.float32))
 
@@ -179,13 +184,8 @@ def test_the_basin_test_tells_a_near_miss_from_a_mate():
 
     from jaxcryo import posterior
 
-    axis = np.array([0.3, -0.5, 0.8])
-    axis /= np.linalg.norm(axis)
-    centre = np.array([4.0, -3.0, 2.0])
-    volume = symmetric_map(2, axis, centre, mark=6.0)
-    vol_h = slicing.volume_to_hartley(jnp.asarray(volume))
-    n = 16
-    rots = geometry.random_rotations(jax.random.key(7), (n,), jnp.float32)
+    axis, centre, volume, vol_h, rots = _pseudo_c2_case()
+    n = rots.shape[0]
     tilt = np.array(jax.random.normal(jax.random.key(8), (n, 3)))
     tilt *= np.radians(4.0) / np.linalg.norm(tilt, axis=1, keepdims=True)
     near = geometry.so3_exp(jnp.asarray(tilt, jnp.float32)) @ rots
