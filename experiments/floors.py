@@ -75,8 +75,10 @@ def floors(data_dir: pathlib.Path, whiten: bool, n_mate_images: int, run_dir: pa
         out.update(posterior.pose_error_floor(volume, source, truth.rotations(), true_shifts_px=shifts_px))
         out.update(posterior.mate_floor(volume, source, truth.rotations(), n_mate_images, true_shifts_px=shifts_px))
     if run_dir is not None:
-        out["run"] = judge_run(volume, source, truth.rotations(), read_particles(run_dir / "poses.star"),
-                               shifts_px, n_run_images)
+        run_table = read_particles(run_dir / "poses.star")
+        if len(run_table) != len(table):
+            raise InputError(f"{run_dir / 'poses.star'}: {len(run_table)} rows for {len(table)} particles")
+        out["run"] = judge_run(volume, source, truth.rotations(), run_table, shifts_px, n_run_images)
     return out
 
 
@@ -86,8 +88,6 @@ def judge_run(volume, source, true_rotations, run_table, true_shifts_px, n_per_g
 
     from jaxcryo import evaluate, posterior
 
-    if len(run_table) != len(true_rotations):
-        raise InputError(f"poses.star: {len(run_table)} rows for {len(true_rotations)} particles")
     aligned = evaluate.align_poses(run_table.rotations(), true_rotations)
     error = aligned["rotation_error_deg"]
     in_truth_frame = evaluate.in_truth_frame(run_table.rotations(), aligned["q"], aligned["mirrored"])
