@@ -70,27 +70,28 @@ def floors(data_dir: pathlib.Path, whiten: bool, n_mate_images: int, run_dir: pa
     shifts = truth.displacements_angstrom()
     shifts_px = None if shifts is None else shifts / source.pixel_size_angstrom
     volume = read_volume(data_dir / "ground_truth.mrc")[0]
+    true_rotations = truth.rotations()
     out = {}
     if with_floors:
-        out.update(posterior.pose_error_floor(volume, source, truth.rotations(), true_shifts_px=shifts_px))
-        out.update(posterior.mate_floor(volume, source, truth.rotations(), n_mate_images, true_shifts_px=shifts_px))
+        out.update(posterior.pose_error_floor(volume, source, true_rotations, true_shifts_px=shifts_px))
+        out.update(posterior.mate_floor(volume, source, true_rotations, n_mate_images, true_shifts_px=shifts_px))
     if run_dir is not None:
         run_table = read_particles(run_dir / "poses.star")
         if len(run_table) != len(table):
             raise InputError(f"{run_dir / 'poses.star'}: {len(run_table)} rows for {len(table)} particles")
-        out["run"] = judge_run(volume, source, truth.rotations(), run_table, shifts_px, n_run_images)
+        out["run"] = judge_run(volume, source, true_rotations, run_table.rotations(), shifts_px, n_run_images)
     return out
 
 
-def judge_run(volume, source, true_rotations, run_table, true_shifts_px, n_per_group: int, seed: int = 0) -> dict:
-    """``posterior.basin_test`` of a sample of each group of a run's poses (``RUN_GROUPS``)."""
+def judge_run(volume, source, true_rotations, run_rotations, true_shifts_px, n_per_group: int, seed: int = 0) -> dict:
+    """``posterior.basin_test`` of a sample of each group of a run's poses (N, 3, 3) (``RUN_GROUPS``)."""
     import numpy as np
 
     from jaxcryo import evaluate, posterior
 
-    aligned = evaluate.align_poses(run_table.rotations(), true_rotations)
+    aligned = evaluate.align_poses(run_rotations, true_rotations)
     error = aligned["rotation_error_deg"]
-    in_truth_frame = evaluate.in_truth_frame(run_table.rotations(), aligned["q"], aligned["mirrored"])
+    in_truth_frame = evaluate.in_truth_frame(run_rotations, aligned["q"], aligned["mirrored"])
     rng = np.random.default_rng(seed)
     out = {}
     for name, (low, high) in RUN_GROUPS.items():

@@ -114,9 +114,8 @@ def error_vectors_deg(r_est: np.ndarray, r_true: np.ndarray, q: np.ndarray, mirr
     """(N, 3) each image's pose error as a rotation vector (axis x sin(angle), in degrees; the angle for
     small errors) in the truth's frame, after ``align_poses``' global rotation ``q`` and hand: R_est =
     R_true Q E, E = Exp(e) with e in Q's frame, reported as Q e."""
-    est = MIRROR @ r_est @ MIRROR if mirrored else r_est
-    err = np.swapaxes(r_true @ q, 1, 2) @ est
-    return np.degrees(np.asarray(geometry.vee(jnp.asarray(err)), np.float64) @ np.asarray(q, np.float64).T)
+    err = np.swapaxes(r_true, 1, 2) @ in_truth_frame(r_est, q, mirrored)  # Q E Q^T, whose vector is Q e
+    return np.degrees(np.asarray(geometry.vee(jnp.asarray(err)), np.float64))
 
 
 def in_truth_frame(r_est: np.ndarray, q: np.ndarray, mirrored: bool) -> np.ndarray:

@@ -165,8 +165,9 @@ def basin_test(volume: np.ndarray, source, true_rotations: np.ndarray, rotations
     """Whether the poses a run gave images ``rows`` are the data's or the run's: under the true map, each
     given pose (``rotations`` (N, 3, 3), in the truth's frame: ``evaluate.in_truth_frame``) and the true
     pose are moved by the same Adam steps to their nearest maxima, shifts too (from the true ones: a
-    mate about an off-centre axis sits off-centre). Where both reach one maximum the given pose lies in the truth's basin: a better
-    map would have brought it back. Where they part, the likelihood ratio says which the data prefer.
+    mate about an off-centre axis sits off-centre). Where both reach one maximum the given pose lies in
+    the truth's basin: a better map would have brought it back. Where they part, the likelihood ratio
+    says which the data prefer.
     Returns {"apart_deg": (B,) the distance between the two maxima, "evidence_nats": (B,) the log-likelihood
     ratio of the given pose's maximum over the truth's (``research.evidence_nats``: > 0 where the data
     themselves prefer the given pose)}."""
