@@ -55,6 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.origins_as_shifts = False
 
     config.poses = ""  # a star with known poses: fit the volume only (the known-pose oracle)
+    # a star (or .cs) with a pose for every particle to start auto-decoding from: no amortized stage; each
+    # pose (and origin) refined from there, e.g. a previous run's poses.star, or with the true poses, how
+    # far the method's own auto-decoding takes a perfect start (README, "Your own particles")
+    config.start_poses = ""
     config.halfsets = False  # two independent half-set runs, aligned; gold-standard FSC (WORKDIR/half1, half2)
 
     config.model = ml_collections.ConfigDict()

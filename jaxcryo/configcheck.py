@@ -32,7 +32,7 @@ ADDED_OPTIONS = {
     "model.search_local_rounds": 0, "model.search_local_sigma_deg": 10.0, "model.search_top_k": 1,
     "model.search_global_radius": 0.0, "model.volume_mask": False,
     "simulate.b_factor_angstrom2": 0.0, "simulate.contrast_spread": 0.0, "simulate.noise_color": 1.0,
-    "simulate.offset_std": 0.0,
+    "simulate.offset_std": 0.0, "start_poses": "",
     "train.amortized_resolution_angstrom": 0.0, "train.amortized_start_epochs": 2, "train.amortized_start_steps": 0,
     "train.amortized_starts": 1,
     "train.amortized_steps": 0, "train.amortized_steps_max": 0, "train.autodecoding_steps": 0,
@@ -84,7 +84,9 @@ def validate(config) -> None:
     finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
     _even_box("data.image_size", int(flat.get("data.image_size", 0)))
     _even_box("train.amortized_image_size", int(flat.get("train.amortized_image_size", 0)))
-    if not flat.get("poses"):  # the encoder runs: its box has a floor (a stack's own box is checked with its data)
+    if flat.get("poses") and flat.get("start_poses"):
+        raise InputError("config: poses (held fixed) and start_poses (refined) are both set; give one")
+    if not (flat.get("poses") or flat.get("start_poses")):  # the encoder runs: its box has a floor (a stack's own box is checked with its data)
         from jaxcryo.models import MIN_ENCODER_BOX
 
         simulated = () if flat.get("data.particles") else ("simulate.image_size",)

@@ -46,12 +46,14 @@ def epochs_for_steps(steps: int, steps_per_epoch: int) -> int:
     return -(-int(steps) // max(int(steps_per_epoch), 1))
 
 
-def stage_epochs(train_config, steps_per_epoch: int, known_poses: bool = False, fully_amortized: bool = False) -> dict:
+def stage_epochs(train_config, steps_per_epoch: int, known_poses: bool = False, fully_amortized: bool = False,
+                 start_poses: bool = False) -> dict:
     """Epochs of each stage. ``train.amortized_steps`` / ``autodecoding_steps`` (> 0) set a stage's length
     in steps, so a small and a large stack both get a sensible run: the encoder learns from a number of
     images, not of passes; each is rounded up to whole epochs, at least 2 and at most the stage's
     ``epochs_*`` (with steps, a cap). Auto-decoding refines every image's own pose, so its 2-epoch
-    floor is what a large stack gets."""
+    floor is what a large stack gets. Known poses fit the map alone for both stages' epochs; start poses
+    (``config.start_poses``) skip the amortized stage."""
     tc = train_config
 
     def epochs(steps_key: str, epochs_key: str) -> int:
@@ -61,6 +63,8 @@ def stage_epochs(train_config, steps_per_epoch: int, known_poses: bool = False, 
     amortized, autodecoding = epochs("amortized_steps", "epochs_amortized"), epochs("autodecoding_steps", "epochs_autodecoding")
     if known_poses:
         return {AMORTIZED: 0, AUTODECODING: amortized + autodecoding}
+    if start_poses:
+        return {AMORTIZED: 0, AUTODECODING: autodecoding}
     if fully_amortized:
         return {AMORTIZED: amortized + autodecoding, AUTODECODING: 0}
     return {AMORTIZED: amortized, AUTODECODING: autodecoding}
@@ -249,11 +253,12 @@ class AutodecodingStage:
         """The state's pose tables as host arrays of N rows (padding dropped)."""
         return {k: np.array(distributed.to_host(state[k])[: self.n]) for k in names}
 
-    def known_poses_from_file(self) -> tuple[np.ndarray, np.ndarray]:
-        """Rotations (N, 3, 3) and shifts (N, 2, pixels) of config.poses; shifts from its origins."""
-        poses = read_particles(self.config.poses)
+    def poses_from_file(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        """Rotations (N, 3, 3) and shifts (N, 2, pixels) of a star or .cs with the particles' rows in
+        their order (``config.poses``, ``config.start_poses``); shifts from its origins."""
+        poses = read_particles(path)
         if len(poses) != self.n or poses.euler_deg is None:
-            raise InputError(f"{self.config.poses}: need {self.n} rows with rlnAngleRot/Tilt/Psi, got {len(poses)}")
+            raise InputError(f"{path}: need {self.n} rows with rlnAngleRot/Tilt/Psi, got {len(poses)}")
         return poses.rotations(), poses.displacements_px(self.data.source.pixel_size_angstrom)
 
     def between_epochs(self, stage: str, state, progress: dict, n_epochs: int) -> tuple[dict, dict]:

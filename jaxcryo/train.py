@@ -70,6 +70,7 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
         self.inference_batch = pass_batch(int(tc.get("inference_batch_size", tc.batch_size)), self.n, n_dev)
         self.research_batch = pass_batch(int(tc.get("research_batch_size", self.inference_batch)), self.n, n_dev)
         self.known_poses = bool(config.poses)
+        self.start_poses = bool(config.get("start_poses", ""))
         mc = config.model
         self.estimate_shifts = bool(mc.estimate_shifts) and not self.known_poses
         if self.estimate_shifts and not 0 < mc.max_shift_fraction < 0.5:
@@ -80,7 +81,8 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
         self.pre_shift_angstrom = self.origin_displacements() if config.data.get("origins_as_shifts", False) else None
         self.encoder = models.PoseEncoder(mc.n_heads, mc.width, steps.AXIS, self.amortized_shifts)
         self.infer_encoder = models.PoseEncoder(mc.n_heads, mc.width, None, self.amortized_shifts)
-        self.known = self.known_poses_from_file() if self.known_poses else None
+        given = config.poses or config.get("start_poses", "")  # held fixed, or refined from
+        self.known = self.poses_from_file(given) if given else None
         px, px_coarse, lk = self.data.source.pixel_size_angstrom, self.data.coarse.pixel_size_angstrom, config.loss.kind
         self.enc_opt, self.vol_opt = optax.adam(tc.lr_encoder), optax.adam(tc.lr_volume)
         self.vol_opt_ad = optax.adam(tc.lr_volume_autodecoding)
@@ -131,7 +133,7 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
     def run(self) -> dict:
         config, tc = self.config, self.config.train
         progress = self.checkpoints.latest_progress()
-        epochs = stage_epochs(tc, self.steps_per_epoch, self.known_poses, config.model.fully_amortized)
+        epochs = stage_epochs(tc, self.steps_per_epoch, self.known_poses, config.model.fully_amortized, self.start_poses)
         self.planned_epochs = epochs
         self.steps_per_start = start_steps(tc, epochs[AMORTIZED], self.steps_per_epoch)  # each start's; the stage's first
         if progress is None:
@@ -141,6 +143,11 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
                 progress = {"stage": AUTODECODING, "epoch": 0, "step": 0, "global_step": 0}
                 vol = self.init_amortized()["vol_params"]
                 state = self.init_autodecoding(vol, *self.known)
+            elif self.start_poses:  # the map at the given poses first: a pose step needs a map to move against
+                progress = {"stage": AUTODECODING, "epoch": 0, "step": 0, "global_step": 0, "amortized_epochs": 0}
+                state = self.inverted(self.init_autodecoding(self.upsample_volume(self.init_amortized()["vol_params"]),
+                                                             *self.known))
+                self.save(state, progress, "the start poses' map")
             elif tc.get("amortized_starts", 1) > 1:  # not checkpointed until chosen: a kill redoes the starts
                 done = self.steps_per_start
                 state = self.amortized_starts(int(tc.amortized_starts), done)
@@ -174,7 +181,7 @@ def checked_data(config, workdir: pathlib.Path):
     """``dataset.prepare_data``, and a stack whose own box is below the encoder's (the settings are
     checked by ``configcheck.validate``) refused when the encoder is to pose it."""
     data = prepare_data(config, workdir)
-    if not config.poses and data.coarse.image_size < models.MIN_ENCODER_BOX:
+    if not (config.poses or config.get("start_poses")) and data.coarse.image_size < models.MIN_ENCODER_BOX:
         raise InputError(f"{config.data.particles or 'the simulated particles'}: its box of {data.coarse.image_size} px "
                          f"is below the {models.MIN_ENCODER_BOX} px the pose encoder needs; extract the particles in a "
                          "larger box")

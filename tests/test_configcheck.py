@@ -83,6 +83,11 @@ def test_a_box_below_the_encoders_is_refused_unless_the_poses_are_given(key):
         configcheck.validate(config)
     config.poses = "known.star"  # no encoder: a small box is fine
     configcheck.validate(config)
+    config.poses, config.start_poses = "", "start.star"  # nor when auto-decoding starts from given poses
+    configcheck.validate(config)
+    config.poses = "known.star"
+    with pytest.raises(InputError, match=r"config: poses \(held fixed\) and start_poses \(refined\) are both set"):
+        configcheck.validate(config)
 
 
 @pytest.mark.parametrize("overrides, message", [
