@@ -5,6 +5,8 @@ DIR holds particles.star (and its stack), ground_truth.mrc and ground_truth_pose
 the true map:
 * the pose-error floor (``posterior.pose_error_floor``): how far each image's most likely pose lies from
   its true pose, median / mean / 90th percentile;
+* the half-map floor (``posterior.half_map_floor``): the same, under the map that half the images make at
+  their true poses instead of the true map (what a map made from the data allows);
 * the mate floor (``posterior.mate_floor``): the share of images more likely at a pseudo-symmetry mate of
   their true pose (the map's own cyclic symmetry or mirror plane) than at the true pose itself, and the
   median evidence (nats) for the true pose. No method that takes each image's most likely pose turns
@@ -48,7 +50,7 @@ def floors(data_dir: pathlib.Path, whiten: bool, n_mate_images: int, run_dir: pa
     from experiments import particles
     from jaxcryo import noisemodel, posterior
     from jaxcryo.io import check_stacks, read_particles, read_volume
-    from jaxcryo.io.loader import ImageSource
+    from jaxcryo.io.loader import ImageSource, half_set_labels
 
     needed = [(data_dir / name, "a simulated set's directory")
               for name in ("particles.star", "ground_truth.mrc", "ground_truth_poses.star")]
@@ -74,6 +76,7 @@ def floors(data_dir: pathlib.Path, whiten: bool, n_mate_images: int, run_dir: pa
     out = {}
     if with_floors:
         out.update(posterior.pose_error_floor(volume, source, true_rotations, true_shifts_px=shifts_px))
+        out.update(posterior.half_map_floor(source, true_rotations, half_set_labels(table, 0), true_shifts_px=shifts_px))
         out.update(posterior.mate_floor(volume, source, true_rotations, n_mate_images, true_shifts_px=shifts_px))
     if run_dir is not None:
         run_table = read_particles(run_dir / "poses.star")

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from jaxcryo import ctf as ctf_lib
-from jaxcryo import dataset, geometry, losses, pseudosym, research, slicing
+from jaxcryo import dataset, geometry, inversion, losses, pseudosym, research, slicing
 from jaxcryo.steps import batch_targets
 
 
@@ -130,6 +130,30 @@ def pose_error_floor(volume: np.ndarray, source, true_rotations: np.ndarray, n_i
     err = np.degrees(np.linalg.norm(np.asarray(omega), axis=1))
     return {"floor_median_deg": float(np.median(err)), "floor_mean_deg": float(np.mean(err)),
             "floor_p90_deg": float(np.percentile(err, 90))}
+
+
+def half_map_floor(source, true_rotations: np.ndarray, labels: np.ndarray, n_images: int = 256, steps: int = 200,
+                   seed: int = 0, true_shifts_px: np.ndarray | None = None, batch_size: int = 256) -> dict:
+    """``pose_error_floor`` with the map the data allow instead of the true one: each sampled image's
+    pose is moved from its true pose to its nearest maximum under the Wiener-filtered map of the *other*
+    half set (``labels`` (N,) in {1, 2}) made by direct inversion at the true poses
+    (``inversion.reconstruct``). No run that makes its map from these images does much better than this,
+    where the true map's floor assumes a perfect one; a map of every image would see each image's own
+    noise at its true pose, so the figure is for half the images' map (a map of all of them, whose SNR
+    is twice as high, would give a little less). Returns {"half_map_floor_median_deg",
+    "half_map_floor_mean_deg", "half_map_floor_p90_deg"}."""
+    shifts = np.zeros((len(true_rotations), 2), np.float32) if true_shifts_px is None else true_shifts_px
+    maps = inversion.reconstruct(source, true_rotations, shifts, labels, batch_size, filtered_halves=True,
+                                 full_map=False)
+    rows = _sample_rows(source, n_images, seed)
+    errors = []
+    for half in (1, 2):
+        mine = rows[labels[rows] == half]
+        problem = _truth_problem(maps[f"half{3 - half}_filtered"], source, true_rotations, mine, true_shifts_px)
+        errors.append(np.degrees(np.linalg.norm(np.asarray(_nearest_maximum(*problem, steps)[0]), axis=1)))
+    err = np.concatenate(errors)
+    return {"half_map_floor_median_deg": float(np.median(err)), "half_map_floor_mean_deg": float(np.mean(err)),
+            "half_map_floor_p90_deg": float(np.percentile(err, 90))}
 
 
 def mate_floor(volume: np.ndarray, source, true_rotations: np.ndarray, n_images: int = 256, steps: int = 200,
