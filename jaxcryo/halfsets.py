@@ -26,17 +26,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcryo import align, evaluate, frames, geometry, runio
-from jaxcryo.io import read_particles, read_volume, write_mrc
+from jaxcryo.io import InputError, read_particles, read_volume, write_mrc
 from jaxcryo.io.loader import half_set_labels
 from jaxcryo.io.star import write_particles_star
 
+GIVEN_POSES = ("poses", "start_poses")  # pose files of every particle: each half run gets its own rows
+
 
 def split(config, workdir: pathlib.Path, particles: str, gt_poses: str | None):
-    """Write the two halves' stars (and true-pose stars when known).
+    """Write the two halves' stars (and true-pose stars when known, and each half's rows of the pose
+    files the config gives: ``config.poses``, ``config.start_poses``).
 
-    Returns (per-half dicts with rows, particles, gt_poses, datadir; the full table; the labels)."""
+    Returns (per-half dicts with rows, particles, gt_poses, the given pose files by config key, datadir;
+    the full table; the labels)."""
     table = read_particles(particles, config.data.datadir or None, config.data.pixel_size_angstrom or None)
     labels = half_set_labels(table, config.seed)
+    given = {key: read_particles(config[key]) for key in GIVEN_POSES if config.get(key)}
+    for key, poses in given.items():  # checked before anything is written
+        if len(poses) != len(table):
+            raise InputError(f"{config[key]}: {len(poses)} rows for the {len(table)} particles of {particles}")
     out = workdir / "halfsets"
     out.mkdir(parents=True, exist_ok=True)
     truth = read_particles(gt_poses) if gt_poses else None
@@ -51,6 +59,9 @@ def split(config, workdir: pathlib.Path, particles: str, gt_poses: str | None):
             entry["gt_poses"] = str(out / f"half{half}_ground_truth_poses.star")
             if not pathlib.Path(entry["gt_poses"]).exists():
                 write_particles_star(entry["gt_poses"], truth.subset(rows))
+        for key, poses in given.items():
+            entry[key] = str(out / f"half{half}_{key}.star")
+            write_particles_star(entry[key], poses.subset(rows))
         halves.append(entry)
     # image names stay as in the input: stacks are found through datadir = the input's folder
     datadir = config.data.datadir or str(pathlib.Path(particles).resolve().parent)
@@ -79,6 +90,9 @@ def run_halfsets(config, workdir: pathlib.Path, train_fn, data, devices=None) ->
         cfg.data.particles, cfg.data.datadir = entry["particles"], entry["datadir"]
         cfg.eval.ground_truth = data.ground_truth or ""
         cfg.eval.ground_truth_poses = entry["gt_poses"]
+        for key in GIVEN_POSES:
+            if key in entry:
+                cfg[key] = entry[key]
         configs.append(cfg)
     groups = device_groups(devices if devices is not None else jax.local_devices())
     if groups is None:

@@ -275,6 +275,31 @@ def test_half_sets_from_star_or_seeded(tmp_path):
     np.testing.assert_array_equal(half_set_labels(one_half, seed=3), labels)
 
 
+def test_each_half_set_run_gets_its_own_rows_of_the_given_poses(tmp_path):
+    # halfsets=True with config.start_poses (or poses): each half's run reads the rows of its own
+    # particles, in their order; a pose file of another length is refused before anything is written.
+    from experiments import quickstart
+    from jaxcryo.halfsets import split
+
+    star = make_dataset(tmp_path, n=10)
+    table = read_particles(star)
+    start = tmp_path / "start.star"
+    euler = np.column_stack([np.arange(10) * 30.0, np.full(10, 90.0), np.arange(10) * 7.0])
+    write_particles_star(start, table, euler_deg=euler)
+    config = quickstart.get_config()
+    config.start_poses = str(start)
+    halves, _, labels = split(config, tmp_path / "run", str(star), None)
+    for half, entry in enumerate(halves, start=1):
+        own = read_particles(entry["start_poses"])
+        np.testing.assert_array_equal(entry["rows"], np.nonzero(labels == half)[0])
+        np.testing.assert_allclose(own.euler_deg, euler[entry["rows"]], atol=1e-4)
+        assert own.image_name.tolist() == read_particles(entry["particles"]).image_name.tolist()
+    write_particles_star(start, table.subset(np.arange(9)))
+    with pytest.raises(InputError, match=rf"{start}: 9 rows for the 10 particles of {star}"):
+        split(config, tmp_path / "other", str(star), None)
+    assert not (tmp_path / "other").exists()
+
+
 def test_downsample_writes_new_stack_and_pixel_size(tmp_path):
     t = read_particles(make_dataset(tmp_path, n=6, size=16))
     star = downsample_dataset(t, 8, tmp_path / "small", chunk_size=4)
