@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcryo import align, evaluate, frames, geometry, runio
-from jaxcryo.io import InputError, read_particles, read_volume, write_mrc
+from jaxcryo.io import read_particles, read_poses, read_volume, write_mrc
 from jaxcryo.io.loader import half_set_labels
 from jaxcryo.io.star import write_particles_star
 
@@ -41,27 +41,25 @@ def split(config, workdir: pathlib.Path, particles: str, gt_poses: str | None):
     the full table; the labels)."""
     table = read_particles(particles, config.data.datadir or None, config.data.pixel_size_angstrom or None)
     labels = half_set_labels(table, config.seed)
-    given = {key: read_particles(config[key]) for key in GIVEN_POSES if config.get(key)}
-    for key, poses in given.items():  # checked before anything is written
-        if len(poses) != len(table):
-            raise InputError(f"{config[key]}: {len(poses)} rows for the {len(table)} particles of {particles}")
+    given = {key: read_poses(config[key], len(table)) for key in GIVEN_POSES if config.get(key)}  # before writing
     out = workdir / "halfsets"
     out.mkdir(parents=True, exist_ok=True)
     truth = read_particles(gt_poses) if gt_poses else None
     halves = []
     for half in (1, 2):
         rows = np.nonzero(labels == half)[0]
+
+        def own_rows(name: str, poses) -> str:  # this half's rows of a per-particle table, written once
+            path = out / f"half{half}_{name}.star"
+            if not path.exists():
+                write_particles_star(path, poses.subset(rows))
+            return str(path)
+
         star = out / f"half{half}.star"
         if not star.exists():
             write_particles_star(star, table.subset(rows), random_subset=np.full(len(rows), half))
-        entry = {"rows": rows, "particles": str(star), "gt_poses": ""}
-        if truth is not None:
-            entry["gt_poses"] = str(out / f"half{half}_ground_truth_poses.star")
-            if not pathlib.Path(entry["gt_poses"]).exists():
-                write_particles_star(entry["gt_poses"], truth.subset(rows))
-        for key, poses in given.items():
-            entry[key] = str(out / f"half{half}_{key}.star")
-            write_particles_star(entry[key], poses.subset(rows))
+        entry = {"rows": rows, "particles": str(star), "gt_poses": "" if truth is None else own_rows("ground_truth_poses", truth)}
+        entry.update({key: own_rows(key, poses) for key, poses in given.items()})
         halves.append(entry)
     # image names stay as in the input: stacks are found through datadir = the input's folder
     datadir = config.data.datadir or str(pathlib.Path(particles).resolve().parent)

@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxcryo import distributed, fourier, models, pseudosym, steps
 from jaxcryo.dataset import AMORTIZED, device_batch, read_batch
-from jaxcryo.io import InputError, read_particles
+from jaxcryo.io import InputError, read_poses
 from jaxcryo.research import mate_poses, mates_due, research_due, research_poses
 
 AUTODECODING = "autodecoding"
@@ -256,9 +256,7 @@ class AutodecodingStage:
     def poses_from_file(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         """Rotations (N, 3, 3) and shifts (N, 2, pixels) of a star or .cs with the particles' rows in
         their order (``config.poses``, ``config.start_poses``); shifts from its origins."""
-        poses = read_particles(path)
-        if len(poses) != self.n or poses.euler_deg is None:
-            raise InputError(f"{path}: need {self.n} rows with rlnAngleRot/Tilt/Psi, got {len(poses)}")
+        poses = read_poses(path, self.n)
         return poses.rotations(), poses.displacements_px(self.data.source.pixel_size_angstrom)
 
     def between_epochs(self, stage: str, state, progress: dict, n_epochs: int) -> tuple[dict, dict]:

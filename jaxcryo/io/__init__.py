@@ -20,7 +20,7 @@ import numpy as np
 from jaxcryo.io.mrc import Stack, read_volume, write_mrc
 from jaxcryo.io.table import CTF_FIELDS, InputError, ParticleTable, check_values, listed
 
-__all__ = ["read_particles", "check_stacks", "ParticleTable", "InputError", "Stack", "read_volume", "write_mrc", "CTF_FIELDS"]
+__all__ = ["read_particles", "read_poses", "check_stacks", "ParticleTable", "InputError", "Stack", "read_volume", "write_mrc", "CTF_FIELDS"]
 
 
 def _stacks_table(source: pathlib.Path, stack_paths: list[pathlib.Path]) -> ParticleTable:
@@ -75,6 +75,15 @@ def read_particles(path, datadir: str | None = None, pixel_size_angstrom: float 
     check_values(table, kind)
     _release_freed_heap()
     return table
+
+
+def read_poses(path, n: int) -> ParticleTable:
+    """A pose file of ``n`` particles, row for row (``config.poses``, ``config.start_poses``): read by
+    ``read_particles`` and refused in one line unless it holds n rows with angles."""
+    poses = read_particles(path)
+    if len(poses) != n or poses.euler_deg is None:
+        raise InputError(f"{path}: need {n} rows with rlnAngleRot/Tilt/Psi, got {len(poses)}")
+    return poses
 
 
 def _release_freed_heap() -> None:
