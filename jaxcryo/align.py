@@ -14,6 +14,7 @@ at ``refine_size`` (translation re-estimated by the FFT peak, sub-voxel by a par
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -88,11 +89,10 @@ def align_volumes(moving: np.ndarray, reference: np.ndarray, n_rotations: int = 
     ref_s = _prepare(reference, search_size)
     ref_f = jnp.fft.fftn(ref_s)
     rotations = geometry.random_rotations(jax.random.key(seed), (n_rotations,))
-    score_all = jax.jit(jax.vmap(lambda v, q: _xcorr_peak(ref_f, rotate(v, q))[0], in_axes=(None, 0)))
     candidates = []
     for mirrored in (False, True):
         mov = _prepare(frames.mirror(moving) if mirrored else moving, search_size)
-        scores = np.concatenate([np.asarray(score_all(mov, rotations[i : i + 500])) for i in range(0, n_rotations, 500)])
+        scores = np.concatenate([np.asarray(_scores(ref_f, mov, rotations[i : i + 500])) for i in range(0, n_rotations, 500)])
         for i in np.argsort(-scores)[:3]:
             candidates.append((float(scores[i]), mirrored, np.asarray(rotations[i])))
     ref_r = _prepare(reference, refine_size, 0.6)
@@ -100,7 +100,7 @@ def align_volumes(moving: np.ndarray, reference: np.ndarray, n_rotations: int = 
     best = None
     for _, mirrored, q0 in sorted(candidates, key=lambda c: -c[0])[:4]:
         mov = _prepare(frames.mirror(moving) if mirrored else moving, refine_size, 0.6)
-        q, score = _refine(mov, ref_r, ref_rf, jnp.asarray(q0), refine_steps)
+        q, score = _refine(mov, ref_r, ref_rf, jnp.asarray(q0, jnp.float32), refine_steps)
         if best is None or score > best[0]:
             best = (score, mirrored, q)
     score, mirrored, q = best
@@ -123,13 +123,25 @@ def fourier_shift(volume: jax.Array, shift: jax.Array) -> jax.Array:
     return fourier.ifft_centered(fourier.fft_centered(volume, 3) * jnp.exp(-1j * angles), 3).real
 
 
+@jax.jit
+def _scores(reference_f: jax.Array, moving: jax.Array, rotations: jax.Array) -> jax.Array:
+    """(B,) correlation peaks of the reference with ``moving`` turned by each of (B, 3, 3) ``rotations``.
+    The maps are arguments, not captured: one program per shape serves every call."""
+    return jax.vmap(lambda q: _xcorr_peak(reference_f, rotate(moving, q))[0])(rotations)
+
+
 def _refine(mov, ref, ref_f, q0, steps: int, lr: float = 0.02):
     """Adam on the rotation's axis-angle perturbation and a continuous translation, jointly, starting
     from the integer FFT-correlation peak (a fractional shift left fixed would bias the rotation)."""
-    size = ref.shape[0]
     _, index = _xcorr_peak(ref_f, rotate(mov, q0))
-    params = (jnp.zeros(3), jnp.asarray(_shift_from_index(index, size), jnp.float32))
+    rotation, score = _refine_from(mov, ref, q0, jnp.asarray(_shift_from_index(index, ref.shape[0]), jnp.float32),
+                                   steps, lr)
+    return np.asarray(rotation), float(score)
 
+
+@functools.partial(jax.jit, static_argnames=("steps", "lr"))
+def _refine_from(mov, ref, q0, shift0, steps: int, lr: float):
+    """``_refine``'s Adam loop as one program: (rotation (3, 3), normalised correlation at the end)."""
     def ncc(params):
         omega, shift = params
         moved = fourier_shift(rotate(mov, geometry.so3_exp(omega) @ q0), shift)
@@ -139,17 +151,17 @@ def _refine(mov, ref, ref_f, q0, steps: int, lr: float = 0.02):
     # voxel is worth ~10x a radian here; the rate decays linearly (large moves first, then settle)
     opt = optax.chain(optax.scale_by_adam(), optax.scale_by_schedule(lambda i: lr * (1.0 - i / steps) + 1e-4),
                       optax.scale(-1.0))
-    loss_and_grad = jax.jit(jax.value_and_grad(lambda p: -ncc((p[0], 10.0 * p[1]))))
-    scaled = (params[0], params[1] / 10.0)
-    state = opt.init(scaled)
-    for _ in range(steps):
-        _, g = loss_and_grad(scaled)
-        updates, state = opt.update(g, state)
-        scaled = optax.apply_updates(scaled, updates)
+    grad = jax.grad(lambda p: -ncc((p[0], 10.0 * p[1])))
+
+    def adam_step(_, carry):
+        scaled, state = carry
+        updates, state = opt.update(grad(scaled), state)
+        return optax.apply_updates(scaled, updates), state
+
+    scaled = (jnp.zeros(3, q0.dtype), shift0 / 10.0)
+    scaled, _ = jax.lax.fori_loop(0, steps, adam_step, (scaled, opt.init(scaled)))
     params = (scaled[0], 10.0 * scaled[1])
-    value_and_grad = jax.jit(jax.value_and_grad(ncc))
-    score, _ = value_and_grad(params)
-    return np.asarray(geometry.so3_exp(params[0]) @ q0), float(score)
+    return geometry.so3_exp(params[0]) @ q0, ncc(params)
 
 
 def apply_alignment(volume: np.ndarray, alignment: Alignment) -> np.ndarray:

@@ -20,6 +20,7 @@ true poses, the quickstart-like ring:0 by 2.8e-5 per image and elongated:0 by 4.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 
@@ -57,6 +58,7 @@ def _other_half_volumes(source, rotations, shifts_px, labels, batch_size) -> tup
     return vols, evaluate.resolution_at(rec["fsc_half"], 0.143, source.pixel_size_angstrom)
 
 
+@functools.lru_cache(maxsize=8)  # one pair of programs per pixel size, not per pose set scored
 def _make_scorers(pixel_size_angstrom: float):
     @jax.jit
     def score(vol_h, batch, rots, shifts):

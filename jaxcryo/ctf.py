@@ -31,6 +31,7 @@ def electron_wavelength_angstrom(voltage_kv: jax.Array) -> jax.Array:
     return 12.2643247 / jnp.sqrt(volts * (1.0 + 0.978466e-6 * volts))
 
 
+@jax.jit  # called eagerly on the host side too (simulation, evaluation): one program per shape
 def compute_ctf(
     freqs: jax.Array,
     defocus_u_angstrom: jax.Array,

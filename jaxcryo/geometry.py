@@ -87,6 +87,7 @@ def _exp_coefficients(theta_sq: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.where(small, sinc_series, sinc_exact), jnp.where(small, cosc_series, cosc_exact)
 
 
+@jax.jit  # called eagerly too (tests, floors, mates): one program per shape, not a dozen op compiles
 def so3_exp(omega: jax.Array) -> jax.Array:
     """(..., 3) axis-angle -> (..., 3, 3) rotation, R = I + a K + b K^2 (Rodrigues)."""
     theta_sq = jnp.sum(omega * omega, axis=-1)
@@ -161,6 +162,7 @@ def random_rotations(key: jax.Array, shape: tuple[int, ...] = (), dtype=jnp.floa
     return quaternion_to_matrix(q)
 
 
+@jax.jit  # called eagerly on host arrays too (evaluation, re-search): one fused program, not ~12 dispatches
 def geodesic_distance_deg(rot_a: jax.Array, rot_b: jax.Array) -> jax.Array:
     """Angle (degrees) of rot_a^T rot_b; (..., 3, 3) x (..., 3, 3) -> (...).
 

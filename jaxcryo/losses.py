@@ -14,6 +14,8 @@ Losses over the frequency disc |k| <= r * Nyquist:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -25,6 +27,9 @@ def images_to_hartley(images: jax.Array) -> jax.Array:
     return fourier.ht(images) / images.shape[-1]
 
 
+# the image model is jitted where it is defined: the steps inline it, and a call on its own (tests,
+# floors, evaluation) compiles one program instead of each of its ops
+@jax.jit
 def shift_hartley(h: jax.Array, shifts_px: jax.Array) -> jax.Array:
     """Translate images given in Hartley form: (..., L, L), shifts (..., 2) as (x, y) pixels.
 
@@ -35,6 +40,7 @@ def shift_hartley(h: jax.Array, shifts_px: jax.Array) -> jax.Array:
     return h * jnp.cos(phase) + fourier.flip_frequencies(h) * jnp.sin(phase)
 
 
+@jax.jit
 def predict(volume_h: jax.Array, rotations: jax.Array, ctf: jax.Array, shifts_px: jax.Array | None = None) -> jax.Array:
     """(D,D,D) volume, (B, ..., 3, 3) rotations, (B, L, L) CTF -> (B, ..., L, L) predicted Hartley images."""
     size = ctf.shape[-1]
@@ -46,6 +52,7 @@ def predict(volume_h: jax.Array, rotations: jax.Array, ctf: jax.Array, shifts_px
     return pred
 
 
+@functools.partial(jax.jit, static_argnames=("kind",))
 def loss_at(volume_h: jax.Array, rotations: jax.Array, ctf: jax.Array, target: jax.Array, mask: jax.Array,
             kind: str = "gaussian", shifts_px: jax.Array | None = None) -> jax.Array:
     """(B, ..., 3, 3) poses with (B, ..., 2) shifts -> (B, ...) losses against (B, L, L) targets:
@@ -106,6 +113,7 @@ def weighted_sum(x: jax.Array, weight: jax.Array) -> jax.Array:
     return x.reshape(x.shape[:-2] + (-1,)) @ weight.reshape(-1).astype(x.dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("kind",))
 def per_image_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, kind: str = "gaussian") -> jax.Array:
     """(B, ..., L, L) predictions vs (B, L, L) targets over a (L, L) mask -> (B, ...) losses."""
     extra = pred.ndim - target.ndim
@@ -178,6 +186,7 @@ def _in_loop_steps(fn, *rows: jax.Array, steps: int = 2):
     return jax.tree.map(lambda o: o.reshape(padded, *o.shape[2:])[:n], out)
 
 
+@jax.jit
 def search_losses(volume_h: jax.Array, rotations: jax.Array, ctf: jax.Array, target: jax.Array,
                   mask: jax.Array) -> jax.Array:
     """Gaussian losses of B images at G shared rotations, (G, 3, 3) -> (B, [S,] G), forward only.

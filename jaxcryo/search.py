@@ -17,6 +17,7 @@ plus integer ``offsets`` (shifted copies share the slices); local rounds keep ea
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -93,6 +94,9 @@ def global_crop(vol_h, ctf, target, radius_fraction: float, mask=None):
             fourier.crop_center(target, crop), fourier.crop_center(disc, crop))
 
 
+# jitted here, not only inside the steps that call them: called on their own (cross-validation, tests),
+# each of their ops would compile on its own
+@functools.partial(jax.jit, static_argnames=("n_local", "rounds", "loss_kind"))
 def local_refine(vol_h, rotations, ctf, target, mask, key, n_local: int, sigma_deg: float, rounds: int,
                  shifts_px=None, loss_kind: str = "gaussian"):
     """Refine (B, k, 3, 3) candidate poses locally and return each image's best: rotation (B, 3, 3),
@@ -121,6 +125,7 @@ def local_refine(vol_h, rotations, ctf, target, mask, key, n_local: int, sigma_d
     return take(rotations), jnp.min(best_loss, axis=1), None if shifts_px is None else take(shifts_px)
 
 
+@functools.partial(jax.jit, static_argnames=("settings", "loss_kind"))
 def search_poses(vol_h, ctf, target, mask, key, settings: SearchSettings, shift_px=None, loss_kind: str = "gaussian"):
     """The hierarchical search: global over ``settings.n_global`` fresh random rotations, keep
     ``top_k`` per image, refine each locally (when ``n_local`` and ``rounds`` are > 0). Returns each
