@@ -4,6 +4,8 @@ import atexit
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import jax
@@ -42,13 +44,26 @@ def shared_formats() -> pathlib.Path:
     return path
 
 
+def _xla_accepts(flags: str) -> bool:
+    """Whether this jaxlib's XLA knows every flag in ``flags`` (an unknown one aborts the process)."""
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flags).strip())
+    probe = [sys.executable, "-c", "import jax.numpy as jnp; jnp.ones(3).block_until_ready()"]
+    return subprocess.run(probe, env=env, capture_output=True, timeout=120).returncode == 0
+
+
 def pytest_configure(config):
     """In the default tier (``-m 'not slow'``), most of a test's time is XLA compiling its small
-    programs, not running them: a lighter LLVM pipeline compiles the tiny end-to-end runs ~25 % faster
-    (36-45 s -> 29-31 s alone) and the tier in ~4 min instead of ~6. The generated code computes the
-    same but runs slower (auto-decoding steps ~40 % slower), so the slow tier, whose reconstructions
-    run for minutes, keeps XLA's defaults, as benchmarks and real runs do. Set before any test starts
-    JAX's backend; xdist workers and subprocess runs inherit it."""
+    programs, not running them (a tiny end-to-end run: ~40 of its ~55 s are tracing, lowering and ~380
+    compiles). A lighter LLVM pipeline compiles the tiny end-to-end runs ~25 % faster, and XLA:CPU's
+    older loop emitters instead of its MLIR fusion emitters compile a small program in ~30 ms instead
+    of ~50 ms. The generated code computes the same but runs slower (auto-decoding steps ~40 % slower),
+    so the slow tier, whose reconstructions run for minutes, keeps XLA's defaults, as benchmarks and
+    real runs do. Set before any test starts JAX's backend; xdist workers and subprocess runs inherit it.
+    (With these flags, the package's functions jitted where they are defined and five tests of ~20 s
+    each moved to the slow tier, the default tier went from 10 min 39 s to 5 min 32 s alone on the
+    2-core AMD host, 2026-12-06.)"""
     if "not slow" in (config.option.markexpr or "") and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   " --xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true").strip()
+        flags = "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true"
+        if _xla_accepts("--xla_cpu_use_fusion_emitters=false"):  # a flag of recent XLA only
+            flags += " --xla_cpu_use_fusion_emitters=false"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()

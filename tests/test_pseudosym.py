@@ -140,6 +140,7 @@ def _pseudo_c2_case(n: int = 16):
     return axis, centre, volume, slicing.volume_to_hartley(jnp.asarray(volume)), rots
 
 
+@pytest.mark.slow  # ~20 s; a measuring tool (experiments.floors), not the method's path
 def test_the_mate_floor_counts_the_images_whose_mate_the_true_map_prefers():
     """``posterior.mate_floor`` under a pseudo-C2 map: images made at the given poses prefer them (the
     fraction near 0); images made at the given poses' mates (the exact operator about the true centre)

@@ -35,8 +35,8 @@ def _targets(images):
 def test_shift_heads_start_centred_and_are_bounded():
     enc = models.PoseEncoder(n_heads=3, width=1 / 16, estimate_shifts=True)
     x = jax.random.normal(jax.random.key(0), (4, 32, 32))
-    variables = enc.init(jax.random.key(1), x)
-    out = enc.apply(variables, x)
+    variables = jax.jit(enc.init)(jax.random.key(1), x)  # eagerly every layer's ops compile one by one
+    out = jax.jit(enc.apply)(variables, x)
     assert out.shape == (4, 3, 8)
     rots, shifts = models.decode_poses(out, 0.15)
     np.testing.assert_array_equal(np.asarray(shifts), 0.0)  # zero-initialised outputs: centred at the start

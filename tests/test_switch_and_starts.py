@@ -133,6 +133,7 @@ def test_start_steps_in_epochs_or_steps(n_starts, epochs_each, steps_each, spe, 
     assert start_steps(config.train, planned, spe) == expected
 
 
+@pytest.mark.slow  # ~18 s of compiling a run's passes; a saving, not a result: results are the same either way
 def test_the_switch_reuses_the_last_pass_over_every_image_while_the_state_is_the_same(tmp_path):
     """The switch's pass 0 is the end-of-epoch pass (same state, key and chunks): kept, it is not run
     again, and the switch's poses, winners and heads are exactly those of a run that recomputes it."""

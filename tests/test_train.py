@@ -115,7 +115,9 @@ def _interrupt_after(run: train.Run, attr: str, n_calls: int):
     setattr(run, attr, wrapped)
 
 
-@pytest.mark.parametrize("attr, n_calls", [("amortized_step", 3), ("autodecoding_step", 3)])
+# a kill inside auto-decoding: slow tier (another whole run); a kill in the amortized stage and one at the
+# switch stay in the default tier
+@pytest.mark.parametrize("attr, n_calls", [("amortized_step", 3), pytest.param("autodecoding_step", 3, marks=pytest.mark.slow)])
 def test_resume_mid_stage_gives_the_uninterrupted_result(finished_run, tmp_path, attr, n_calls):
     reference, _ = finished_run
     (tmp_path / "data").symlink_to(reference / "data")
@@ -153,7 +155,9 @@ def test_a_run_killed_before_its_switch_resumes_at_the_switch(finished_run, tmp_
     assert ends[0] == ("amortized", 1) and {stage for stage, _ in ends[1:]} == {"autodecoding"}, ends
 
 
-@pytest.mark.parametrize("overrides", [dict(lr_volume=1e30), dict(lr_volume_autodecoding=1e38, autodecoding_volume="gradient")])
+# the auto-decoding case compiles another step (a gradient volume): the same stop, in the slow tier
+@pytest.mark.parametrize("overrides", [dict(lr_volume=1e30), pytest.param(
+    dict(lr_volume_autodecoding=1e38, autodecoding_volume="gradient"), marks=pytest.mark.slow)])
 def test_divergence_stops_with_a_clear_message_and_keeps_only_finite_checkpoints(finished_run, tmp_path, overrides):
     reference, _ = finished_run
     (tmp_path / "data").symlink_to(reference / "data")
@@ -321,6 +325,7 @@ def test_evaluate_report_and_figures(finished_run):
     assert csv.shape == (25, 3) and csv[0, 1] > 0.9
 
 
+@pytest.mark.slow  # another whole run (~20 s); the rule itself: test_switch_and_starts.py
 def test_auto_switch_end_to_end(finished_run, tmp_path):
     reference, _ = finished_run
     (tmp_path / "data").symlink_to(reference / "data")
