@@ -86,7 +86,6 @@ def _truth_problem(volume: np.ndarray, source, true_rotations: np.ndarray, rows:
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "move_shifts"))
-@functools.partial(jax.jit, static_argnames=("steps", "move_shifts"))  # the map an argument: one program for every call
 def _nearest_maximum(vol_h, rot, shift, ctf, target, mask, steps: int, move_shifts: bool = False):
     """Each pose (B, 3, 3) with its shift (B, 2) moved by Adam on the Gaussian likelihood to its nearest
     maximum (the shift held unless ``move_shifts``): the rotation vectors omega (B, 3) that took it there
