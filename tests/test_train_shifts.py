@@ -68,24 +68,19 @@ def test_resume_keeps_the_shift_table(shifted_run, tmp_path):
     np.testing.assert_allclose(b.euler_deg, a.euler_deg, atol=1e-3)
 
 
-def _oracle(tmp_path, data, poses_star, name):
-    workdir = tmp_path / name
-    workdir.mkdir()
-    (workdir / "data").symlink_to(data)
-    config = shifted_config(epochs_autodecoding=1)
-    config.poses = str(poses_star)
-    config.model.estimate_shifts = False  # the oracle's shifts are the star's origins, held fixed
-    summary = train.train_and_evaluate(config, workdir)
-    return summary, workdir
-
-
 def test_known_pose_oracle_applies_the_origins(shifted_run, tmp_path):
     from jaxcryo import evaluate, inversion
     from jaxcryo.io.star import write_particles_star
 
     reference, _ = shifted_run
     truth = reference / "data" / "ground_truth_poses.star"
-    with_origins, workdir = _oracle(tmp_path, reference / "data", truth, "with")
+    workdir = tmp_path / "oracle"
+    workdir.mkdir()
+    (workdir / "data").symlink_to(reference / "data")
+    config = shifted_config(epochs_autodecoding=1)
+    config.poses = str(truth)
+    config.model.estimate_shifts = False  # the oracle's shifts are the star's origins, held fixed
+    with_origins = train.train_and_evaluate(config, workdir)
     assert with_origins["shift_error_median_px"] < 1e-3  # the origins are used and written back unchanged
     table = read_particles(truth)
     np.testing.assert_allclose(read_particles(workdir / "poses.star").origin_angstrom, table.origin_angstrom, atol=1e-3)
