@@ -156,6 +156,9 @@ def test_origins_centre_the_amortized_stage(shifted_run, tmp_path):
     assert amortized["shift_error_median_px"] < 0.05, amortized
     true_shift_px = np.hypot(*read_particles(truth).origin_angstrom.T) / PIXEL
     assert np.median(true_shift_px) > 1.0  # the set is one where ignoring the origins would fail
+    # no auto-decoding epoch fitted a contrast: the summary says nothing of one (and stays strict JSON)
+    summary = json.loads((workdir / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))
+    assert "contrast_correlation" not in summary
 
 
 def test_origins_as_shifts_needs_origins(shifted_run, tmp_path):
