@@ -122,7 +122,7 @@ class MetricsWriter:
         if self.path is None:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(strict_json(record)) + "\n")
         if self.tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("global_step", "epoch", "step"):
@@ -173,11 +173,24 @@ def write_poses(path: pathlib.Path, table: ParticleTable, rotations: np.ndarray,
         write_cs(path.with_suffix(".cs"), table, rotations, origin_angstrom, random_subset, contrast)
 
 
+def strict_json(obj):
+    """``obj`` with every float that is not finite (a loss of an epoch that ran no step, a correlation
+    of constants) as None: json.dumps would write NaN or Infinity, which JSON does not have and strict
+    readers (jq, JavaScript, Go) reject."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def write_json(path: pathlib.Path, obj) -> None:
     if not distributed.is_writer():
         return
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    tmp.write_text(json.dumps(strict_json(obj), indent=2, sort_keys=True, default=str))
     tmp.replace(path)
 
 
