@@ -13,7 +13,7 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import align, evaluate, fourier, posterior
+from jaxcryo import align, evaluate, fourier, posterior, runio
 from jaxcryo.io import check_stacks, read_particles, read_volume, write_mrc
 from jaxcryo.io.loader import ImageSource
 
@@ -81,7 +81,7 @@ def evaluate_workdir(workdir, ground_truth: str | None = None, ground_truth_pose
     landscapes = _landscapes(workdir, volume, pixel, pose_alignment, ground_truth_poses)
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()] \
         if (workdir / "metrics.jsonl").exists() else []
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "report.json").write_text(json.dumps(runio.strict_json(report), indent=2))
     try:
         from jaxcryo import figures
     except ImportError:
@@ -95,5 +95,5 @@ def evaluate_workdir(workdir, ground_truth: str | None = None, ground_truth_pose
             figures.posterior_figure(out_dir / "view_posterior.png", landscapes["log_posterior"],
                                      landscapes["head_views"], landscapes["final_views"])
             report["figures"].append("view_posterior.png")
-        (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+        (out_dir / "report.json").write_text(json.dumps(runio.strict_json(report), indent=2))
     return report
