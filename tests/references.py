@@ -1,4 +1,6 @@
-"""Independent references shared by tests: analytic Gaussian projections, RELION-form CTF."""
+"""Independent references shared by tests: analytic Gaussian projections, RELION-form CTF, a strict JSON reader."""
+
+import json
 
 import numpy as np
 
@@ -72,3 +74,11 @@ def write_pdb(path, residues: dict) -> None:
         model.add_chain(chain)
     structure.add_model(model)
     structure.write_pdb(str(path))
+
+
+def strict_json_loads(text: str):
+    """json.loads as strict readers (jq, JavaScript, Go) read: NaN and Infinity are not JSON."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)

@@ -2,14 +2,13 @@
 the run's JSON files stay JSON."""
 
 import concurrent.futures
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from jaxcryo import runio
+from references import strict_json_loads
 
 
 def _saves(directory, value, n_saves):
@@ -41,11 +40,6 @@ def test_concurrent_runs_in_threads_keep_whole_checkpoints(tmp_path):
         checkpoints.close()
 
 
-def _strict(text):
-    """json.loads that refuses NaN and Infinity, as strict readers (jq, JavaScript) do."""
-    return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
-
-
 def test_metrics_and_summary_hold_no_nan(tmp_path):
     # an epoch resumed at its last step has no loss of its own; a correlation of constants is NaN
     record = {"stage": "autodecoding", "epoch": 3, "global_step": 7, "loss": float("nan"),
@@ -55,6 +49,6 @@ def test_metrics_and_summary_hold_no_nan(tmp_path):
     metrics.close()
     runio.write_json(tmp_path / "summary.json", record)
     for text in ((tmp_path / "metrics.jsonl").read_text().splitlines()[0], (tmp_path / "summary.json").read_text()):
-        got = _strict(text)
+        got = strict_json_loads(text)
         assert got["loss"] is None and got["fsc"] == [7.1, None] and got["nested"] == {"x": None}
         assert got["pose_error_median_deg"] == 2.5 and got["epoch"] == 3

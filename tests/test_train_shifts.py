@@ -10,6 +10,7 @@ import pytest
 
 from jaxcryo import train
 from jaxcryo.io import InputError, read_particles
+from references import strict_json_loads
 from test_train import Interrupt, _interrupt_after, tiny_config
 
 BOX, PIXEL = 48, 4.0
@@ -157,7 +158,7 @@ def test_origins_centre_the_amortized_stage(shifted_run, tmp_path):
     true_shift_px = np.hypot(*read_particles(truth).origin_angstrom.T) / PIXEL
     assert np.median(true_shift_px) > 1.0  # the set is one where ignoring the origins would fail
     # no auto-decoding epoch fitted a contrast: the summary says nothing of one (and stays strict JSON)
-    summary = json.loads((workdir / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))
+    summary = strict_json_loads((workdir / "summary.json").read_text())
     assert "contrast_correlation" not in summary
 
 
