@@ -161,7 +161,7 @@ def bench_global_search(size: int = 48, images: int = 64, rotations: int = 2_048
     """The global search's shared-rotation products (``losses.search_losses`` through
     ``search.global_search``) with 1, 9 and 25 shifted copies per image, beside the bare matrix product
     of the same shape: a gap of several times means XLA has fused an operand (the slices or the copies)
-    into the product and redoes it per tile (README, "Measured")."""
+    into the product and redoes it per tile (docs/results.md, "Measured")."""
     from jaxcryo import geometry, search, slicing
 
     keys = jax.random.split(jax.random.key(0), 4)

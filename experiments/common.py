@@ -57,7 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.poses = ""  # a star with known poses: fit the volume only (the known-pose oracle)
     # a star (or .cs) with a pose for every particle to start auto-decoding from: no amortized stage; each
     # pose (and origin) refined from there, e.g. a previous run's poses.star, or with the true poses, how
-    # far the method's own auto-decoding takes a perfect start (README, "Your own particles")
+    # far the method's own auto-decoding takes a perfect start (docs/results.md, "Your own particles")
     config.start_poses = ""
     config.halfsets = False  # two independent half-set runs, aligned; gold-standard FSC (WORKDIR/half1, half2)
 
@@ -79,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.estimate_shifts = False
     config.model.max_shift_fraction = 0.15
     # with estimate_shifts: False = the amortized stage estimates no shifts (it takes the particles as centred,
-    # or centred by their origins with data.origins_as_shifts) and auto-decoding finds them (README: a
+    # or centred by their origins with data.origins_as_shifts) and auto-decoding finds them (docs/measurements.md, part 1: a
     # shift estimate made with a young map registers the particles too poorly for the stage to form one)
     config.model.amortized_shifts = True
     # Beyond the paper: > 0 fits each particle's contrast scale in auto-decoding (images differ in ice
@@ -94,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.search_local_rounds = 0
     # > 0: the global stage ranks its rotations on the frequencies up to this fraction of Nyquist only (as
     # train.research_global_radius does for the re-search: a rotation ~4x cheaper at 0.5; 4x the rotations
-    # ran 1.2x slower a step, README), and the best search_top_k are scored again on the whole disc
+    # ran 1.2x slower a step, docs/options.md), and the best search_top_k are scored again on the whole disc
     config.model.search_global_radius = 0.0
 
     config.loss = ml_collections.ConfigDict()
@@ -188,7 +188,7 @@ def base_config() -> ml_collections.ConfigDict:
     # posterior_sigma_deg around it, weighted by their likelihood under the other half set's map
     # (jaxcryo.posemean; nearer the truth than the most likely pose, which the paper reports)
     config.train.posterior_mean_poses = False
-    config.train.posterior_samples = 32  # 64 estimate the mean better (4.41 vs 4.46 deg, README) at twice the cost
+    config.train.posterior_samples = 32  # 64 estimate the mean better (4.41 vs 4.46 deg, docs/options.md) at twice the cost
     config.train.posterior_sigma_deg = 3.0
     # > 0: the final map marginalised over each image's pose posterior: every image inserted at its this
     # many heaviest posterior draws, weighted (RELION's expectation step; jaxcryo.inversion); 0: one

@@ -10,20 +10,20 @@ What this config does beyond the quickstart, for real stacks (each a named optio
 * a soft spherical mask on the volume (the particle's diameter plus a margin);
 * a contrast scale per particle fitted in auto-decoding (``model.contrast_prior_std``; written to poses.cs
   as cryoSPARC's per-particle scale): with contrasts spread +-40 % it took the median pose error from
-  11.4 to 7.6 deg (README);
+  11.4 to 7.6 deg (docs/options.md);
 * auto-decoding's re-search and mate test judge each image with the other half set's map
   (``train.research_half_maps``): a map of every image holds each image's own noise at its pose, which
-  kept 43 % of realistic trimer:0's particles at a pseudo-C3 mate (16 % with it; README);
+  kept 43 % of realistic trimer:0's particles at a pseudo-C3 mate (16 % with it; docs/options.md);
 * any gain in likelihood moves an image (``train.research_min_gain_nats`` 0): on coloured noise with a
   B-factor a better pose wins by few nats, and a margin of 3 held back the moves out of a poor start
-  (realistic ring:1001 2.94 deg without it, 30.1 deg with it; README); as in the quickstart, one pass
+  (realistic ring:1001 2.94 deg without it, 30.1 deg with it; docs/options.md); as in the quickstart, one pass
   moves at most a fifth of the stack (``train.research_move_cap``), against the swing of a whole
   pseudo-symmetric assignment between passes;
 * the amortized stage on a box whose Nyquist is 8 A, and both stages' lengths in steps, so 2,000 and
   200,000 particles both get a sensible run (at least 2 epochs each); the amortized stage goes on past
   its 450 steps while the poses still move, up to 1,200 (``train.amortized_steps_max``);
 * particle offsets up to 6 % of the box (``model.max_shift_fraction``; raise it for a stack that is not
-  centred: the range was the difference between failing and working on coloured-noise data, see README);
+  centred: the range was the difference between failing and working on coloured-noise data, docs/measurements.md, part 1);
 * the final rotations are posterior means around the most likely ones (``train.posterior_mean_poses``);
 * outputs: reconstruction.mrc (direct inversion at each image's 8 heaviest posterior draws, weighted:
   ``train.posterior_map_draws``), decoder.mrc, poses.star (RELION 3.1,
@@ -52,7 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.volume_mask = True
     config.model.contrast_prior_std = 0.3  # real particles differ in ice thickness: fit each one's scale
     # on coloured-noise data the low frequencies carry little signal: a 12 A amortized stage ended at
-    # 75-112 deg median pose error, an 8 A one at 17-18 deg (README, "Your own particles")
+    # 75-112 deg median pose error, an 8 A one at 17-18 deg (docs/measurements.md, part 1)
     config.train.amortized_resolution_angstrom = 8.0
     config.train.lr_encoder = 1e-3
     config.train.amortized_steps = 450  # about the quickstart's 6 epochs of 5,000 images
@@ -60,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
     # and past its 450 steps while the poses still move, up to 1,200: the outside realistic dimer (seed 131)
     # ended its 6 planned epochs reassigning half its images and failed at 24.8 deg; 16 epochs took it to
     # 13.4, and its second draw from 112 to 13.0 (the realistic seed-7 dimer switched after 10 and ended as
-    # before, 12.4; README)
+    # before, 12.4; docs/options.md)
     config.train.amortized_steps_max = 1200
     config.train.autodecoding_steps = 450
     config.train.epochs_autodecoding = 12

@@ -1,10 +1,10 @@
 """Quickstart: the built-in phantom, 64 px at 3 A/px, SNR 0.1, reconstructed on a 2-core CPU.
 
-Beyond the paper's method (each a named option of experiments/common.py; see the README):
+Beyond the paper's method (each a named option of experiments/common.py; see the README and docs/options.md):
 * the amortized stage runs on 32 px images and a pose search competes with the encoder's heads
   (2,048 fresh random rotations per step, ``jaxcryo.search``);
 * the amortized stage is measured in steps (``train.amortized_steps``), so a stack of 2,000 particles
-  gets the learning one of 5,000 gets (in epochs it ended at 53 deg and failed, README), and the switch
+  gets the learning one of 5,000 gets (in epochs it ended at 53 deg and failed, docs/options.md), and the switch
   to auto-decoding is automatic (``train.switch='auto'``: when the poses stop changing, i.e. fewer than
   20 % of the images moved more than 2 deg since the previous epoch, after at least 156 steps);
 * auto-decoding takes its volume from a direct inversion at the current poses after every epoch and,
@@ -29,7 +29,7 @@ Beyond the paper's method (each a named option of experiments/common.py; see the
   draw of dimer:1001 whose passes moved 51-69 % of its images swung its whole assignment back and
   forth and stayed at 27 deg through 10 epochs (5.26 deg capped, in 20). Any gain in likelihood moves an
   image: the margin of e^3 that first stopped that swing held back, on realistic data, the small
-  gains that lead out of a poor start (README);
+  gains that lead out of a poor start (docs/options.md);
 * the amortized stage starts three times for 78 steps each (one epoch of 5,000 particles) and the start
   whose map explains a fixed sample of images best goes on (``train.amortized_starts``,
   ``jaxcryo.starts``): whether it leaves its first plateau depends on the random draws;

@@ -14,7 +14,7 @@ The halves are independent only if the poses were found with them kept apart: a 
 refinement (``halfsets=True``, RELION's auto-refine; each file's rlnRandomSubset is used) or a
 simulator's truth. An ordinary run fits every pose against a map of all the images, so its half maps
 share noise and its score is flattered: every ordinary zoo run measured scores better than its own
-true poses, the quickstart-like ring:0 by 2.8e-5 per image and elongated:0 by 4.8e-4 (README).
+true poses, the quickstart-like ring:0 by 2.8e-5 per image and elongated:0 by 4.8e-4 (docs/results.md, "Measured").
 """
 
 from __future__ import annotations

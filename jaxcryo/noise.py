@@ -25,7 +25,7 @@ LOWPASS_ANGSTROM = 20.0  # shape and contrast estimates look at low resolution, 
 # full extent, not its core. A rod's ends lie at the largest radius only in its side views, so its
 # profile has a long faint tail; at 10 % the estimate was half an elongated particle's length (the
 # volume mask then cut its ends off and the run failed). At 3 % every member of the phantom family,
-# develop and held back, fits inside 1.2 x the estimate (README, "Your own particles").
+# develop and held back, fits inside 1.2 x the estimate (docs/measurements.md, part 1).
 EXTENT_FRACTION = 0.03
 
 

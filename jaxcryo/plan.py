@@ -36,7 +36,7 @@ class RunPlan:
         if infers_poses and int(self.config.model.search_candidates) == 0 and self.n < HEADS_NEED_PARTICLES:
             logging.warning("plan: the encoder's heads alone propose the amortized stage's poses "
                             "(model.search_candidates=0), and they learn poses from about %d images' worth of signal "
-                            "at SNR 0.1 (README, 'Pose inference across particles'); on %d particles expect them "
+                            "at SNR 0.1 (README, 'How well it works'); on %d particles expect them "
                             "near random and auto-decoding's re-search to find the poses, or set model.search_candidates",
                             HEADS_NEED_PARTICLES, self.n)
         most = amortized_epochs_limit(self.config.train, self.steps_per_epoch, epochs[AMORTIZED],

@@ -16,7 +16,7 @@ M R G^T, M = diag(1, 1, -1), because M flips only the projection direction. For 
 the plane's normal the two poses lie 2a apart, so every tilted view has two modes, one per hand, that
 the map tells apart only by its thickness, at high resolution. A map made while the images' hands are
 mixed is itself nearly mirror-symmetric and keeps them mixed: realistic ring:1001 ended with 47 % of
-its images > 20 deg off, 78 % of those at the mirror mate of their pose (README). So the best mirror
+its images > 20 deg off, 78 % of those at the mirror mate of their pose (docs/results.md). So the best mirror
 plane through the centre of mass is found too and its mate tested with the rotations'.
 
 Conventions: an operator S (a rotation, or a mirror: det -1) acts on map coordinates,

@@ -90,7 +90,7 @@ def autodecoding_epochs_limit(config, n_epochs: int) -> int:
     ``n_epochs`` (and a re-search runs), else ``n_epochs``. When the encoder's heads alone proposed the
     amortized stage's poses (``model.search_candidates=0``), ``train.epochs_autodecoding_max_heads_only``
     takes its place when set: on a stack of thousands the heads leave the poses near random, and the
-    re-search then does the ab initio itself, a capped share of the stack a pass (README, "Pose inference
+    re-search then does the ab initio itself, a capped share of the stack a pass (docs/results.md, "Pose inference
     across particles": a run stopped at 20 epochs still moving 4 % a pass at 42 deg median, and at 40
     ended at 3.3 deg)."""
     train_config = config.train
@@ -125,7 +125,7 @@ def make_mate_test(config, pixel_size_angstrom: float, mesh):
 # a mate pass that moved fewer than this share of the images under the map's present symmetry is not
 # repeated under it: in the 12 runs of the fifteenth to seventeenth sessions with several mate passes, no
 # pass after one below 0.25 % moved more than 0.1 % (one after 0.8 % moved 1.0 %), and on a realistic
-# near-cylinder six such passes cost ~3 min (README)
+# near-cylinder six such passes cost ~3 min (docs/options.md)
 MATES_SETTLED_FRACTION = 0.0025
 
 

@@ -77,7 +77,7 @@ def amortized_epochs_limit(train_config, steps_per_epoch: int, planned: int, ful
     poses, no amortized stage, keep their plan). The stage then goes on past its plan while the switch
     is not due, that is while the poses still move: on a hard stack (coloured noise, a weak signal) the plan can end with
     the search still reassigning most images, tens of degrees an epoch, and auto-decoding then starts
-    from poses far from any solution (README, "Your own particles": the outside simulator's realistic
+    from poses far from any solution (docs/results.md, "Your own particles": the outside simulator's realistic
     dimer, seed 131, ended its 6 planned epochs at a median pose change of 34 deg an epoch)."""
     steps = int(train_config.get("amortized_steps_max", 0))
     if steps <= 0 or planned <= 0 or fully_amortized or train_config.switch != "auto":
