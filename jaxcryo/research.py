@@ -114,6 +114,33 @@ def another_autodecoding_epoch(config, epochs_done: int, n_epochs: int, progress
             and progress.get("research_epoch") == epochs_done)
 
 
+def unsettled_at_limit(config, epochs_done: int, n_epochs: int, progress: dict) -> float | None:
+    """The share of the images the last re-search moved when auto-decoding ended at its epoch limit
+    (``autodecoding_epochs_limit``) with that pass still moving at least ``research_repeat_fraction`` of
+    them: the search was still finding better poses, so the run stopped before its poses settled.
+    None when it ended settled, or before its limit."""
+    if not enabled(config.train):
+        return None
+    repeat = float(config.train.get("research_repeat_fraction", 0.0))
+    moved = progress.get("research_moved")
+    if epochs_done < autodecoding_epochs_limit(config, n_epochs) or repeat <= 0 or moved is None or moved < repeat:
+        return None
+    return float(moved)
+
+
+def log_if_unsettled(config, epochs_done: int, n_epochs: int, progress: dict) -> None:
+    """Say so when auto-decoding stopped at its limit still moving images (``unsettled_at_limit``), as the
+    amortized stage says when it ends at its limit still moving: the figures may improve with more epochs."""
+    moved = unsettled_at_limit(config, epochs_done, n_epochs, progress)
+    if moved is not None:
+        heads_only = int(config.model.search_candidates) == 0 and config.train.get("epochs_autodecoding_max_heads_only", 0)
+        logging.warning("auto-decoding ends at its limit of %d epochs with its poses still moving: its last re-search (and mate test) "
+                        "moved %.1f %% of the images (train.research_repeat_fraction %.0f %%); more epochs "
+                        "(train.%s) may still improve the map and poses", epochs_done, 100 * moved,
+                        100 * float(config.train.research_repeat_fraction),
+                        "epochs_autodecoding_max_heads_only" if heads_only else "epochs_autodecoding_max")
+
+
 def make_mate_test(config, pixel_size_angstrom: float, mesh):
     """The pseudo-symmetry mate test's jitted function (``steps.make_mate_test``), or None when
     ``train.research_mates`` is off or there is no re-search to go with."""

@@ -42,7 +42,7 @@ from jaxcryo.epochloop import EpochLoop
 from jaxcryo.outputs import RunOutputs
 from jaxcryo.plan import RunPlan
 from jaxcryo.posemean import SLICES_PER_CALL, make_posterior_mean
-from jaxcryo.research import make_mate_test, make_research
+from jaxcryo.research import log_if_unsettled, make_mate_test, make_research
 from jaxcryo.search import SearchSettings
 from jaxcryo.stages import AUTODECODING, AmortizedStage, AutodecodingStage, stage_epochs
 from jaxcryo.starts import AmortizedStarts, start_steps
@@ -171,6 +171,8 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
                 if stage == AMORTIZED:
                     state, progress = self.switch(state, progress)
                     self.save(state, progress, "the stage switch")
+                else:
+                    log_if_unsettled(self.config, progress["epoch"], epochs[stage], progress)
             return self.finish(state, progress)
         finally:
             self.metrics.close()

@@ -120,6 +120,43 @@ def test_autodecoding_goes_on_past_its_plan_only_while_the_research_moves_images
     assert simulate([0.3, 0.2, 0.1, 0.05, 0.03, 0.005]) == (8, [2, 3, 4, 5, 6, 7])  # epoch 8 refines the last moves
 
 
+def test_a_run_that_stops_at_its_limit_still_moving_says_so(caplog):
+    from experiments import common
+    from jaxcryo.research import another_autodecoding_epoch, log_if_unsettled, research_due, unsettled_at_limit
+
+    config = common.base_config()
+    config.model.search_candidates = 2048
+    config.train.update(research_every_epochs=2, research_candidates=64, research_repeat_fraction=0.02,
+                        research_stop_fraction=0.01, epochs_autodecoding_max=9)
+
+    def end(moved_per_research):
+        """The progress at the end of auto-decoding when the k-th re-search moves moved_per_research[k]."""
+        progress, k = {"epoch": 0}, 0
+        while another_autodecoding_epoch(config, progress["epoch"], 6, progress):
+            progress["epoch"] += 1
+            if research_due(config, progress["epoch"], 6, progress):
+                progress.update(research_moved=moved_per_research[k], research_epoch=progress["epoch"])
+                k += 1
+        return progress
+
+    still = end([0.3, 0.2, 0.1, 0.08, 0.05, 0.04, 0.03])  # the last pass (after epoch 8) moved 3 %: cut at 9
+    assert still["epoch"] == 9 and unsettled_at_limit(config, 9, 6, still) == 0.03
+    settled = end([0.3, 0.2, 0.1, 0.05, 0.03, 0.01, 0.01])  # a pass below 2 %: ended at 8, before the limit
+    assert settled["epoch"] == 8 and unsettled_at_limit(config, 8, 6, settled) is None
+    calm = end([0.01, 0.01])  # settled within the plan
+    assert calm["epoch"] == 6 and unsettled_at_limit(config, 6, 6, calm) is None
+    with caplog.at_level("WARNING"):
+        log_if_unsettled(config, 8, 6, settled)
+        assert not caplog.records
+        log_if_unsettled(config, 9, 6, still)
+    assert "limit of 9 epochs with its poses still moving" in caplog.text and "3.0 %" in caplog.text
+    assert "(train.epochs_autodecoding_max)" in caplog.text
+    config.model.search_candidates, config.train.epochs_autodecoding_max_heads_only = 0, 12  # the heads' path
+    assert unsettled_at_limit(config, 9, 6, still) is None  # its limit is 12
+    config.train.research_every_epochs = 0  # no re-search: nothing to say
+    assert unsettled_at_limit(config, 12, 6, dict(still, epoch=12)) is None
+
+
 def test_the_cropped_global_stage_is_the_low_frequency_disc_of_the_full_one():
     """Slices of the cropped volume are the cropped slices, so the global stage on the crop ranks
     candidates exactly as the whole arrays would with the loss disc cut at the same radius."""
