@@ -132,13 +132,14 @@ def log_if_unsettled(config, epochs_done: int, n_epochs: int, progress: dict) ->
     """Say so when auto-decoding stopped at its limit still moving images (``unsettled_at_limit``), as the
     amortized stage says when it ends at its limit still moving: the figures may improve with more epochs."""
     moved = unsettled_at_limit(config, epochs_done, n_epochs, progress)
-    if moved is not None:
-        heads_only = int(config.model.search_candidates) == 0 and config.train.get("epochs_autodecoding_max_heads_only", 0)
-        logging.warning("auto-decoding ends at its limit of %d epochs with its poses still moving: its last re-search (and mate test) "
-                        "moved %.1f %% of the images (train.research_repeat_fraction %.0f %%); more epochs "
-                        "(train.%s) may still improve the map and poses", epochs_done, 100 * moved,
-                        100 * float(config.train.research_repeat_fraction),
-                        "epochs_autodecoding_max_heads_only" if heads_only else "epochs_autodecoding_max")
+    if moved is None:
+        return
+    heads_only = int(config.model.search_candidates) == 0 and config.train.get("epochs_autodecoding_max_heads_only", 0)
+    logging.warning("auto-decoding ends at its limit of %d epochs with its poses still moving: its last re-search "
+                    "(and mate test) moved %.1f %% of the images (train.research_repeat_fraction %.0f %%); more "
+                    "epochs (train.%s) may still improve the map and poses", epochs_done, 100 * moved,
+                    100 * float(config.train.research_repeat_fraction),
+                    "epochs_autodecoding_max_heads_only" if heads_only else "epochs_autodecoding_max")
 
 
 def make_mate_test(config, pixel_size_angstrom: float, mesh):
