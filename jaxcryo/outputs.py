@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxcryo import distributed, evaluate, geometry, inversion, models, runio
 from jaxcryo.dataset import AMORTIZED
-from jaxcryo.research import per_image
+from jaxcryo.research import per_image, settling_summary
 from jaxcryo.stages import AUTODECODING, radius_at
 from jaxcryo.switchwatch import SwitchWatch
 
@@ -82,6 +82,8 @@ class RunOutputs(SwitchWatch):
         # epoch ran): there is no correlation to report (it would be NaN)
         if contrast is not None and truth and truth.exists() and np.ptp(contrast) > 0:
             summary["contrast_correlation"] = float(np.corrcoef(contrast, np.load(truth))[0, 1])
+        if stage == AUTODECODING:
+            summary.update(settling_summary(self.config, progress, self.planned_epochs[AUTODECODING]))
         summary.update(elapsed_s=self.elapsed(), n_particles=self.n, switch_rule=self.config.train.switch,
                        amortized_epochs_run=progress.get("amortized_epochs", 0), machine=runio.machine())
         runio.write_json(self.workdir / "summary.json", summary)

@@ -128,6 +128,13 @@ def unsettled_at_limit(config, epochs_done: int, n_epochs: int, progress: dict) 
     return float(moved)
 
 
+def settling_summary(config, progress: dict, n_epochs: int) -> dict:
+    """summary.json's record of how auto-decoding ended: the epochs it ran and, when it stopped at its
+    limit still moving images, the share its last re-search moved (``unsettled_at_limit``; else null)."""
+    return {"autodecoding_epochs_run": int(progress["epoch"]),
+            "autodecoding_unsettled_fraction": unsettled_at_limit(config, int(progress["epoch"]), n_epochs, progress)}
+
+
 def log_if_unsettled(config, epochs_done: int, n_epochs: int, progress: dict) -> None:
     """Say so when auto-decoding stopped at its limit still moving images (``unsettled_at_limit``), as the
     amortized stage says when it ends at its limit still moving: the figures may improve with more epochs."""

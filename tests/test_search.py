@@ -122,7 +122,8 @@ def test_autodecoding_goes_on_past_its_plan_only_while_the_research_moves_images
 
 def test_a_run_that_stops_at_its_limit_still_moving_says_so(caplog):
     from experiments import common
-    from jaxcryo.research import another_autodecoding_epoch, log_if_unsettled, research_due, unsettled_at_limit
+    from jaxcryo.research import (another_autodecoding_epoch, log_if_unsettled, research_due, settling_summary,
+                                  unsettled_at_limit)
 
     config = common.base_config()
     config.model.search_candidates = 2048
@@ -151,6 +152,8 @@ def test_a_run_that_stops_at_its_limit_still_moving_says_so(caplog):
         log_if_unsettled(config, 9, 6, still)
     assert "limit of 9 epochs with its poses still moving" in caplog.text and "3.0 %" in caplog.text
     assert "(train.epochs_autodecoding_max)" in caplog.text
+    assert settling_summary(config, still, 6) == {"autodecoding_epochs_run": 9, "autodecoding_unsettled_fraction": 0.03}
+    assert settling_summary(config, settled, 6) == {"autodecoding_epochs_run": 8, "autodecoding_unsettled_fraction": None}
     config.model.search_candidates, config.train.epochs_autodecoding_max_heads_only = 0, 12  # the heads' path
     assert unsettled_at_limit(config, 9, 6, still) is None  # its limit is 12
     config.train.research_every_epochs = 0  # no re-search: nothing to say

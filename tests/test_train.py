@@ -150,6 +150,8 @@ def test_a_run_killed_before_its_switch_resumes_at_the_switch(finished_run, tmp_
         run.run()
     summary = train.train_and_evaluate(config, tmp_path)
     assert summary["amortized_epochs_run"] == 1
+    assert summary["autodecoding_epochs_run"] == config.train.epochs_autodecoding  # no re-search: the plan, settled
+    assert summary["autodecoding_unsettled_fraction"] is None
     ends = [(r["stage"], r["epoch"]) for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
             if r.get("epoch_end")]
     assert ends[0] == ("amortized", 1) and {stage for stage, _ in ends[1:]} == {"autodecoding"}, ends
