@@ -28,6 +28,7 @@ import pathlib
 from absl import app, flags
 
 from experiments import cli
+from jaxcryo import runio
 from jaxcryo.io.table import InputError
 
 _DATA = flags.DEFINE_string("data", None, "A simulated set's directory (particles.star, ground_truth.*).")
@@ -118,7 +119,7 @@ def main(argv):
     with cli.exit_on_input_error():
         out = floors(pathlib.Path(_DATA.value), _WHITEN.value, _IMAGES.value,
                      None if _RUN.value is None else pathlib.Path(_RUN.value), _RUN_IMAGES.value, _FLOORS.value)
-    print(json.dumps(dict(out, whiten=_WHITEN.value, n_mate_images=_IMAGES.value)))
+    print(json.dumps(runio.strict_json(dict(out, whiten=_WHITEN.value, n_mate_images=_IMAGES.value))))
 
 
 if __name__ == "__main__":
