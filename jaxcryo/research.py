@@ -93,13 +93,17 @@ def autodecoding_epochs_limit(config, n_epochs: int) -> int:
     re-search then does the ab initio itself, a capped share of the stack a pass (docs/results.md, "Pose inference
     across particles": a run stopped at 20 epochs still moving 4 % a pass at 42 deg median, and at 40
     ended at 3.3 deg)."""
-    train_config = config.train
-    if not enabled(train_config):
+    if not enabled(config.train):
         return n_epochs
-    limit = int(train_config.get("epochs_autodecoding_max", 0))
-    if int(config.model.search_candidates) == 0 and int(train_config.get("epochs_autodecoding_max_heads_only", 0)):
-        limit = int(train_config.epochs_autodecoding_max_heads_only)
-    return max(n_epochs, limit)
+    return max(n_epochs, int(config.train.get(_limit_option(config), 0)))
+
+
+def _limit_option(config) -> str:
+    """The option that sets auto-decoding's epoch limit for this run: the heads' own when they alone
+    posed the amortized stage and it is set."""
+    heads_only = (int(config.model.search_candidates) == 0
+                  and int(config.train.get("epochs_autodecoding_max_heads_only", 0)))
+    return "epochs_autodecoding_max_heads_only" if heads_only else "epochs_autodecoding_max"
 
 
 def another_autodecoding_epoch(config, epochs_done: int, n_epochs: int, progress: dict) -> bool:
@@ -141,12 +145,10 @@ def log_if_unsettled(config, epochs_done: int, n_epochs: int, progress: dict) ->
     moved = unsettled_at_limit(config, epochs_done, n_epochs, progress)
     if moved is None:
         return
-    heads_only = int(config.model.search_candidates) == 0 and config.train.get("epochs_autodecoding_max_heads_only", 0)
     logging.warning("auto-decoding ends at its limit of %d epochs with its poses still moving: its last re-search "
                     "(and mate test) moved %.1f %% of the images (train.research_repeat_fraction %.0f %%); more "
                     "epochs (train.%s) may still improve the map and poses", epochs_done, 100 * moved,
-                    100 * float(config.train.research_repeat_fraction),
-                    "epochs_autodecoding_max_heads_only" if heads_only else "epochs_autodecoding_max")
+                    100 * float(config.train.research_repeat_fraction), _limit_option(config))
 
 
 def make_mate_test(config, pixel_size_angstrom: float, mesh):
