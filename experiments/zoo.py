@@ -182,7 +182,7 @@ def main(argv):
             print(f"{row['member']:16s} {row['fsc05_angstrom']:9.2f} {row['reference_fsc05_angstrom']:7.2f} "
                   f"{row['ratio']:6.3f} {row['pose_error_median_deg']:8.2f}° {row['pose_floor_median_deg']:5.2f}° "
                   f"{row['neighbour_error_share']:5.2f} {wall:>9s}", flush=True)
-    (root / "zoo.json").write_text(json.dumps(runio.strict_json(rows), indent=2))
+    runio.write_json(root / "zoo.json", rows)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def evaluate_workdir(workdir, ground_truth: str | None = None, ground_truth_pose
     landscapes = _landscapes(workdir, volume, pixel, pose_alignment, ground_truth_poses)
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()] \
         if (workdir / "metrics.jsonl").exists() else []
-    (out_dir / "report.json").write_text(json.dumps(runio.strict_json(report), indent=2))
+    runio.write_json(out_dir / "report.json", report)
     try:
         from jaxcryo import figures
     except ImportError:
@@ -95,5 +95,5 @@ def evaluate_workdir(workdir, ground_truth: str | None = None, ground_truth_pose
             figures.posterior_figure(out_dir / "view_posterior.png", landscapes["log_posterior"],
                                      landscapes["head_views"], landscapes["final_views"])
             report["figures"].append("view_posterior.png")
-        (out_dir / "report.json").write_text(json.dumps(runio.strict_json(report), indent=2))
+        runio.write_json(out_dir / "report.json", report)
     return report
