@@ -1,6 +1,6 @@
 """A particle set from an outside simulator, to test jaxcryo on data its own simulator did not make:
 python -m experiments.outside_sim --outdir=DIR [--n_images=5000 --seed=11 --snr=0.1 --realistic]
-    [--atomic_model=PDB --atoms=A:27-305]
+    [--atomic_model=PDB --atoms=A:27-305] [--box=64 --pixel_size_angstrom=3]
 
 Needs cryoJAX (``pip install -e .[outside]``), used for every step of image formation: the particle
 is a mixture of Gaussian pseudo-atoms (``GaussianMixtureVolume``) projected analytically in real space
@@ -35,6 +35,8 @@ from absl import app, flags
 
 from experiments import cli
 
+BOX, PIXEL_ANGSTROM, BATCH = 64, 3.0, 250  # the default set: 64 px at 3 A/px
+
 _OUTDIR = flags.DEFINE_string("outdir", None, "Directory to write the particle set into.")
 _N = flags.DEFINE_integer("n_images", 5000, "Number of particles.")
 _SEED = flags.DEFINE_integer("seed", 11, "Seed of poses, CTFs and noise.")
@@ -46,11 +48,11 @@ _SHIFT = flags.DEFINE_float("max_shift_fraction", 0.05, "With --realistic: offse
                             "(0: centred particles, the same draws of everything else).")
 _COLOUR = flags.DEFINE_float("noise_power_ratio", 10.0, "With --realistic: the noise power at k = 0 over that at "
                              "Nyquist (1: white noise, the same draws of everything else).")
+_BOX = flags.DEFINE_integer("box", BOX, "Image box (px).")
+_PIXEL = flags.DEFINE_float("pixel_size_angstrom", PIXEL_ANGSTROM, "Pixel size (A); the particle keeps its size in A.")
 _MODEL = flags.DEFINE_string("atomic_model", None, "A PDB/mmCIF file (.gz accepted): image its atoms instead.")
 _ATOMS = flags.DEFINE_string("atoms", None, "With --atomic_model: CHAIN:FIRST-LAST, the residues to image.")
 flags.mark_flags_as_required(["outdir"])
-
-BOX, PIXEL_ANGSTROM, BATCH = 64, 3.0, 250
 
 
 def confined_walk(n: int, centre: np.ndarray, semi_axes_angstrom: np.ndarray, rng) -> np.ndarray:
@@ -119,7 +121,8 @@ def model_atoms(path: str, selection: str) -> tuple[np.ndarray, np.ndarray]:
     return xyz - xyz.mean(0), atomic_numbers[heavy].astype(int)
 
 
-def draw_particles(n: int, realistic: bool, rng, max_shift_fraction: float = 0.05) -> dict:
+def draw_particles(n: int, realistic: bool, rng, max_shift_fraction: float = 0.05, box: int = BOX,
+                   pixel_angstrom: float = PIXEL_ANGSTROM) -> dict:
     """RELION angles uniform on SO(3) (deg), defocus 1-2.5 um, astigmatism and displacements (A). The
     displacements are drawn whatever their bound, so a centred set shares every other draw."""
     astigmatism = np.minimum(np.abs(rng.normal(0, 700 if realistic else 350, n)), 1500)
@@ -127,12 +130,13 @@ def draw_particles(n: int, realistic: bool, rng, max_shift_fraction: float = 0.0
     return {"rot": rng.uniform(-180, 180, n), "tilt": np.degrees(np.arccos(rng.uniform(-1, 1, n))),
             "psi": rng.uniform(-180, 180, n), "defocus_u": mean + astigmatism / 2, "defocus_v": mean - astigmatism / 2,
             "defocus_angle": rng.uniform(0, 180, n),
-            "displacement": (rng.uniform(-max_shift_fraction, max_shift_fraction, (n, 2)) * BOX * PIXEL_ANGSTROM
+            "displacement": (rng.uniform(-max_shift_fraction, max_shift_fraction, (n, 2)) * box * pixel_angstrom
                              if realistic else np.zeros((n, 2)))}
 
 
-def clean_images(xyz: np.ndarray, p: dict, atomic_numbers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """cryoJAX's noise-free images (N, BOX, BOX) of the (M, 3) atoms at ``p``, and the map (BOX,)^3:
+def clean_images(xyz: np.ndarray, p: dict, atomic_numbers: np.ndarray | None = None, box: int = BOX,
+                 pixel_angstrom: float = PIXEL_ANGSTROM) -> tuple[np.ndarray, np.ndarray]:
+    """cryoJAX's noise-free images (N, box, box) of the (M, 3) atoms at ``p``, and the map (box,)^3:
     pseudo-atoms (Gaussians of variance 3 A^2), or with ``atomic_numbers`` their scattering factors."""
     import jax
     import jax.numpy as jnp
@@ -148,7 +152,7 @@ def clean_images(xyz: np.ndarray, p: dict, atomic_numbers: np.ndarray | None = N
     @jax.jit
     @jax.vmap
     def simulate(rot, tilt, psi, du, dv, angle, dx, dy):
-        config = cxs.BasicImageConfig((BOX, BOX), PIXEL_ANGSTROM, 300.0, pad_scale=2.0)  # built here: it caches grids
+        config = cxs.BasicImageConfig((box, box), pixel_angstrom, 300.0, pad_scale=2.0)  # built here: it caches grids
         pose = cxs.EulerAnglePose(dx, dy, phi_angle=-rot, theta_angle=-tilt, psi_angle=-psi)
         ctf = cxs.AstigmaticCTF(defocus_in_angstroms=(du + dv) / 2, astigmatism_in_angstroms=du - dv,
                                 astigmatism_angle=90.0 - angle, spherical_aberration_in_mm=2.7)
@@ -160,18 +164,20 @@ def clean_images(xyz: np.ndarray, p: dict, atomic_numbers: np.ndarray | None = N
                p["displacement"][:, 0], p["displacement"][:, 1]]
     images = np.concatenate([np.asarray(simulate(*[jnp.asarray(c[i:i + BATCH], jnp.float32) for c in columns]))
                              for i in range(0, len(p["rot"]), BATCH)])
-    volume_map = np.asarray(cxs.AutoVolumeRenderFn(shape=(BOX,) * 3, voxel_size=PIXEL_ANGSTROM)(volume), np.float32)
+    volume_map = np.asarray(cxs.AutoVolumeRenderFn(shape=(box,) * 3, voxel_size=pixel_angstrom)(volume), np.float32)
     return images, volume_map
 
 
-def add_noise(clean: np.ndarray, snr: float, realistic: bool, rng, noise_power_ratio: float = 10.0) -> np.ndarray:
+def add_noise(clean: np.ndarray, snr: float, realistic: bool, rng, noise_power_ratio: float = 10.0,
+              pixel_angstrom: float = PIXEL_ANGSTROM) -> np.ndarray:
     """Gaussian noise at ``snr``; with ``realistic`` first the B 80 A^2 envelope and contrast scales, and
     the noise coloured (its power falling exponentially by ``noise_power_ratio`` from k = 0 to Nyquist),
     plus a background offset per image."""
     n = len(clean)
-    k = np.sqrt(np.add.outer(np.fft.fftfreq(BOX) ** 2, np.fft.fftfreq(BOX) ** 2))  # cycles per pixel
+    box = clean.shape[-1]
+    k = np.sqrt(np.add.outer(np.fft.fftfreq(box) ** 2, np.fft.fftfreq(box) ** 2))  # cycles per pixel
     if realistic:
-        clean = np.real(np.fft.ifft2(np.fft.fft2(clean) * np.exp(-80.0 * (k / PIXEL_ANGSTROM) ** 2 / 4)))
+        clean = np.real(np.fft.ifft2(np.fft.fft2(clean) * np.exp(-80.0 * (k / pixel_angstrom) ** 2 / 4)))
         clean = clean * rng.uniform(0.85, 1.15, n)[:, None, None]
     sigma = np.sqrt(clean.var(axis=(1, 2)).mean() / snr)
     noise = rng.standard_normal(clean.shape)
@@ -184,7 +190,8 @@ def add_noise(clean: np.ndarray, snr: float, realistic: bool, rng, noise_power_r
     return images.astype(np.float32)
 
 
-def write_set(outdir: pathlib.Path, images: np.ndarray, volume_map: np.ndarray, p: dict) -> None:
+def write_set(outdir: pathlib.Path, images: np.ndarray, volume_map: np.ndarray, p: dict,
+              pixel_angstrom: float = PIXEL_ANGSTROM) -> None:
     import mrcfile
     import pandas as pd
     import starfile
@@ -193,11 +200,11 @@ def write_set(outdir: pathlib.Path, images: np.ndarray, volume_map: np.ndarray, 
     for name, data in (("particles.mrcs", images), ("ground_truth.mrc", volume_map)):
         with mrcfile.new(outdir / name, overwrite=True) as f:
             f.set_data(data)
-            f.voxel_size = PIXEL_ANGSTROM
+            f.voxel_size = pixel_angstrom
     n = len(images)
     optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"], "rlnAmplitudeContrast": [0.1],
-                           "rlnSphericalAberration": [2.7], "rlnVoltage": [300.0], "rlnImagePixelSize": [PIXEL_ANGSTROM],
-                           "rlnImageSize": [BOX], "rlnImageDimensionality": [2]})
+                           "rlnSphericalAberration": [2.7], "rlnVoltage": [300.0], "rlnImagePixelSize": [pixel_angstrom],
+                           "rlnImageSize": [images.shape[-1]], "rlnImageDimensionality": [2]})
     particles = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@particles.mrcs" for i in range(n)],
                               "rlnMicrographName": [f"mic{i // 100:04d}.mrc" for i in range(n)],
                               "rlnDefocusU": p["defocus_u"], "rlnDefocusV": p["defocus_v"],
@@ -223,14 +230,18 @@ def main(argv):
     for name in ("max_shift_fraction", "noise_power_ratio"):
         if flags.FLAGS[name].present and not _REALISTIC.value:
             raise app.UsageError(f"--{name} sets one of --realistic's effects; give --realistic too")
+    if _BOX.value < 16 or not _PIXEL.value > 0:
+        raise app.UsageError(f"--box={_BOX.value} --pixel_size_angstrom={_PIXEL.value}: give a box of at least 16 px "
+                             "and a positive pixel size")
     if _MODEL.value:
         xyz, atomic_numbers = model_atoms(_MODEL.value, _ATOMS.value)
     else:
         xyz, atomic_numbers = pseudo_atoms(shape_seed, _TWO_FOLD.value), None
-    p = draw_particles(_N.value, _REALISTIC.value, rng, _SHIFT.value)
-    clean, volume_map = clean_images(xyz, p, atomic_numbers)
-    images = add_noise(clean, _SNR.value, _REALISTIC.value, rng, _COLOUR.value)
-    write_set(pathlib.Path(_OUTDIR.value), images, volume_map, p)
+    box, pixel = _BOX.value, _PIXEL.value
+    p = draw_particles(_N.value, _REALISTIC.value, rng, _SHIFT.value, box, pixel)
+    clean, volume_map = clean_images(xyz, p, atomic_numbers, box, pixel)
+    images = add_noise(clean, _SNR.value, _REALISTIC.value, rng, _COLOUR.value, pixel)
+    write_set(pathlib.Path(_OUTDIR.value), images, volume_map, p, pixel)
     print(f"wrote {_N.value} images of a {len(xyz)}-{'' if _MODEL.value else 'pseudo-'}atom particle (extent {np.ptp(xyz, 0).round(0)} A) "
           f"to {_OUTDIR.value}")
 

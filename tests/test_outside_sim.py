@@ -92,3 +92,20 @@ def test_a_centred_set_shares_every_other_draw():
     assert 0.5 * bound < np.abs(offset["displacement"]).max() <= bound
     for key in ("rot", "tilt", "psi", "defocus_u", "defocus_v", "defocus_angle"):
         np.testing.assert_array_equal(centred[key], offset[key])
+
+
+def test_another_box_and_pixel_size_reach_the_star_and_the_offsets(tmp_path):
+    """``--box`` / ``--pixel_size_angstrom``: the offsets scale with the box in A, and the star says the box
+    and pixel size the stack was made at."""
+    p = outside_sim.draw_particles(40, True, np.random.default_rng(3), box=128, pixel_angstrom=1.5)
+    bound = 0.05 * 128 * 1.5
+    assert 0.5 * bound < np.abs(p["displacement"]).max() <= bound
+    images = np.zeros((40, 128, 128), np.float32)
+    outside_sim.write_set(tmp_path, images, np.zeros((128,) * 3, np.float32), p, pixel_angstrom=1.5)
+    table = read_particles(str(tmp_path / "particles.star"))
+    assert np.all(table.pixel_size_angstrom == 1.5) and np.all(table.image_size == 128)
+    # the B 80 A^2 envelope is in A: a checkerboard (|k| = 0.71 / px) keeps exp(-80 (0.71 / 1.5)^2 / 4) = 1.2 %
+    # of its amplitude at 1.5 A/px (33 % at 3 A/px); noise negligible at this SNR
+    checkerboard = np.repeat((np.indices((128, 128)).sum(0) % 2 - 0.5)[None], 40, 0)
+    kept = outside_sim.add_noise(checkerboard, 1e12, True, np.random.default_rng(4), pixel_angstrom=1.5).std(axis=(1, 2)) / 0.5
+    np.testing.assert_allclose(np.median(kept), np.exp(-80 * 0.5 / 1.5**2 / 4), rtol=0.2)
