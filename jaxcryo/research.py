@@ -287,9 +287,9 @@ def research_poses(pose_search, vol_params, tables: dict, source, batch_size: in
         # what the margin and the damping held back: a run that stalls with most better poses unmoved says so here
         logging.info("%.1f %% of the images are more likely at a pose found more than %g deg away; %.1f %% by "
                      "more than the margin of %g nats (train.research_min_gain_nats); %.1f %% moved (at most "
-                     "%g of the stack per pass, train.research_move_cap), by a median gain of %.2f nats",
-                     100 * np.mean((evidence > 0) & far), min_move_deg, 100 * better.mean(), min_gain_nats,
-                     100 * moved.mean(), move_cap, float(np.median(evidence[moved])) if moved.any() else 0.0)
+                     "%g of the stack per pass, train.research_move_cap)%s", 100 * np.mean((evidence > 0) & far),
+                     min_move_deg, 100 * better.mean(), min_gain_nats, 100 * moved.mean(), move_cap,
+                     f", by a median gain of {np.median(evidence[moved]):.2f} nats" if moved.any() else "")
     rots[moved] = found[moved]
     if refine_shifts:
         shifts[moved] = found_shift[moved]
