@@ -368,6 +368,9 @@ def test_an_image_moves_only_when_the_found_pose_is_more_likely_by_the_margin(ca
     # 6 of 8 are more likely at the found pose, 3 of 8 by more than 3 nats
     assert "75.0 % of the images are more likely" in caplog.text and "37.5 % by more than the margin of 3" in caplog.text
     assert "by a median gain of 5.00 nats" in caplog.text  # the three moved past the margin: 3.1, 5.0, 40.0
+    caplog.clear()
+    research_poses(search, {}, tables, Source(), 4, sharding, 1.0, jax.random.key(0), False, min_gain_nats=100.0)
+    assert "0.0 % moved" in caplog.text and "median gain" not in caplog.text  # none moved: no median to give
     # capped at 1/4 of the stack: each of the 6 rows that qualify moves with probability 2/6 (at least one
     # and at most 4 for this key; none of the others), the same rows for the same key
     runs = [research_poses(search, {}, tables, Source(), 4, sharding, 1.0, jax.random.key(k), False, move_cap=0.25)
