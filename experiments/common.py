@@ -130,6 +130,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.switch_moved_fraction = 0.5  # ... and the switch comes when fewer than this share moved (0.5: the median)
     config.train.switch_min_epochs = 2
     config.train.switch_min_steps = 0  # and at least this many steps (a small stack's epochs are short)
+    config.train.switch_window_steps = 0  # the poses compared lie at least this many steps apart (0: one epoch)
     config.train.switch_search_passes = 4  # with a search: poses at the switch = best of this many searches
     config.train.epochs_autodecoding = 13
     config.train.lr_encoder = 1e-4

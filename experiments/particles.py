@@ -80,4 +80,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.posterior_map_draws = 8  # and the final map marginalised over each pose posterior (its 8 heaviest draws)
     config.train.switch = "auto"
     config.train.switch_min_steps = 156  # the quickstart's: a small stack's short epochs do not switch it early
+    config.train.switch_window_steps = 78  # nor their small moves per epoch (the quickstart's)
     return config

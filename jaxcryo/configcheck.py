@@ -42,7 +42,7 @@ ADDED_OPTIONS = {
     "train.research_half_maps": False, "train.research_judge_only": False, "train.research_mates": False,
     "train.research_min_gain_nats": 0.0, "train.research_move_cap": 1.0, "train.research_count_min_deg": 0.0,
     "train.research_repeat_fraction": 0.0, "train.research_stop_fraction": 0.0,
-    "train.switch_min_steps": 0, "train.switch_moved_fraction": 0.5,
+    "train.switch_min_steps": 0, "train.switch_moved_fraction": 0.5, "train.switch_window_steps": 0,
 }
 
 
@@ -102,7 +102,8 @@ def validate(config) -> None:
                 "model.search_local", "model.search_local_rounds", "train.research_every_epochs",
                 "train.research_candidates", "train.research_local", "train.amortized_steps", "train.autodecoding_steps",
                 "train.amortized_start_steps", "train.amortized_steps_max",
-                "train.epochs_autodecoding_max", "train.epochs_autodecoding_max_heads_only", "train.switch_min_steps"):
+                "train.epochs_autodecoding_max", "train.epochs_autodecoding_max_heads_only", "train.switch_min_steps",
+                "train.switch_window_steps"):
         need(key, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
     need("train.posterior_samples", lambda v: isinstance(v, int) and v >= 2, "an integer >= 2 (draws per image)")
     need("train.posterior_map_draws", lambda v: isinstance(v, int) and 0 <= v <= int(flat.get("train.posterior_samples", 32)),

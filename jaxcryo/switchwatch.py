@@ -23,10 +23,14 @@ class SwitchWatch:
             return np.arange(self.n)
         return np.sort(np.random.default_rng([self.config.seed, 17]).permutation(self.n)[:SWITCH_SAMPLE])
 
-    def pose_change(self, epoch: int, sample: np.ndarray, moved_deg: float) -> dict:
+    def pose_change(self, epoch: int, sample: np.ndarray, moved_deg: float, back: int = 1) -> dict:
         """{"pose_change_median_deg", "pose_change_moved_fraction" (the share that moved more than
-        ``moved_deg``)} against the previous epoch's sample poses, which are kept in
-        WORKDIR/switch_poses/ (so a resumed run sees them too); {} after the first epoch."""
+        ``moved_deg``)} against the sample poses of ``back`` epochs before, which are kept in
+        WORKDIR/switch_poses/ (so a resumed run sees them too); {} before there are any.
+
+        ``back`` > 1 (``train.switch_window_steps``) compares poses as many steps apart on a small stack
+        as on a large one: its short epochs move each pose less, so one epoch's change would call the
+        poses settled while they still travel (2,000 realistic images switched at 61 deg and failed)."""
         folder = self.workdir / "switch_poses"
         if distributed.is_writer():
             folder.mkdir(exist_ok=True)
@@ -34,10 +38,10 @@ class SwitchWatch:
             np.save(tmp, sample)
             tmp.replace(folder / f"epoch_{epoch:03d}.npy")
             for old in folder.glob("epoch_*.npy"):
-                if old.name < f"epoch_{epoch - 1:03d}.npy":
+                if old.name < f"epoch_{epoch - back:03d}.npy":
                     old.unlink()
         distributed.barrier(f"switch poses {epoch}")
-        previous = folder / f"epoch_{epoch - 1:03d}.npy"
+        previous = folder / f"epoch_{epoch - back:03d}.npy"
         if not previous.exists():
             return {}
         change = geometry.geodesic_distance_deg(jnp.asarray(np.load(previous)), jnp.asarray(sample))

@@ -93,6 +93,12 @@ def test_switch_follows_a_fixed_sample_kept_on_disk(tmp_path):
     assert changes[2]["pose_change_moved_fraction"] == pytest.approx(np.mean(angles > 90.0))
     assert 0.2 < changes[2]["pose_change_moved_fraction"] < 0.95  # random pairs: most but not all beyond 90 deg
     assert sorted(p.name for p in (tmp_path / "switch_poses").iterdir()) == ["epoch_002.npy", "epoch_003.npy"]
+    # train.switch_window_steps: two epochs back, against epoch 2's poses (3's kept for the next comparison)
+    later = Rotation.random(50, random_state=9)
+    two_back = switchwatch.SwitchWatch.pose_change(run, 4, later.as_matrix().astype(np.float32), 90.0, back=2)
+    angles = np.degrees((poses[1].inv() * later).magnitude())
+    assert two_back["pose_change_median_deg"] == pytest.approx(np.median(angles), abs=0.01)
+    assert sorted(p.name for p in (tmp_path / "switch_poses").iterdir()) == ["epoch_002.npy", "epoch_003.npy", "epoch_004.npy"]
 
 
 @pytest.mark.slow  # ~30 s; the option is off by default
