@@ -14,7 +14,7 @@ import numpy as np
 from jaxcryo import distributed, evaluate, geometry, inversion, models, runio
 from jaxcryo.dataset import AMORTIZED
 from jaxcryo.research import per_image, settling_summary
-from jaxcryo.stages import AUTODECODING, epochs_for_steps, radius_at
+from jaxcryo.stages import AUTODECODING, radius_at, switch_window_epochs
 from jaxcryo.switchwatch import SwitchWatch
 
 
@@ -57,8 +57,8 @@ class RunOutputs(SwitchWatch):
                 sample = rots[rows]
             else:
                 sample = self.encoder_rotations(state, radius_at(self.config, AMORTIZED, 1e9), rows=rows)[0]
-            back = max(1, epochs_for_steps(self.config.train.get("switch_window_steps", 0), self.steps_per_epoch))
-            summary.update(self.pose_change(epoch, sample, float(self.config.train.switch_threshold_deg), back))
+            summary.update(self.pose_change(epoch, sample, float(self.config.train.switch_threshold_deg),
+                                            switch_window_epochs(self.config.train, self.steps_per_epoch)))
         self.last_summary = summary
         return summary
 

@@ -104,6 +104,12 @@ def switch_min_epochs_for(train_config, steps_per_epoch: int) -> int:
     return max(int(train_config.switch_min_epochs), epochs_for_steps(steps, steps_per_epoch))
 
 
+def switch_window_epochs(train_config, steps_per_epoch: int) -> int:
+    """How many epochs back the automatic switch compares each pose: enough for
+    ``train.switch_window_steps`` steps, at least one (``SwitchWatch.pose_change``'s ``back``)."""
+    return max(1, epochs_for_steps(int(train_config.get("switch_window_steps", 0)), steps_per_epoch))
+
+
 def initial_state(encoder, enc_opt, vol_opt, size: int, radial_log_amplitude: np.ndarray, init_scale: float, start: int):
     """(k_enc, k_vol) -> the amortized stage's state for images of ``size`` px, as one compiled program
     (run eagerly, each of the encoder's initialiser ops would compile on its own)."""
@@ -174,8 +180,8 @@ class AmortizedStage:
         moved = self.last_moved_fraction()
         if config.train.switch == "auto" and not progress.get("switch_due") and moved is not None:
             logging.info("the amortized stage ends at its limit of %d epochs with its poses still moving: %.0f %% of the "
-                         "images moved more than %.1f deg in its last epoch", progress["epoch"], 100 * moved,
-                         config.train.switch_threshold_deg)
+                         "images moved more than %.1f deg in its last %d epoch(s)", progress["epoch"], 100 * moved,
+                         config.train.switch_threshold_deg, switch_window_epochs(config.train, self.steps_per_epoch))
         sample = self.switch_heads_rows()
         rots, shifts, winners, heads = self.encoder_rotations(state, radius_at(config, AMORTIZED, 1e9), sample,
                                                               config.train.switch_search_passes)
@@ -196,7 +202,7 @@ class AmortizedStage:
 
     def should_switch(self, epochs_done: int) -> bool:
         """train.switch='auto': leave auto-encoding once the images' poses stop moving (fewer than
-        switch_moved_fraction of them moved more than switch_threshold_deg since the previous epoch),
+        switch_moved_fraction of them moved more than switch_threshold_deg over ``switch_window_epochs``),
         after at least switch_min_epochs and switch_min_steps (``switch_min_epochs_for``)."""
         tc = self.config.train
         moved = self.last_moved_fraction()

@@ -27,6 +27,11 @@ def test_auto_switch_waits_for_the_same_steps_whatever_the_stack_size():
     assert stages.switch_min_epochs_for(tc, 3125) == 2  # 200,000: the epoch floor
     tc.switch_min_steps = 0
     assert stages.switch_min_epochs_for(tc, 31) == 2
+    # the poses compared lie 78 steps apart: one epoch from 5,000 images up, three at 2,000
+    tc.switch_window_steps = 78
+    assert [stages.switch_window_epochs(tc, n) for n in (78, 31, 3125)] == [1, 3, 1]
+    tc.switch_window_steps = 0
+    assert stages.switch_window_epochs(tc, 31) == 1
 
 
 def test_the_amortized_stage_goes_on_while_poses_move_up_to_its_step_cap():
