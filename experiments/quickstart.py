@@ -64,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.amortized_starts = 3
     config.train.amortized_start_steps = 78
     config.train.switch = "auto"
-    config.train.switch_moved_fraction = 0.2  # when fewer than 20 % of the images moved > 2 deg in an epoch
+    config.train.switch_moved_fraction = 0.2  # when fewer than 20 % of the images moved > 2 deg (over the window below)
     config.train.switch_min_steps = 156
     config.train.switch_window_steps = 78  # poses compared 78 steps apart (a 5,000-image epoch), whatever the stack
     config.train.epochs_autodecoding = 6  # each image's own pose is refined per visit: auto-decoding counts epochs
