@@ -1,6 +1,7 @@
-"""Several amortized starts chosen by likelihood (``train.amortized_starts``, beyond the paper), mixed
-into ``jaxcryo.train.Run``: whether the amortized stage leaves its first plateau depends on the random
-draws, and how well each start's map explains a fixed sample of images tells which start did."""
+"""How a run begins, mixed into ``jaxcryo.train.Run``: at given poses, from start poses, or with the
+amortized stage from one start or several chosen by likelihood (``train.amortized_starts``, beyond the
+paper): whether the amortized stage leaves its first plateau depends on the random draws, and how well
+each start's map explains a fixed sample of images tells which start did."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from jaxcryo import distributed, evaluate
 from jaxcryo.dataset import AMORTIZED
 from jaxcryo.io import read_particles
 from jaxcryo.io.loader import iterate_batches, padded_chunks
-from jaxcryo.stages import radius_at
+from jaxcryo.stages import AUTODECODING, radius_at
 
 SAMPLE = 1024  # images scoring each start
 
@@ -32,7 +33,31 @@ def start_steps(train_config, amortized_epochs: int, steps_per_epoch: int) -> in
 
 
 class AmortizedStarts:
-    """The starts, their score on the sample, and (simulated data only) the sample's pose error."""
+    """A new run's first state; the starts, their score on the sample, and (simulated data only) the
+    sample's pose error."""
+
+    def first_state(self) -> tuple[dict, dict]:
+        """A new run's state and progress: auto-decoding at the known poses (held fixed) or, with start
+        poses, at their map; else the amortized stage, after its starts when there are several (checkpointed
+        once chosen: a kill during the starts redoes them)."""
+        tc = self.config.train
+        if self.known_poses:
+            progress = {"stage": AUTODECODING, "epoch": 0, "step": 0, "global_step": 0}
+            return self.init_autodecoding(self.init_amortized()["vol_params"], *self.known), progress
+        if self.start_poses:  # the map at the given poses first: a pose step needs a map to move against
+            progress = {"stage": AUTODECODING, "epoch": 0, "step": 0, "global_step": 0, "amortized_epochs": 0}
+            state = self.inverted(self.init_autodecoding(self.upsample_volume(self.init_amortized()["vol_params"]),
+                                                         *self.known))
+            self.save(state, progress, "the start poses' map")
+            return state, progress
+        if tc.get("amortized_starts", 1) > 1:
+            done = self.steps_per_start
+            state = self.amortized_starts(int(tc.amortized_starts), done)
+            epoch, step = divmod(done, self.steps_per_epoch)  # the stage goes on mid-epoch after a part of one
+            progress = {"stage": AMORTIZED, "epoch": epoch, "step": step, "global_step": done}
+            self.save(state, progress, "the chosen start")
+            return state, progress
+        return self.init_amortized(), {"stage": AMORTIZED, "epoch": 0, "step": 0, "global_step": 0}
 
     def amortized_starts(self, n_starts: int, n_steps: int) -> dict:
         """Several starts chosen by likelihood (``train.amortized_starts``): each start trains ``n_steps``

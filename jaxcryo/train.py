@@ -139,24 +139,7 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
         if progress is None:
             self.elapsed_before = 0.0
             self.log_plan(epochs)
-            if self.known_poses:
-                progress = {"stage": AUTODECODING, "epoch": 0, "step": 0, "global_step": 0}
-                vol = self.init_amortized()["vol_params"]
-                state = self.init_autodecoding(vol, *self.known)
-            elif self.start_poses:  # the map at the given poses first: a pose step needs a map to move against
-                progress = {"stage": AUTODECODING, "epoch": 0, "step": 0, "global_step": 0, "amortized_epochs": 0}
-                state = self.inverted(self.init_autodecoding(self.upsample_volume(self.init_amortized()["vol_params"]),
-                                                             *self.known))
-                self.save(state, progress, "the start poses' map")
-            elif tc.get("amortized_starts", 1) > 1:  # not checkpointed until chosen: a kill redoes the starts
-                done = self.steps_per_start
-                state = self.amortized_starts(int(tc.amortized_starts), done)
-                epoch, step = divmod(done, self.steps_per_epoch)  # the stage goes on mid-epoch after a part of one
-                progress = {"stage": AMORTIZED, "epoch": epoch, "step": step, "global_step": done}
-                self.save(state, progress, "the chosen start")
-            else:
-                progress = {"stage": AMORTIZED, "epoch": 0, "step": 0, "global_step": 0}
-                state = self.init_amortized()
+            state, progress = self.first_state()
         else:
             logging.info("resuming from %s", progress)
             state = self.restore(progress)
