@@ -9,6 +9,8 @@ oversampled grid, so high frequencies are not blurred by real-space interpolatio
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import jax.numpy as jnp
 
@@ -209,3 +211,15 @@ def summarize(volume: np.ndarray, rotations: np.ndarray, pixel_size_angstrom: fl
             out["fsc05_angstrom"] = resolution_at(curve, 0.5, pixel_size_angstrom)
             out["fsc0143_angstrom"] = resolution_at(curve, 0.143, pixel_size_angstrom)
     return out
+
+
+def contrast_correlation(contrast: np.ndarray | None, ground_truth_poses: str | None) -> dict:
+    """{"contrast_correlation": r} between the fitted per-particle contrasts (N,) and the simulated ones
+    (``ground_truth_contrast.npy`` beside the true poses, as ``jaxcryo.simulate`` writes it), else {}:
+    no truth, or contrasts all equal (never fitted: no auto-decoding epoch ran), whose correlation is NaN."""
+    if contrast is None or not ground_truth_poses or np.ptp(contrast) == 0:
+        return {}
+    truth = pathlib.Path(ground_truth_poses).with_name("ground_truth_contrast.npy")
+    if not truth.exists():
+        return {}
+    return {"contrast_correlation": float(np.corrcoef(contrast, np.load(truth))[0, 1])}

@@ -78,11 +78,7 @@ class RunOutputs(SwitchWatch):
         summary = {f"decoder_{k}": v for k, v in decoder.items() if k.startswith("fsc")}
         contrast = self.contrast_table(state) if stage != AMORTIZED else None
         summary.update(self.final_map(rots, np.asarray(self.current_poses(stage, state)[1]), contrast, draws))
-        truth = self.data.ground_truth_poses and pathlib.Path(self.data.ground_truth_poses).with_name("ground_truth_contrast.npy")
-        # simulated scales (jaxcryo.simulate); contrasts all at 1 were never fitted (no auto-decoding
-        # epoch ran): there is no correlation to report (it would be NaN)
-        if contrast is not None and truth and truth.exists() and np.ptp(contrast) > 0:
-            summary["contrast_correlation"] = float(np.corrcoef(contrast, np.load(truth))[0, 1])
+        summary.update(evaluate.contrast_correlation(contrast, self.data.ground_truth_poses))
         if stage == AUTODECODING:
             summary.update(settling_summary(self.config, progress, self.planned_epochs[AUTODECODING]))
         summary.update(elapsed_s=self.elapsed(), n_particles=self.n, switch_rule=self.config.train.switch,

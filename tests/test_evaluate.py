@@ -118,3 +118,19 @@ def test_align_map_undoes_rotation_and_mirror():
     mirrored = np.roll(np.flip(est, axis=0), 1, axis=0)  # V(M p) about index size // 2
     back = frames.align_map(mirrored, q, mirrored=True)
     assert np.linalg.norm(back - vol) / np.linalg.norm(vol) < 0.05
+
+
+def test_contrast_correlation_needs_fitted_contrasts_and_the_simulated_ones(tmp_path):
+    poses = tmp_path / "ground_truth_poses.star"  # only its folder matters
+    fitted = np.array([0.9, 1.1, 1.0, 1.2])
+    assert evaluate.contrast_correlation(fitted, str(poses)) == {}  # no ground_truth_contrast.npy
+    true = np.array([0.8, 1.2, 1.0, 1.1])
+    np.save(tmp_path / "ground_truth_contrast.npy", true)
+    # Pearson's r by hand: deviations (-0.15, 0.05, -0.05, 0.15) and (-0.225, 0.175, -0.025, 0.075),
+    # products summing to 0.055, squares to 0.05 and 0.0875: r = 0.055 / sqrt(0.05 * 0.0875)
+    r = 0.055 / np.sqrt(0.05 * 0.0875)
+    assert r == pytest.approx(0.8315, abs=1e-4)
+    assert evaluate.contrast_correlation(fitted, str(poses))["contrast_correlation"] == pytest.approx(r, abs=1e-9)
+    assert evaluate.contrast_correlation(np.ones(4), str(poses)) == {}  # never fitted: r would be NaN
+    assert evaluate.contrast_correlation(None, str(poses)) == {}
+    assert evaluate.contrast_correlation(fitted, None) == {}
