@@ -48,6 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.particle_diameter_angstrom = 0.0
     config.data.normalize = "global"  # 'global': one mean and std for the stack (the paper's synthetic data)
     config.data.whiten = False
+    # measure the background's noise spectrum and whiten only when it is coloured (noisemodel.noise_is_coloured)
+    config.data.whiten_if_coloured = False
     config.data.contrast_check = True
     # each particle's offset taken from the star's origins (rlnOriginXAngst/YAngst, cryoSPARC's shifts), e.g. from
     # RELION's 2D classification or a previous run's poses.star: the amortized stage sees the particles

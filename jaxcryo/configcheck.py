@@ -27,7 +27,7 @@ RESUMABLE = ("progress_bar", "train.epochs_amortized", "train.epochs_autodecodin
 # a key resumes under a config that gives it this value: a run killed before an upgrade can finish after it.
 ADDED_OPTIONS = {
     "data.contrast_check": True, "data.normalize": "global", "data.origins_as_shifts": False,
-    "data.particle_diameter_angstrom": 0.0, "data.whiten": False, "loss.wta_relax": 0.0,
+    "data.particle_diameter_angstrom": 0.0, "data.whiten": False, "data.whiten_if_coloured": False, "loss.wta_relax": 0.0,
     "model.amortized_shifts": True, "model.contrast_prior_std": 0.0, "model.search_local": 0,
     "model.search_local_rounds": 0, "model.search_local_sigma_deg": 10.0, "model.search_top_k": 1,
     "model.search_global_radius": 0.0, "model.volume_mask": False,

@@ -3,7 +3,8 @@
 Order: the particle diameter (given, or estimated from the images), then the contrast check (a stack
 whose protein is dark is refused unless ``data.invert_contrast`` is set), then per-particle
 normalisation over the background (``data.normalize='per_particle'``), then one whitening profile per
-optics group measured on the normalised background (``data.whiten``). Each image source (the full box
+optics group measured on the normalised background (``data.whiten``; or, with
+``data.whiten_if_coloured``, when that background's noise is coloured). Each image source (the full box
 and the amortized stage's coarse box) gets its own masks and profiles at its own pixel size.
 """
 
@@ -29,7 +30,7 @@ def _sample(rows: np.ndarray, seed: int, n: int = SAMPLE) -> np.ndarray:
 
 def needs_diameter(data_config) -> bool:
     return data_config.get("normalize", "global") == "per_particle" or bool(data_config.get("whiten", False)) \
-        or bool(data_config.get("contrast_check", False))
+        or bool(data_config.get("whiten_if_coloured", False)) or bool(data_config.get("contrast_check", False))
 
 
 MIN_DIAMETER_PX = 8  # a particle narrower than this is no particle for the masks and the noise estimate
@@ -73,24 +74,52 @@ def check_contrast(source: ImageSource, diameter_angstrom: float, invert: bool, 
     return z
 
 
-def apply_noise_model(source: ImageSource, data_config, diameter_angstrom: float, seed: int) -> np.ndarray | None:
-    """Per-particle normalisation and whitening of ``source`` as configured; returns its (G, R)
-    profiles (None without whitening)."""
-    per_particle = data_config.get("normalize", "global") == "per_particle"
+def _background(source: ImageSource, diameter_angstrom: float) -> np.ndarray:
     background = noise.background_mask(source.image_size, diameter_angstrom / source.pixel_size_angstrom)
     if background.sum() < 0.05 * background.size:
         raise InputError(f"{source.table.source}: a {diameter_angstrom:.0f} A particle leaves no background in the "
                          f"{source.image_size * source.pixel_size_angstrom:.0f} A box; set data.particle_diameter_angstrom")
-    source.use_noise_model(background if per_particle else None)
-    if not data_config.get("whiten", False):
-        return None
+    return background
+
+
+def group_noise_powers(source: ImageSource, background: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each optics group's background noise power, measured on a sample of its images as ``source``
+    now normalises them: (G, R) powers and each particle's group index (N,)."""
     groups, group_row = np.unique(source.table.optics_group, return_inverse=True)
-    profiles = np.stack([
-        noise.whitening_profile(noise.noise_power(source.normalized(_sample(np.nonzero(group_row == g)[0], seed + g)),
-                                                  background))
-        for g in range(len(groups))])
+    powers = np.stack([noise.noise_power(source.normalized(_sample(np.nonzero(group_row == g)[0], seed + g)), background)
+                       for g in range(len(groups))])
+    return powers, group_row
+
+
+def apply_noise_model(source: ImageSource, data_config, diameter_angstrom: float, seed: int,
+                      whiten: bool) -> np.ndarray | None:
+    """Per-particle normalisation of ``source`` as configured and, with ``whiten``, whitening; returns
+    its (G, R) profiles (None without whitening)."""
+    per_particle = data_config.get("normalize", "global") == "per_particle"
+    background = _background(source, diameter_angstrom)
+    source.use_noise_model(background if per_particle else None)
+    if not whiten:
+        return None
+    powers, group_row = group_noise_powers(source, background, seed)
+    profiles = np.stack([noise.whitening_profile(p) for p in powers])
     source.use_noise_model(background if per_particle else None, profiles, group_row)
     return profiles
+
+
+COLOURED_RATIO = 1.5  # eight white sets read 1.00-1.01, six with issue 11's coloured noise 3.15-3.17
+
+
+def noise_is_coloured(source: ImageSource, diameter_angstrom: float, seed: int, log=logging.info) -> bool:
+    """``data.whiten_if_coloured``: whether any optics group's background noise is coloured
+    (``noise.colour_ratio`` above ``COLOURED_RATIO``), measured on the images as normalised now; says
+    which way it decided and why in one line."""
+    powers, _ = group_noise_powers(source, _background(source, diameter_angstrom), seed)
+    ratio = max(noise.colour_ratio(p, source.image_size) for p in powers)
+    verdict = ("coloured: images and CTFs are whitened" if ratio > COLOURED_RATIO
+               else "white: the images are used as they are")
+    log(f"noise: the background's power falls {ratio:.2f}x from 1/4-1/2 to 3/4-1 of Nyquist (white noise ~1, "
+        f"coloured above {COLOURED_RATIO}), so {verdict} (data.whiten_if_coloured; data.whiten=True always whitens)")
+    return ratio > COLOURED_RATIO
 
 
 def set_up(source: ImageSource, coarse: ImageSource, data_config, seed: int, log=logging.info,
@@ -102,10 +131,15 @@ def set_up(source: ImageSource, coarse: ImageSource, data_config, seed: int, log
     diameter = particle_diameter_angstrom(source, data_config, seed, log)
     if data_config.get("contrast_check", False):
         check_contrast(source, diameter, bool(data_config.invert_contrast), seed, log)
-    if not (data_config.get("whiten", False) or data_config.get("normalize", "global") == "per_particle"):
+    whiten = bool(data_config.get("whiten", False))
+    if not whiten and data_config.get("whiten_if_coloured", False):
+        if data_config.get("normalize", "global") == "per_particle":  # measured as the run will see them
+            source.use_noise_model(_background(source, diameter))
+        whiten = noise_is_coloured(source, diameter, seed, log)  # decided on the full box, for both sources
+    if not (whiten or data_config.get("normalize", "global") == "per_particle"):
         return diameter
     for src in {id(source): source, id(coarse): coarse}.values():
-        profiles = apply_noise_model(src, data_config, diameter, seed)
+        profiles = apply_noise_model(src, data_config, diameter, seed, whiten)
         if profiles is not None and src is source:
             span = profiles[:, 1: source.image_size // 2 + 1]
             log(f"whitening: {len(profiles)} optics group(s); noise power from low frequency to Nyquist falls "

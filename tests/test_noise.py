@@ -43,6 +43,18 @@ def test_whitening_makes_the_noise_white():
     assert np.all(np.abs(power - 1) < 0.12), power
 
 
+def test_colour_ratio_reads_white_noise_as_one_and_coloured_noise_as_its_spectrum():
+    rng = np.random.default_rng(4)
+    white = noise.noise_power(rng.normal(size=(300, L, L)), np.ones((L, L)))
+    assert noise.colour_ratio(white, L) == pytest.approx(1.0, abs=0.05)
+    shape = simulate.noise_power_shape(L, 10.0)  # the simulator's spectrum: 10 x from k = 0 to Nyquist
+    k = noise.radius_grid(L)
+    # the ratio worked from the spectrum itself: its mean over the radii in (L/8, L/4] and (3L/8, L/2]
+    expected = shape[(k > L / 8) & (k <= L / 4)].mean() / shape[(k > 3 * L / 8) & (k <= L / 2)].mean()
+    coloured = noise.noise_power(simulate.coloured_noise(rng, 300, L, 1.0, shape), np.ones((L, L)))
+    assert expected > 2.5 and noise.colour_ratio(coloured, L) == pytest.approx(expected, rel=0.08)
+
+
 def test_per_particle_normalization_sets_background_mean_and_std():
     rng = np.random.default_rng(2)
     images = 3.0 * rng.normal(size=(5, L, L)) + np.arange(5)[:, None, None] * 10
@@ -150,6 +162,26 @@ def test_an_odd_box_is_said_to_run_slowly_with_the_even_box_to_use(realistic_sta
     odd = [line for line in said if "the box is odd" in line]
     assert odd == [f"{tmp_path / f'box{L - 1}.mrcs'}: the box is odd ({L - 1} px), which ran twice as slowly as an "
                    f"even one on a CPU; data.image_size={L - 2} Fourier-crops it to the even box below"], said
+
+
+def test_the_main_config_whitens_coloured_noise_and_leaves_white_noise_alone(realistic_stack, tmp_path):
+    star, _ = realistic_stack
+    white_cfg = common.simulate_config(volume="family:compact:3", n_images=300, image_size=L, pixel_size_angstrom=4.0,
+                                       chunk_size=300, seed=5)
+    simulate.simulate_dataset(white_cfg, tmp_path / "white", log=lambda *_: None)
+    config = quickstart.get_config()
+    for particles, coloured in ((star, True), (tmp_path / "white" / "particles.star", False)):
+        config.data.particles = str(particles)
+        said = []
+        data = prepare_data(config, tmp_path / "w", log=said.append)
+        verdict = [line for line in said if line.startswith("noise: ")]
+        assert len(verdict) == 1 and ("so coloured: images and CTFs are whitened" in verdict[0]) == coloured, said
+        assert (data.source.profiles is not None) == coloured and (data.coarse.profiles is not None) == coloured
+    config.data.whiten_if_coloured = False  # the paper's data path: never measured, never whitened
+    config.data.particles = str(star)
+    said = []
+    assert prepare_data(config, tmp_path / "w", log=said.append).source.profiles is None
+    assert not [line for line in said if line.startswith("noise: ")]
 
 
 def test_dark_stack_refused_before_anything_is_written(realistic_stack, tmp_path):
