@@ -1,6 +1,7 @@
 """A particle set from an outside simulator, to test jaxcryo on data its own simulator did not make:
 python -m experiments.outside_sim --outdir=DIR [--n_images=5000 --seed=11 --snr=0.1 --realistic]
     [--atomic_model=PDB --atoms=A:27-305] [--box=64 --pixel_size_angstrom=3]
+    [--voltage_kv=300 --spherical_aberration_mm=2.7 --amplitude_contrast=0.1 --defocus_um=1,2.5]
 
 Needs cryoJAX (``pip install -e .[outside]``), used for every step of image formation: the particle
 is a mixture of Gaussian pseudo-atoms (``GaussianMixtureVolume``) projected analytically in real space
@@ -36,6 +37,7 @@ from absl import app, flags
 from experiments import cli
 
 BOX, PIXEL_ANGSTROM, BATCH = 64, 3.0, 250  # the default set: 64 px at 3 A/px
+OPTICS = {"voltage_kv": 300.0, "spherical_aberration_mm": 2.7, "amplitude_contrast": 0.1}  # the default microscope
 
 _OUTDIR = flags.DEFINE_string("outdir", None, "Directory to write the particle set into.")
 _N = flags.DEFINE_integer("n_images", 5000, "Number of particles.")
@@ -52,6 +54,10 @@ _BOX = flags.DEFINE_integer("box", BOX, "Image box (px).")
 _PIXEL = flags.DEFINE_float("pixel_size_angstrom", PIXEL_ANGSTROM, "Pixel size (A); the particle keeps its size in A.")
 _MODEL = flags.DEFINE_string("atomic_model", None, "A PDB/mmCIF file (.gz accepted): image its atoms instead.")
 _ATOMS = flags.DEFINE_string("atoms", None, "With --atomic_model: CHAIN:FIRST-LAST, the residues to image.")
+_VOLTAGE = flags.DEFINE_float("voltage_kv", 300.0, "Accelerating voltage (kV).")
+_CS = flags.DEFINE_float("spherical_aberration_mm", 2.7, "Spherical aberration (mm).")
+_AMPLITUDE = flags.DEFINE_float("amplitude_contrast", 0.1, "Amplitude contrast ratio.")
+_DEFOCUS = flags.DEFINE_list("defocus_um", ["1.0", "2.5"], "MIN,MAX: mean defocus uniform in this range (um).")
 flags.mark_flags_as_required(["outdir"])
 
 
@@ -122,11 +128,12 @@ def model_atoms(path: str, selection: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def draw_particles(n: int, realistic: bool, rng, max_shift_fraction: float = 0.05, box: int = BOX,
-                   pixel_angstrom: float = PIXEL_ANGSTROM) -> dict:
-    """RELION angles uniform on SO(3) (deg), defocus 1-2.5 um, astigmatism and displacements (A). The
-    displacements are drawn whatever their bound, so a centred set shares every other draw."""
+                   pixel_angstrom: float = PIXEL_ANGSTROM, defocus_angstrom: tuple = (10000.0, 25000.0)) -> dict:
+    """RELION angles uniform on SO(3) (deg), mean defocus uniform in ``defocus_angstrom``, astigmatism and
+    displacements (A). The displacements are drawn whatever their bound, so a centred set shares every
+    other draw."""
     astigmatism = np.minimum(np.abs(rng.normal(0, 700 if realistic else 350, n)), 1500)
-    mean = rng.uniform(10000, 25000, n)
+    mean = rng.uniform(*defocus_angstrom, n)
     return {"rot": rng.uniform(-180, 180, n), "tilt": np.degrees(np.arccos(rng.uniform(-1, 1, n))),
             "psi": rng.uniform(-180, 180, n), "defocus_u": mean + astigmatism / 2, "defocus_v": mean - astigmatism / 2,
             "defocus_angle": rng.uniform(0, 180, n),
@@ -135,9 +142,10 @@ def draw_particles(n: int, realistic: bool, rng, max_shift_fraction: float = 0.0
 
 
 def clean_images(xyz: np.ndarray, p: dict, atomic_numbers: np.ndarray | None = None, box: int = BOX,
-                 pixel_angstrom: float = PIXEL_ANGSTROM) -> tuple[np.ndarray, np.ndarray]:
+                 pixel_angstrom: float = PIXEL_ANGSTROM, optics: dict = OPTICS) -> tuple[np.ndarray, np.ndarray]:
     """cryoJAX's noise-free images (N, box, box) of the (M, 3) atoms at ``p``, and the map (box,)^3:
-    pseudo-atoms (Gaussians of variance 3 A^2), or with ``atomic_numbers`` their scattering factors."""
+    pseudo-atoms (Gaussians of variance 3 A^2), or with ``atomic_numbers`` their scattering factors;
+    ``optics`` as ``OPTICS``."""
     import jax
     import jax.numpy as jnp
     import cryojax.constants as cxc
@@ -152,11 +160,12 @@ def clean_images(xyz: np.ndarray, p: dict, atomic_numbers: np.ndarray | None = N
     @jax.jit
     @jax.vmap
     def simulate(rot, tilt, psi, du, dv, angle, dx, dy):
-        config = cxs.BasicImageConfig((box, box), pixel_angstrom, 300.0, pad_scale=2.0)  # built here: it caches grids
+        config = cxs.BasicImageConfig((box, box), pixel_angstrom, optics["voltage_kv"], pad_scale=2.0)  # built here: it caches grids
         pose = cxs.EulerAnglePose(dx, dy, phi_angle=-rot, theta_angle=-tilt, psi_angle=-psi)
         ctf = cxs.AstigmaticCTF(defocus_in_angstroms=(du + dv) / 2, astigmatism_in_angstroms=du - dv,
-                                astigmatism_angle=90.0 - angle, spherical_aberration_in_mm=2.7)
-        model = cxs.make_image_model(volume, config, pose, cxs.ContrastTransferTheory(ctf, amplitude_contrast_ratio=0.1),
+                                astigmatism_angle=90.0 - angle, spherical_aberration_in_mm=optics["spherical_aberration_mm"])
+        transfer = cxs.ContrastTransferTheory(ctf, amplitude_contrast_ratio=optics["amplitude_contrast"])
+        model = cxs.make_image_model(volume, config, pose, transfer,
                                      cxs.GaussianMixtureProjection())
         return -model.simulate()
 
@@ -191,7 +200,7 @@ def add_noise(clean: np.ndarray, snr: float, realistic: bool, rng, noise_power_r
 
 
 def write_set(outdir: pathlib.Path, images: np.ndarray, volume_map: np.ndarray, p: dict,
-              pixel_angstrom: float = PIXEL_ANGSTROM) -> None:
+              pixel_angstrom: float = PIXEL_ANGSTROM, optics: dict = OPTICS) -> None:
     import mrcfile
     import pandas as pd
     import starfile
@@ -202,17 +211,19 @@ def write_set(outdir: pathlib.Path, images: np.ndarray, volume_map: np.ndarray, 
             f.set_data(data)
             f.voxel_size = pixel_angstrom
     n = len(images)
-    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"], "rlnAmplitudeContrast": [0.1],
-                           "rlnSphericalAberration": [2.7], "rlnVoltage": [300.0], "rlnImagePixelSize": [pixel_angstrom],
-                           "rlnImageSize": [images.shape[-1]], "rlnImageDimensionality": [2]})
+    group = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+                          "rlnAmplitudeContrast": [optics["amplitude_contrast"]],
+                          "rlnSphericalAberration": [optics["spherical_aberration_mm"]],
+                          "rlnVoltage": [optics["voltage_kv"]], "rlnImagePixelSize": [pixel_angstrom],
+                          "rlnImageSize": [images.shape[-1]], "rlnImageDimensionality": [2]})
     particles = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@particles.mrcs" for i in range(n)],
                               "rlnMicrographName": [f"mic{i // 100:04d}.mrc" for i in range(n)],
                               "rlnDefocusU": p["defocus_u"], "rlnDefocusV": p["defocus_v"],
                               "rlnDefocusAngle": p["defocus_angle"], "rlnOpticsGroup": 1})
-    starfile.write({"optics": optics, "particles": particles}, outdir / "particles.star", overwrite=True)
+    starfile.write({"optics": group, "particles": particles}, outdir / "particles.star", overwrite=True)
     truth = particles.assign(rlnAngleRot=p["rot"], rlnAngleTilt=p["tilt"], rlnAnglePsi=p["psi"],
                              rlnOriginXAngst=-p["displacement"][:, 0], rlnOriginYAngst=-p["displacement"][:, 1])
-    starfile.write({"optics": optics, "particles": truth}, outdir / "ground_truth_poses.star", overwrite=True)
+    starfile.write({"optics": group, "particles": truth}, outdir / "ground_truth_poses.star", overwrite=True)
 
 
 def main(argv):
@@ -233,15 +244,25 @@ def main(argv):
     if _BOX.value < 16 or not _PIXEL.value > 0:
         raise app.UsageError(f"--box={_BOX.value} --pixel_size_angstrom={_PIXEL.value}: give a box of at least 16 px "
                              "and a positive pixel size")
+    try:
+        defocus = tuple(1e4 * float(v) for v in _DEFOCUS.value)
+    except ValueError:
+        defocus = ()
+    if len(defocus) != 2 or not 0 < defocus[0] <= defocus[1]:
+        raise app.UsageError(f"--defocus_um={','.join(_DEFOCUS.value)}: give MIN,MAX in um with 0 < MIN <= MAX")
+    if not (_VOLTAGE.value > 0 and _CS.value >= 0 and 0 <= _AMPLITUDE.value < 1):
+        raise app.UsageError(f"--voltage_kv={_VOLTAGE.value} --spherical_aberration_mm={_CS.value} --amplitude_contrast="
+                             f"{_AMPLITUDE.value}: give a positive voltage, Cs >= 0 and an amplitude contrast in [0, 1)")
+    optics = {"voltage_kv": _VOLTAGE.value, "spherical_aberration_mm": _CS.value, "amplitude_contrast": _AMPLITUDE.value}
     if _MODEL.value:
         xyz, atomic_numbers = model_atoms(_MODEL.value, _ATOMS.value)
     else:
         xyz, atomic_numbers = pseudo_atoms(shape_seed, _TWO_FOLD.value), None
     box, pixel = _BOX.value, _PIXEL.value
-    p = draw_particles(_N.value, _REALISTIC.value, rng, _SHIFT.value, box, pixel)
-    clean, volume_map = clean_images(xyz, p, atomic_numbers, box, pixel)
+    p = draw_particles(_N.value, _REALISTIC.value, rng, _SHIFT.value, box, pixel, defocus)
+    clean, volume_map = clean_images(xyz, p, atomic_numbers, box, pixel, optics)
     images = add_noise(clean, _SNR.value, _REALISTIC.value, rng, _COLOUR.value, pixel)
-    write_set(pathlib.Path(_OUTDIR.value), images, volume_map, p, pixel)
+    write_set(pathlib.Path(_OUTDIR.value), images, volume_map, p, pixel, optics)
     print(f"wrote {_N.value} images of a {len(xyz)}-{'' if _MODEL.value else 'pseudo-'}atom particle (extent {np.ptp(xyz, 0).round(0)} A) "
           f"to {_OUTDIR.value}")
 

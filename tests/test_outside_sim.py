@@ -45,6 +45,18 @@ def test_written_set_reads_back_with_its_truth(tmp_path):
                                p["defocus_u"] - p["defocus_v"], atol=1e-3)
 
 
+def test_another_microscope_is_written_as_asked(tmp_path):
+    optics = {"voltage_kv": 200.0, "spherical_aberration_mm": 2.0, "amplitude_contrast": 0.07}
+    p = outside_sim.draw_particles(300, False, np.random.default_rng(5), defocus_angstrom=(6000.0, 16000.0))
+    images = np.zeros((300, outside_sim.BOX, outside_sim.BOX), np.float32)
+    outside_sim.write_set(tmp_path, images, np.zeros((outside_sim.BOX,) * 3, np.float32), p, optics=optics)
+    table = read_particles(str(tmp_path / "particles.star"))
+    assert np.all(table.voltage_kv == 200.0) and np.all(table.spherical_aberration_mm == 2.0)
+    assert np.all(table.amplitude_contrast == 0.07)
+    mean = (table.defocus_u_angstrom + table.defocus_v_angstrom) / 2
+    assert 6000 <= mean.min() < 6500 and 15500 < mean.max() <= 16000
+
+
 def test_two_fold_particle_is_a_pseudo_symmetric_dimer():
     xyz = outside_sim.pseudo_atoms(5, two_fold=True)
     lobe, copy, arm = xyz[:800], xyz[800:1600], xyz[1600:]
