@@ -107,6 +107,7 @@ def apply_noise_model(source: ImageSource, data_config, diameter_angstrom: float
 
 
 COLOURED_RATIO = 1.5  # eight white sets read 1.00-1.01, six with issue 11's coloured noise 3.15-3.17
+# (noise falling exponentially by F from k = 0 to Nyquist reads sqrt(F): whitened above F ~ 2.25)
 
 
 def noise_is_coloured(source: ImageSource, diameter_angstrom: float, seed: int, log=logging.info) -> bool:
