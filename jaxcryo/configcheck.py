@@ -142,6 +142,10 @@ def check_resumable(stored: dict, config, stored_path: pathlib.Path) -> None:
     old, new = flatten(stored), flatten(config.to_dict())
     differing = sorted(k for k in set(old) | set(new) if _differs(k, old, new))
     if differing:
-        shown = listed([f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differing], most=6)
+        added = [k for k in differing if k not in old and k in ADDED_OPTIONS]  # options newer than the run
+        shown = listed([f"{k} (added since this run, which ran as {ADDED_OPTIONS[k]!r} -> {new.get(k)!r})" if k in added
+                        else f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differing], most=6)
+        hint = (" (to resume it as it ran: " + " ".join(f"--config.{k}={ADDED_OPTIONS[k]}" for k in added) + ")"
+                if added and len(added) == len(differing) else "")
         raise InputError(f"{stored_path}: this work directory holds a run with another config ({shown}); "
-                         "use a new --workdir, or the same config to resume")
+                         f"use a new --workdir, or the same config to resume{hint}")

@@ -36,9 +36,12 @@ def test_a_run_stored_before_an_option_resumes_at_its_neutral_value():
 def test_a_run_stored_before_an_option_is_refused_when_the_option_changes_the_run():
     config = particles.get_config()  # research_mates=True: not what a run stored without the key did
     stored = _without(config, ["train.research_mates"])
-    with pytest.raises(InputError, match=r"WORKDIR/config.json: .*another config \(train.research_mates "
-                                         r"\(None -> True\)\)"):
+    with pytest.raises(InputError, match=r"WORKDIR/config.json: .*another config \(train.research_mates \(added since "
+                                         r"this run, which ran as False -> True\)\); use a new --workdir, or the same "
+                                         r"config to resume \(to resume it as it ran: --config.train.research_mates=False\)$"):
         configcheck.check_resumable(stored, config, STORED)
+    config.train.research_mates = False  # the line's own advice resumes it
+    configcheck.check_resumable(stored, config, STORED)
 
 
 def test_an_unknown_key_missing_from_the_stored_run_is_a_difference():
