@@ -75,6 +75,7 @@ def check_contrast(source: ImageSource, diameter_angstrom: float, invert: bool, 
 
 
 def _background(source: ImageSource, diameter_angstrom: float) -> np.ndarray:
+    """(L, L) background weights outside the particle at ``source``'s box; refuses a box with none."""
     background = noise.background_mask(source.image_size, diameter_angstrom / source.pixel_size_angstrom)
     if background.sum() < 0.05 * background.size:
         raise InputError(f"{source.table.source}: a {diameter_angstrom:.0f} A particle leaves no background in the "
@@ -91,31 +92,15 @@ def group_noise_powers(source: ImageSource, background: np.ndarray, seed: int) -
     return powers, group_row
 
 
-def apply_noise_model(source: ImageSource, data_config, diameter_angstrom: float, seed: int,
-                      whiten: bool) -> np.ndarray | None:
-    """Per-particle normalisation of ``source`` as configured and, with ``whiten``, whitening; returns
-    its (G, R) profiles (None without whitening)."""
-    per_particle = data_config.get("normalize", "global") == "per_particle"
-    background = _background(source, diameter_angstrom)
-    source.use_noise_model(background if per_particle else None)
-    if not whiten:
-        return None
-    powers, group_row = group_noise_powers(source, background, seed)
-    profiles = np.stack([noise.whitening_profile(p) for p in powers])
-    source.use_noise_model(background if per_particle else None, profiles, group_row)
-    return profiles
-
-
 COLOURED_RATIO = 1.5  # eight white sets read 1.00-1.01, six with issue 11's coloured noise 3.15-3.17
 # (noise falling exponentially by F from k = 0 to Nyquist reads sqrt(F): whitened above F ~ 2.25)
 
 
-def noise_is_coloured(source: ImageSource, diameter_angstrom: float, seed: int, log=logging.info) -> bool:
-    """``data.whiten_if_coloured``: whether any optics group's background noise is coloured
-    (``noise.colour_ratio`` above ``COLOURED_RATIO``), measured on the images as normalised now; says
-    which way it decided and why in one line."""
-    powers, _ = group_noise_powers(source, _background(source, diameter_angstrom), seed)
-    ratio = max(noise.colour_ratio(p, source.image_size) for p in powers)
+def noise_is_coloured(powers: np.ndarray, size: int, log=logging.info) -> bool:
+    """``data.whiten_if_coloured``: whether any optics group's background noise power (G, R) at box
+    ``size`` is coloured (``noise.colour_ratio`` above ``COLOURED_RATIO``); says which way it decided
+    and why in one line."""
+    ratio = max(noise.colour_ratio(p, size) for p in powers)
     verdict = ("coloured: images and CTFs are whitened" if ratio > COLOURED_RATIO
                else "white: the images are used as they are")
     log(f"noise: the background's power falls {ratio:.2f}x from 1/4-1/2 to 3/4-1 of Nyquist (white noise ~1, "
@@ -132,16 +117,23 @@ def set_up(source: ImageSource, coarse: ImageSource, data_config, seed: int, log
     diameter = particle_diameter_angstrom(source, data_config, seed, log)
     if data_config.get("contrast_check", False):
         check_contrast(source, diameter, bool(data_config.invert_contrast), seed, log)
+    per_particle = data_config.get("normalize", "global") == "per_particle"
     whiten = bool(data_config.get("whiten", False))
-    if not whiten and data_config.get("whiten_if_coloured", False):
-        if data_config.get("normalize", "global") == "per_particle":  # measured as the run will see them
-            source.use_noise_model(_background(source, diameter))
-        whiten = noise_is_coloured(source, diameter, seed, log)  # decided on the full box, for both sources
-    if not (whiten or data_config.get("normalize", "global") == "per_particle"):
+    decide = not whiten and bool(data_config.get("whiten_if_coloured", False))
+    if not (whiten or decide or per_particle):
         return diameter
-    for src in {id(source): source, id(coarse): coarse}.values():
-        profiles = apply_noise_model(src, data_config, diameter, seed, whiten)
-        if profiles is not None and src is source:
+    for src in {id(source): source, id(coarse): coarse}.values():  # the full box first
+        background = _background(src, diameter)
+        src.use_noise_model(background if per_particle else None)  # the spectra are measured on these images
+        if whiten or (decide and src is source):
+            powers, group_row = group_noise_powers(src, background, seed)
+            if decide and src is source:  # decided once, on the full box, for both sources
+                whiten = noise_is_coloured(powers, src.image_size, log)
+        if not whiten:
+            continue
+        profiles = np.stack([noise.whitening_profile(p) for p in powers])
+        src.use_noise_model(background if per_particle else None, profiles, group_row)
+        if src is source:
             span = profiles[:, 1: source.image_size // 2 + 1]
             log(f"whitening: {len(profiles)} optics group(s); noise power from low frequency to Nyquist falls "
                 f"{float(np.median((span[:, -1] / span[:, 0]) ** 2)):.2g}x")
