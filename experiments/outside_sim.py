@@ -38,6 +38,7 @@ from experiments import cli
 
 BOX, PIXEL_ANGSTROM, BATCH = 64, 3.0, 250  # the default set: 64 px at 3 A/px
 OPTICS = {"voltage_kv": 300.0, "spherical_aberration_mm": 2.7, "amplitude_contrast": 0.1}  # the default microscope
+DEFOCUS_ANGSTROM = (10000.0, 25000.0)  # the default range of mean defocus
 
 _OUTDIR = flags.DEFINE_string("outdir", None, "Directory to write the particle set into.")
 _N = flags.DEFINE_integer("n_images", 5000, "Number of particles.")
@@ -54,10 +55,10 @@ _BOX = flags.DEFINE_integer("box", BOX, "Image box (px).")
 _PIXEL = flags.DEFINE_float("pixel_size_angstrom", PIXEL_ANGSTROM, "Pixel size (A); the particle keeps its size in A.")
 _MODEL = flags.DEFINE_string("atomic_model", None, "A PDB/mmCIF file (.gz accepted): image its atoms instead.")
 _ATOMS = flags.DEFINE_string("atoms", None, "With --atomic_model: CHAIN:FIRST-LAST, the residues to image.")
-_VOLTAGE = flags.DEFINE_float("voltage_kv", 300.0, "Accelerating voltage (kV).")
-_CS = flags.DEFINE_float("spherical_aberration_mm", 2.7, "Spherical aberration (mm).")
-_AMPLITUDE = flags.DEFINE_float("amplitude_contrast", 0.1, "Amplitude contrast ratio.")
-_DEFOCUS = flags.DEFINE_list("defocus_um", ["1.0", "2.5"], "MIN,MAX: mean defocus uniform in this range (um).")
+_VOLTAGE = flags.DEFINE_float("voltage_kv", OPTICS["voltage_kv"], "Accelerating voltage (kV).")
+_CS = flags.DEFINE_float("spherical_aberration_mm", OPTICS["spherical_aberration_mm"], "Spherical aberration (mm).")
+_AMPLITUDE = flags.DEFINE_float("amplitude_contrast", OPTICS["amplitude_contrast"], "Amplitude contrast ratio.")
+_DEFOCUS = flags.DEFINE_list("defocus_um", [f"{v / 1e4:g}" for v in DEFOCUS_ANGSTROM], "MIN,MAX: mean defocus uniform in this range (um).")
 flags.mark_flags_as_required(["outdir"])
 
 
@@ -128,7 +129,7 @@ def model_atoms(path: str, selection: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def draw_particles(n: int, realistic: bool, rng, max_shift_fraction: float = 0.05, box: int = BOX,
-                   pixel_angstrom: float = PIXEL_ANGSTROM, defocus_angstrom: tuple = (10000.0, 25000.0)) -> dict:
+                   pixel_angstrom: float = PIXEL_ANGSTROM, defocus_angstrom: tuple = DEFOCUS_ANGSTROM) -> dict:
     """RELION angles uniform on SO(3) (deg), mean defocus uniform in ``defocus_angstrom``, astigmatism and
     displacements (A). The displacements are drawn whatever their bound, so a centred set shares every
     other draw."""
@@ -253,7 +254,7 @@ def main(argv):
     if not (_VOLTAGE.value > 0 and _CS.value >= 0 and 0 <= _AMPLITUDE.value < 1):
         raise app.UsageError(f"--voltage_kv={_VOLTAGE.value} --spherical_aberration_mm={_CS.value} --amplitude_contrast="
                              f"{_AMPLITUDE.value}: give a positive voltage, Cs >= 0 and an amplitude contrast in [0, 1)")
-    optics = {"voltage_kv": _VOLTAGE.value, "spherical_aberration_mm": _CS.value, "amplitude_contrast": _AMPLITUDE.value}
+    optics = dict(zip(OPTICS, (_VOLTAGE.value, _CS.value, _AMPLITUDE.value)))
     if _MODEL.value:
         xyz, atomic_numbers = model_atoms(_MODEL.value, _ATOMS.value)
     else:
