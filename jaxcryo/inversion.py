@@ -39,6 +39,22 @@ from jaxcryo.io.table import CTF_FIELDS
 PAD = 1
 
 
+def insertion_data(images, ctf_fields: dict, shifts_px, weight, pixel_size_angstrom, size: int,
+                   noise_radial=None):
+    """(B, P, P, 2): each image's [CTF * X, CTF^2] on the P-grid, as ``insert`` spreads them.
+
+    images (B, L, L) real; ctf_fields the CTF_FIELDS, (B,) each; shifts_px (B, 2); weight (B,): 0 for
+    padding rows, else 1 or the image's contrast scale; noise_radial (B, R) whitening profiles or None.
+    """
+    h = fourier.ht(fourier.pad_center(images, size))
+    h = losses.shift_hartley(h, -shifts_px)  # re-centre each particle
+    ctf = ctf_lib.ctf_grid(size, pixel_size_angstrom, **ctf_fields).astype(h.dtype) * weight[:, None, None]
+    if noise_radial is not None:  # the same frequency on the padded grid: radius scaled by L / P
+        box = images.shape[-1]
+        ctf = ctf * noise_radial[:, np.round(noise.radius_grid(size) * box / size).astype(np.int32)].astype(ctf.dtype)
+    return jnp.stack([h * ctf, ctf**2], -1)
+
+
 @functools.partial(jax.jit, donate_argnums=(0,))
 def insert(sums, images, ctf_fields: dict, rotations, shifts_px, keep, pixel_size_angstrom, noise_radial=None,
            contrast=None, draws=None):
@@ -56,15 +72,9 @@ def insert(sums, images, ctf_fields: dict, rotations, shifts_px, keep, pixel_siz
         at the T rotations Exp(omega_t) R with both sums weighted by w_t (RELION's expectation step:
         the map marginalised over each image's pose posterior, ``jaxcryo.posemean``).
     """
-    size = sums.shape[0]
-    h = fourier.ht(fourier.pad_center(images.astype(sums.dtype), size))
-    h = losses.shift_hartley(h, -shifts_px)  # re-centre each particle
     weight = keep if contrast is None else keep * contrast
-    ctf = ctf_lib.ctf_grid(size, pixel_size_angstrom, **ctf_fields).astype(h.dtype) * weight[:, None, None]
-    if noise_radial is not None:  # the same frequency on the padded grid: radius scaled by L / P
-        box = images.shape[-1]
-        ctf = ctf * noise_radial[:, np.round(noise.radius_grid(size) * box / size).astype(np.int32)].astype(ctf.dtype)
-    data = jnp.stack([h * ctf, ctf**2], -1)
+    data = insertion_data(images.astype(sums.dtype), ctf_fields, shifts_px, weight, pixel_size_angstrom,
+                          sums.shape[0], noise_radial)
     if draws is not None:
         omega, weights = draws
         rotations = (geometry.so3_exp(omega) @ rotations[:, None]).reshape(-1, 3, 3)
@@ -111,23 +121,34 @@ def _shell_index(size: int, box: int) -> np.ndarray:
     return np.round(np.asarray(fourier.radial_index_grid(size, 3)) * box / size).astype(int)
 
 
-def _wiener(numerator: np.ndarray, weight: np.ndarray, ssnr: np.ndarray, floor: float, box: int) -> np.ndarray:
-    """numerator / (weight + 1 / (SSNR x <1 / weight>_shell)) on the (P,)^3 grid -> (box,)^3 real space."""
-    size = numerator.shape[-1]
+def wiener_terms(weight: np.ndarray, ssnr: np.ndarray, floor: float, box: int) -> tuple[np.ndarray, np.ndarray]:
+    """The filter's (P, P, P) regulariser 1 / (SSNR x <1 / weight>_shell) and the voxels that hold a
+    value (weight above ``floor``, within the box's Nyquist sphere: beyond it no image has data)."""
+    size = weight.shape[-1]
     shell_all = _shell_index(size, box)
     shell = np.minimum(shell_all, len(ssnr) - 1)
     hit = weight > floor
     inv_w = np.bincount(shell[hit], 1.0 / weight[hit], minlength=len(ssnr)) / np.maximum(
         np.bincount(shell[hit], minlength=len(ssnr)), 1)
     reg = 1.0 / (ssnr * np.maximum(inv_w, 1e-30))
-    h = np.where(hit, numerator / (weight + reg[shell]), 0.0)
-    h[shell_all > box // 2] = 0.0  # corners beyond Nyquist carry no image data
-    return _to_real(h, box)
+    return reg[shell], hit & (shell_all <= box // 2)
 
 
-def _ssnr(fsc: np.ndarray) -> np.ndarray:
+def _wiener(numerator: np.ndarray, weight: np.ndarray, ssnr: np.ndarray, floor: float, box: int) -> np.ndarray:
+    """numerator / (weight + 1 / (SSNR x <1 / weight>_shell)) on the (P,)^3 grid -> (box,)^3 real space."""
+    reg, valid = wiener_terms(weight, ssnr, floor, box)
+    return _to_real(np.where(valid, numerator / (weight + reg), 0.0), box)
+
+
+def ssnr_from_fsc(fsc: np.ndarray) -> np.ndarray:
+    """Per-shell SNR FSC / (1 - FSC) of the map whose halves' FSC (or full-map FSC) is ``fsc``."""
     fsc = np.clip(fsc, 1e-4, 0.9999)
     return fsc / (1 - fsc)
+
+
+def weight_floor(weights: np.ndarray) -> float:
+    """The weight below which a voxel counts as empty: 1e-3 x the mean of the non-empty ones."""
+    return 1e-3 * float(np.mean(weights[weights > 0])) if np.any(weights > 0) else 1.0
 
 
 def wiener_maps(numerators: np.ndarray, weights: np.ndarray, box: int, filtered_halves: bool = False,
@@ -141,19 +162,19 @@ def wiener_maps(numerators: np.ndarray, weights: np.ndarray, box: int, filtered_
     (the filter is the costly part: ~2 s at a 64 px box on 2 cores). ``full_sums`` (numerator, weight),
     each (P, P, P): filter these into "map" instead of the halves' sums (the posterior-weighted map).
     """
-    floor = 1e-3 * float(np.mean(weights[weights > 0])) if np.any(weights > 0) else 1.0
+    floor = weight_floor(weights)
     halves = [_to_real(n / (w + floor), box) for n, w in zip(numerators, weights)]
     fsc_half = evaluate.fsc(*halves)
     mask = evaluate.soft_sphere_mask(box)
     fsc_half_masked = evaluate.fsc(halves[0] * mask, halves[1] * mask)
-    ssnr = _ssnr(2 * fsc_half / (1 + np.maximum(fsc_half, 0)))
+    ssnr = ssnr_from_fsc(2 * fsc_half / (1 + np.maximum(fsc_half, 0)))
     out = {"half1": halves[0], "half2": halves[1], "fsc_half": fsc_half, "fsc_half_masked": fsc_half_masked,
            "ssnr": ssnr}
     if full_map:
         num, weight = (numerators.sum(0), weights.sum(0)) if full_sums is None else full_sums
         out["map"] = _wiener(num, weight, ssnr, floor, box)
     if filtered_halves:
-        ssnr_half = _ssnr(fsc_half)
+        ssnr_half = ssnr_from_fsc(fsc_half)
         for i in range(2):
             out[f"half{i + 1}_filtered"] = _wiener(numerators[i], weights[i], ssnr_half, floor, box)
     return out
