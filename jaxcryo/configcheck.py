@@ -19,7 +19,8 @@ RESUMABLE = ("progress_bar", "train.epochs_amortized", "train.epochs_autodecodin
              "train.log_every",
              "train.checkpoint_every_steps", "train.inference_batch_size", "train.research_batch_size", "train.epoch_outputs_max_particles",
              "train.posterior_mean_poses", "train.posterior_samples", "train.posterior_sigma_deg",  # final outputs only
-             "train.posterior_map_draws",
+             "train.posterior_map_draws", "train.heldout_steps", "train.heldout_lr_rad",
+             "train.heldout_lr_final_fraction",
              "data.datadir", "eval.")
 
 # Options added after work directories first stored their config.json, each with the value that does what
@@ -103,13 +104,13 @@ def validate(config) -> None:
                 "train.research_candidates", "train.research_local", "train.amortized_steps", "train.autodecoding_steps",
                 "train.amortized_start_steps", "train.amortized_steps_max",
                 "train.epochs_autodecoding_max", "train.epochs_autodecoding_max_heads_only", "train.switch_min_steps",
-                "train.switch_window_steps"):
+                "train.switch_window_steps", "train.heldout_steps"):
         need(key, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
     need("train.posterior_samples", lambda v: isinstance(v, int) and v >= 2, "an integer >= 2 (draws per image)")
     need("train.posterior_map_draws", lambda v: isinstance(v, int) and 0 <= v <= int(flat.get("train.posterior_samples", 32)),
          "an integer from 0 to train.posterior_samples (draws per image in the final map)")
     for key in ("train.lr_encoder", "train.lr_volume", "train.lr_volume_autodecoding", "train.lr_pose", "model.width",
-                "model.search_local_sigma_deg", "train.posterior_sigma_deg"):
+                "model.search_local_sigma_deg", "train.posterior_sigma_deg", "train.heldout_lr_rad"):
         need(key, lambda v: finite(v) and v > 0, "a number > 0")
     for key in ("train.lr_shift", "model.distill_weight", "model.volume_init_scale", "model.contrast_prior_std"):
         need(key, lambda v: finite(v) and v >= 0, "a number >= 0")
@@ -121,7 +122,8 @@ def validate(config) -> None:
     need("train.research_repeat_fraction", lambda v: finite(v) and 0 <= v <= 1, "a fraction in [0, 1]")
     for key in ("train.research_global_radius", "model.search_global_radius"):
         need(key, lambda v: finite(v) and 0 <= v <= 1, "a fraction of Nyquist in [0, 1] (0 = the loss disc)")
-    need("train.lr_pose_final_fraction", lambda v: finite(v) and 0 < v <= 1, "a fraction in (0, 1]")
+    for key in ("train.lr_pose_final_fraction", "train.heldout_lr_final_fraction"):
+        need(key, lambda v: finite(v) and 0 < v <= 1, "a fraction in (0, 1]")
     for key in ("loss.radius_start", "loss.radius_end"):
         need(key, lambda v: finite(v) and 0 < v <= 1.5, "a fraction of Nyquist in (0, 1.5]")
     need("loss.kind", lambda v: v in ("gaussian", "l1_fourier"), "'gaussian' or 'l1_fourier'")

@@ -7,13 +7,11 @@ from __future__ import annotations
 import logging
 import pathlib
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxcryo import distributed, evaluate, geometry, inversion, models, runio
+from jaxcryo import distributed, evaluate, inversion, models, runio
 from jaxcryo.dataset import AMORTIZED
-from jaxcryo.research import per_image, settling_summary
+from jaxcryo.research import settling_summary
 from jaxcryo.stages import AUTODECODING, radius_at, switch_window_epochs
 from jaxcryo.switchwatch import SwitchWatch
 
@@ -70,8 +68,8 @@ class RunOutputs(SwitchWatch):
         sets' own unfiltered inversions beside it (reconstruction_half1_unfil.mrc, ..._half2_unfil.mrc)."""
         stage = AUTODECODING if "rotations" in state else AMORTIZED
         draws = None
-        if stage == AUTODECODING and self.posterior_mean is not None:
-            state, draws = self.posterior_pass(state)
+        if stage == AUTODECODING:
+            state, draws = self.final_poses(state)
         decoder, rots = self.write_outputs(stage, state, self.workdir)
         if distributed.is_writer():
             (self.workdir / "reconstruction.mrc").replace(self.workdir / "decoder.mrc")
@@ -86,27 +84,6 @@ class RunOutputs(SwitchWatch):
         runio.write_json(self.workdir / "summary.json", summary)
         logging.info("finished: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})
         return summary
-
-    def posterior_pass(self, state) -> tuple[dict, tuple | None]:
-        """The posterior pass (``jaxcryo.posemean``; each image judged with the map of the half set it is
-        not in). Returns the state, with every rotation replaced by its posterior mean under
-        ``train.posterior_mean_poses`` (else as it was), and with ``train.posterior_map_draws`` > 0 the
-        draws the final map is made from: (the most likely rotations (N, 3, 3), offsets (N, T, 3),
-        weights (N, T)), else None."""
-        tables = self.host_tables(state, ("rotations", "shifts"))
-        means, effective, omega, weights = per_image(self.posterior_mean, state["vol_params"], tables, self.data.source, self.posterior_batch,
-                                     self.batch_sharding, jax.random.key(self.config.seed + 13), self.half_maps(state))
-        moved = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(means), jnp.asarray(tables["rotations"])))
-        use_means = bool(self.config.train.get("posterior_mean_poses", False))
-        logging.info("posterior-mean poses%s: %.2f deg (median) from the most likely ones; %.1f effective draws "
-                     "of %d (median)", "" if use_means else " (not written: train.posterior_mean_poses is off)",
-                     float(np.median(moved)), float(np.median(effective)), int(self.config.train.posterior_samples))
-        draws = None
-        if int(self.config.train.get("posterior_map_draws", 0)) > 0:
-            draws = (tables["rotations"], omega, weights)
-        if not use_means:
-            return state, draws
-        return dict(state, **self.place_tables({"rotations": means.astype(np.float32)})), draws
 
     def final_map(self, rotations: np.ndarray, shifts_px: np.ndarray, contrast: np.ndarray | None = None,
                   draws: tuple | None = None) -> dict:

@@ -17,8 +17,8 @@ amortized stage estimates no shifts and auto-decoding finds them.
 Layout: ``Run`` holds the data, the mesh, the jitted steps and the stage loop; one epoch and the
 divergence guard are in ``jaxcryo.epochloop``, each stage's own pieces (the switch among them) in
 ``jaxcryo.stages``, the encoder's poses for every image in ``jaxcryo.encoderposes``, several amortized
-starts in ``jaxcryo.starts``, the plan lines in ``jaxcryo.plan`` and the outputs in ``jaxcryo.outputs``
-(mixins of ``Run``).
+starts in ``jaxcryo.starts``, the plan lines in ``jaxcryo.plan``, the final poses in ``jaxcryo.finalposes``
+and the outputs in ``jaxcryo.outputs`` (mixins of ``Run``).
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ import jax
 import numpy as np
 import optax
 
-from jaxcryo import configcheck, distributed, models, runio, steps
+from jaxcryo import configcheck, distributed, heldout, models, runio, steps
 from jaxcryo.dataset import AMORTIZED, prepare_data, radial_log_amplitude
 from jaxcryo.io import InputError
 from jaxcryo.io.loader import steps_per_epoch
 from jaxcryo.encoderposes import EncoderPoses
 from jaxcryo.epochloop import EpochLoop
+from jaxcryo.finalposes import FinalPoses
 from jaxcryo.outputs import RunOutputs
 from jaxcryo.plan import RunPlan
 from jaxcryo.posemean import SLICES_PER_CALL, make_posterior_mean
@@ -49,7 +50,8 @@ from jaxcryo.starts import AmortizedStarts, start_steps
 from jaxcryo.volumes import RunVolumes
 
 
-class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, AutodecodingStage, RunVolumes, RunOutputs, RunPlan):
+class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, AutodecodingStage, RunVolumes, FinalPoses, RunOutputs,
+          RunPlan):
     """Holds the pieces of one reconstruction; ``run()`` executes or resumes it."""
 
     def __init__(self, config, workdir: pathlib.Path, devices=None):
@@ -116,6 +118,9 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
                                                    int(tc.get("posterior_map_draws", 0)))
                                if (tc.get("posterior_mean_poses", False) or int(tc.get("posterior_map_draws", 0)) > 0)
                                and not self.known_poses else None)
+        # Beyond the paper: the final poses moved down the held-out likelihood (jaxcryo.heldout)
+        self.heldout_passes = (heldout.make_passes(px, self.mesh)
+                               if int(tc.get("heldout_steps", 0)) > 0 and not self.known_poses else None)
         if self.posterior_mean is not None:  # at most SLICES_PER_CALL draws per call bound the pass's memory
             self.posterior_batch = pass_batch(min(SLICES_PER_CALL // int(tc.posterior_samples), self.inference_batch),
                                               self.n, n_dev)

@@ -223,6 +223,23 @@ def test_weighted_map_with_the_most_likely_poses(finished_run, tmp_path):
     assert float(np.min(evaluate.fsc(a, b))) > 0.99
 
 
+def test_held_out_steps_move_the_final_poses_and_the_map_follows(finished_run, tmp_path):
+    """``train.heldout_steps`` (may change on a rerun) runs after the last epoch: the written poses leave
+    the last epoch's most likely ones by no more than Adam's steps allow (2 steps of 0.02 rad on each
+    axis: at most 4 deg), and the map is the inversion at the poses written."""
+    reference, _ = finished_run
+    shutil.copytree(reference, tmp_path / "run", symlinks=True)
+    train.train_and_evaluate(tiny_config(posterior_mean_poses=False, posterior_map_draws=0, heldout_steps=2),
+                             tmp_path / "run")
+    final = read_particles(tmp_path / "run" / "poses.star").rotations()
+    last = read_particles(tmp_path / "run" / "epoch_002" / "poses.star").rotations()
+    moved = np.asarray(geometry.geodesic_distance_deg(jnp.asarray(final), jnp.asarray(last)))
+    assert 0.1 < float(np.median(moved)) and float(np.max(moved)) < 4.0, (np.median(moved), np.max(moved))
+    rec = inversion.reconstruct_from_star(tmp_path / "run" / "data" / "particles.star", tmp_path / "run" / "poses.star")
+    np.testing.assert_allclose(mrcfile.read(tmp_path / "run" / "reconstruction.mrc"), rec["map"], rtol=1e-3,
+                               atol=5e-3 * np.abs(rec["map"]).max())
+
+
 def test_each_stage_s_batches_carry_the_ctfs_of_their_own_box_and_pixel(finished_run, tmp_path):
     """``Run.training_batch`` and ``dataset.read_batch`` add each image's CTF (``dataset.ctf_grids``),
     which the steps read instead of computing it: it must be the CTF at the stage's own box and pixel
