@@ -52,14 +52,14 @@ def fresh_split(n: int, seed: int, step: int) -> np.ndarray:
     return labels
 
 
-def wiener_hartley(numerator, weight, reg, valid, box: int, mask=None):
+def wiener_hartley(numerator, weight, reg, valid, box: int, volume_mask=None):
     """(P, P, P) inserted sums -> the (box,)^3 Hartley volume ``losses.loss_at`` takes: the Wiener map
     numerator / (weight + reg) where ``valid`` (``inversion.wiener_terms``), in real space, times the
-    volume ``mask`` when one is given (as the run's own maps are masked). Differentiable in the sums."""
+    ``volume_mask`` (box,)^3 when one is given (as the run's own maps are masked). Differentiable in the sums."""
     h = jnp.where(valid, numerator / (weight + reg), 0.0)
     real = fourier.crop_center(fourier.iht(h, 3), box, 3)
-    if mask is not None:
-        real = real * mask
+    if volume_mask is not None:
+        real = real * volume_mask
     return models.hartley_from_map(real)
 
 
@@ -102,7 +102,7 @@ def make_passes(pixel_size_angstrom: float, mesh):
             jax.jit(jax.shard_map(through_map, mesh=mesh, in_specs=(P(),) + rows, out_specs=P(AXIS), check_vma=False)))
 
 
-def half_maps_with_pullbacks(numerators: np.ndarray, weights: np.ndarray, box: int, mask=None):
+def half_maps_with_pullbacks(numerators: np.ndarray, weights: np.ndarray, box: int, volume_mask=None):
     """(2, P, P, P) sums of the two halves -> [(M_1 Hartley volume, pullback_1), (M_2, pullback_2)], each
     pullback mapping d H / d M_h to (d H / d N_h, d H / d W_h); the filter's SNR from the halves' FSC."""
     ssnr = inversion.ssnr_from_fsc(inversion.wiener_maps(numerators, weights, box, full_map=False)["fsc_half"])
@@ -111,7 +111,7 @@ def half_maps_with_pullbacks(numerators: np.ndarray, weights: np.ndarray, box: i
     for num, w in zip(numerators, weights):
         reg, valid = inversion.wiener_terms(w, ssnr, floor, box)
         vol, pull = jax.vjp(lambda a, b, reg=reg, valid=valid: wiener_hartley(a, b, jnp.asarray(reg, jnp.float32),
-                                                                             jnp.asarray(valid), box, mask),
+                                                                             jnp.asarray(valid), box, volume_mask),
                             jnp.asarray(num), jnp.asarray(w))
         out.append((vol, pull))
     return out
@@ -128,16 +128,16 @@ def _batches(source, rows: np.ndarray, rotations, shifts_px, weights, batch_size
 
 
 def heldout_gradient(passes, source, rotations: np.ndarray, shifts_px: np.ndarray, weights: np.ndarray,
-                     labels: np.ndarray, batch_size: int, shardings, mask=None) -> tuple[np.ndarray, float]:
+                     labels: np.ndarray, batch_size: int, shardings, volume_mask=None) -> tuple[np.ndarray, float]:
     """dH / d omega (N, 3) at ``rotations`` for the split ``labels`` (module docstring), and H's mean per
     image. ``weights`` (N,): the images' contrast scales (1 without); ``shifts_px`` (N, 2);
-    ``shardings``: (the batch's, the replicated one) on the passes' mesh; ``mask`` (L, L, L) or None."""
+    ``shardings``: (the batch's, the replicated one) on the passes' mesh; ``volume_mask`` (L, L, L) or None."""
     direct, through_map = passes
     sharding, replicated = shardings
     n, box = len(rotations), source.image_size
     num, w = inversion.accumulate(source, rotations, shifts_px, labels, batch_size,
                                   None if np.all(weights == 1) else weights)
-    maps = half_maps_with_pullbacks(num, w, box, mask)
+    maps = half_maps_with_pullbacks(num, w, box, volume_mask)
     grad = np.zeros((n, 3), np.float32)
     held, d_vol = 0.0, [0.0, 0.0]
     for half in (1, 2):  # half h's images under the other half's map
@@ -164,7 +164,7 @@ def step_rates(lr_rad: float, n_steps: int, final_fraction: float) -> np.ndarray
 
 
 def refine(passes, source, rotations: np.ndarray, shifts_px: np.ndarray, contrast: np.ndarray | None,
-           rates: np.ndarray, seed: int, batch_size: int, shardings, mask=None, report=None) -> np.ndarray:
+           rates: np.ndarray, seed: int, batch_size: int, shardings, volume_mask=None, report=None) -> np.ndarray:
     """One step of per-image Adam on H per rate in ``rates`` (radians; ``step_rates``), a fresh half split
     each step -> rotations (N, 3, 3). ``report(step, rotations, mean H)``, when given, is called after
     each step (the run's log)."""
@@ -174,7 +174,7 @@ def refine(passes, source, rotations: np.ndarray, shifts_px: np.ndarray, contras
     m, v = jnp.zeros((n, 3)), jnp.zeros((n, 3))
     for step, lr_rad in enumerate(rates):
         grad, held = heldout_gradient(passes, source, rot, shifts_px, weights, fresh_split(n, seed, step),
-                                      batch_size, shardings, mask)
+                                      batch_size, shardings, volume_mask)
         update, m, v, _ = steps.pose_adam(jnp.asarray(grad), m, v, jnp.full((n,), step, jnp.int32), float(lr_rad))
         rot = np.asarray(geometry.so3_exp(update) @ jnp.asarray(rot), np.float32)
         if report is not None:
