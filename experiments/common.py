@@ -190,8 +190,9 @@ def base_config() -> ml_collections.ConfigDict:
     # > 0: after auto-decoding, this many steps of per-image Adam (heldout_lr_rad, falling linearly to
     # heldout_lr_rad x heldout_lr_final_fraction) on the likelihood of each half of the images under the
     # other half's Wiener map, differentiated through that map's inversion too, a fresh half split each
-    # step (jaxcryo.heldout). 15 steps: SNR 0.5 3.52 -> 2.95 and 1.05 -> 0.83 deg, white SNR 0.1 3-7 %
-    # lower medians; ~12 s a step per 5,000 images of 64 px on 2 cores (docs/options.md), so off here
+    # step (jaxcryo.heldout). 15 steps: SNR 0.5 3.52 -> 2.95 and 1.05 -> 0.83 deg, 128 px 2.47 -> 2.16 deg,
+    # white SNR 0.1 2-7 % lower medians; ~12 s a step per 5,000 images of 64 px on 2 cores
+    # (docs/options.md), so off here
     config.train.heldout_steps = 0
     config.train.heldout_lr_rad = 0.02
     config.train.heldout_lr_final_fraction = 0.1

@@ -23,9 +23,10 @@ perturbations, R <- Exp(omega) R; shifts and contrasts stay as they are.
 
 Measured in the run (15 steps, 0.02 -> 0.002 rad, resumed from finished runs of the main config on
 5,000 x 64 px; docs/options.md): outside seed 227 at SNR 0.5, 3.52 -> 2.95 deg; jaxcryo's phantom at
-SNR 0.5, 1.05 -> 0.83 deg; five white SNR 0.1 sets 3-7 % lower medians (e.g. the quickstart 1.73 ->
-1.61 deg); a realistic set (coloured noise, contrasts, offsets) 6.75 -> 6.84 deg. A step costs two
-inversions and two slice-and-gradient passes over the images: ~12 s per 5,000 images of 64 px on 2 cores.
+SNR 0.5, 1.05 -> 0.83 deg; 128 px at 1.5 A/px, 2.47 -> 2.16 deg; seven white SNR 0.1 sets 2-7 % lower
+medians (e.g. the quickstart 1.73 -> 1.61 deg); a realistic set (coloured noise, contrasts, offsets)
+6.75 -> 6.84 deg. A step costs two inversions and two slice-and-gradient passes over the images: ~12 s
+per 5,000 images of 64 px on 2 cores, ~57 s at 128 px.
 """
 
 from __future__ import annotations
