@@ -65,7 +65,7 @@ def test_the_amortized_stage_goes_past_its_plan_to_its_step_cap_while_the_switch
     """6 steps an epoch: amortized_steps 6 plans the 2-epoch floor, amortized_steps_max 18 allows 3, and a
     switch that cannot come due (switch_min_epochs 10) lets the stage run all 3 and say why it ended."""
     config = tiny_config(epochs_amortized=4, switch="auto", switch_min_epochs=10, switch_min_steps=0,
-                         amortized_steps=6, amortized_steps_max=18)
+                         amortized_steps=6, amortized_steps_max=18, switch_window_steps=0)  # poses compared an epoch apart
     with caplog.at_level("INFO"):
         summary = train.Run(config, tmp_path).run()
     assert summary["amortized_epochs_run"] == 3

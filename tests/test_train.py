@@ -348,8 +348,9 @@ def test_evaluate_report_and_figures(finished_run):
 def test_auto_switch_end_to_end(finished_run, tmp_path):
     reference, _ = finished_run
     (tmp_path / "data").symlink_to(reference / "data")
+    # switch_window_steps=0: poses compared one epoch apart (the quickstart's 78-step window is 13 of these epochs)
     config = tiny_config(epochs_amortized=4, switch="auto", switch_threshold_deg=180.0, switch_min_epochs=2,
-                         switch_min_steps=0)
+                         switch_min_steps=0, switch_window_steps=0)
     summary = train.train_and_evaluate(config, tmp_path)
     assert summary["amortized_epochs_run"] == 2 and summary["switch_rule"] == "auto"
     ends = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
