@@ -31,15 +31,13 @@ class FinalPoses:
         """``train.heldout_steps`` steps down the held-out likelihood (``jaxcryo.heldout``): the state with
         its rotations moved; shifts and contrasts as they were."""
         tc = self.config.train
-        tables = self.host_tables(state, ("rotations", "shifts"))
-        shifts = tables["shifts"] if self.uses_shifts else np.zeros((self.n, 2), np.float32)
+        start, shifts, contrast = self.inversion_poses(state)  # the stage inverts as the run's inversions do
         mask = self.volume_mask(self.data.source) if self.config.model.get("volume_mask", False) else None
         truth = self.data.ground_truth_poses
         truth_error = (lambda r: evaluate.pose_errors(r, truth)[1]["pose_error_median_deg"]) if truth else None
         n_steps = int(tc.heldout_steps)
-        report = heldout.log_step(tables["rotations"], n_steps, truth_error)
-        rotations = heldout.refine(self.heldout_passes, self.data.source, tables["rotations"], shifts,
-                                   self.contrast_table(state),
+        report = heldout.log_step(start, n_steps, truth_error)
+        rotations = heldout.refine(self.heldout_passes, self.data.source, start, shifts, contrast,
                                    heldout.step_rates(float(tc.heldout_lr_rad), n_steps, float(tc.heldout_lr_final_fraction)),
                                    self.config.seed,
                                    self.inference_batch, (self.batch_sharding, self.replicated),

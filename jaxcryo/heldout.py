@@ -136,8 +136,7 @@ def heldout_gradient(passes, source, rotations: np.ndarray, shifts_px: np.ndarra
     direct, through_map = passes
     sharding, replicated = shardings
     n, box = len(rotations), source.image_size
-    num, w = inversion.accumulate(source, rotations, shifts_px, labels, batch_size,
-                                  None if np.all(weights == 1) else weights)
+    num, w = inversion.accumulate(source, rotations, shifts_px, labels, batch_size, weights)
     maps = half_maps_with_pullbacks(num, w, box, volume_mask)
     grad = np.zeros((n, 3), np.float32)
     held, d_vol = 0.0, [0.0, 0.0]

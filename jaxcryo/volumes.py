@@ -51,13 +51,18 @@ class RunVolumes:
     def inversion(self, state, halves_only: bool = False) -> tuple[dict, np.ndarray | None]:
         """``inversion.reconstruct`` at the state's poses (and fitted contrasts, brought to mean 1, returned);
         with ``halves_only`` each half set's filtered map and no full map."""
-        tables = self.host_tables(state, ("rotations", "shifts", "contrast") if self.fits_contrast else ("rotations", "shifts"))
-        shifts = tables["shifts"] if self.uses_shifts else np.zeros((self.n, 2), np.float32)
-        contrast = unit_mean(tables["contrast"]) if self.fits_contrast else None
-        rec = inversion.reconstruct(self.data.source, tables["rotations"], shifts,
+        rotations, shifts, contrast = self.inversion_poses(state)
+        rec = inversion.reconstruct(self.data.source, rotations, shifts,
                                     self.half_labels, self.inference_batch, contrast,
                                     filtered_halves=halves_only, full_map=not halves_only)
         return rec, contrast
+
+    def inversion_poses(self, state) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """What an inversion at the state's poses takes: rotations (N, 3, 3), shifts (N, 2) in pixels (zero
+        when the run uses none) and the fitted contrasts at mean 1 (``unit_mean``), or None."""
+        tables = self.host_tables(state, ("rotations", "shifts", "contrast") if self.fits_contrast else ("rotations", "shifts"))
+        shifts = tables["shifts"] if self.uses_shifts else np.zeros((self.n, 2), np.float32)
+        return tables["rotations"], shifts, unit_mean(tables["contrast"]) if self.fits_contrast else None
 
     def volume_params(self, volume: np.ndarray, state, source=None) -> dict:
         """A real-space map at ``source``'s box (default: the full box) as the state's volume parameters,
