@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import scipy.fft
 
 from jaxcryo import fourier
 
@@ -110,8 +111,9 @@ def fourier_filter(images: np.ndarray, filt: np.ndarray) -> np.ndarray:
     turns its transform's phases, so the image needs no centring, and an even filter keeps a real
     image real: the half-plane transform does it at half the cost (this runs on every image read)."""
     size = images.shape[-1]
-    half = np.fft.ifftshift(filt, axes=(-2, -1))[..., : size // 2 + 1]
-    return np.fft.irfft2(np.fft.rfft2(images) * half, s=images.shape[-2:])
+    half = np.fft.ifftshift(filt, axes=(-2, -1))[..., : size // 2 + 1].astype(np.float32)
+    # single precision: the images are float32, and scipy's transform keeps it (numpy's computes in double)
+    return scipy.fft.irfft2(scipy.fft.rfft2(images.astype(np.float32, copy=False)) * half, s=images.shape[-2:])
 
 
 def apply_radial_filter(images: np.ndarray, profiles: np.ndarray) -> np.ndarray:

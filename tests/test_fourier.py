@@ -112,3 +112,15 @@ def test_shift_angles_move_by_integer_rolls(ndim, shift):
     moved = np.asarray(fourier.ifft_centered(fourier.fft_centered(jnp.asarray(x), ndim) * jnp.exp(-1j * angles), ndim).real)
     rolled = np.roll(x, [int(s) for s in shift[::-1]], axis=tuple(range(ndim)))  # axes are (z,) y, x
     np.testing.assert_allclose(moved, rolled, atol=1e-4)
+
+
+@pytest.mark.parametrize("big, small", [(128, 96), (64, 32), (65, 48), (96, 78)])
+def test_the_loader_s_crop_is_the_device_crop(big, small):
+    """``io.loader.fourier_crop_numpy`` (half plane, single precision) against ``fourier.fourier_crop``
+    (full complex transform): equal to float32 rounding on white noise, whose every frequency, the new
+    Nyquist row and corner among them, is as strong as any."""
+    from jaxcryo.io.loader import fourier_crop_numpy
+
+    images = np.random.default_rng(big + small).standard_normal((3, big, big)).astype(np.float32)
+    device = np.asarray(fourier.fourier_crop(jnp.asarray(images, jnp.float32), small))
+    np.testing.assert_allclose(fourier_crop_numpy(images, small), device, atol=2e-5 * np.abs(device).max())
