@@ -40,6 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.particles = ""  # .star, .cs, .mrcs or .txt; empty = simulate into WORKDIR/data
     config.data.datadir = ""  # where the stacks are, when the paths in the metadata are broken
     config.data.image_size = 0  # Fourier-crop to this box on the fly (0 = as stored)
+    # every stage works on the images Fourier-cropped to the smallest even box whose Nyquist reaches this
+    # resolution; the final map (and its half maps) is inverted at the box above from the final poses (0 = off)
+    config.data.working_resolution_angstrom = 0.0
     config.data.pixel_size_angstrom = 0.0  # override (0 = from the metadata)
     config.data.invert_contrast = False  # set for dark-protein stacks
     # the noise model (jaxcryo.noisemodel): the particle's diameter (0 = estimated from the images) sets

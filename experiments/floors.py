@@ -66,7 +66,7 @@ def floors(data_dir: pathlib.Path, whiten: bool, n_mate_images: int, run_dir: pa
     if whiten:  # particles.py's own noise model, whatever it becomes; a simulated set's contrast is known
         data_config = particles.get_config().data
         data_config.contrast_check = False
-        noisemodel.set_up(source, source, data_config, seed=0)
+        noisemodel.set_up(source, (), data_config, seed=0)
     truth = read_particles(data_dir / "ground_truth_poses.star")
     if len(truth) != len(table):
         raise InputError(f"{data_dir / 'ground_truth_poses.star'}: {len(truth)} rows for {len(table)} particles")

@@ -28,7 +28,7 @@ RESUMABLE = ("progress_bar", "train.epochs_amortized", "train.epochs_autodecodin
 # a key resumes under a config that gives it this value: a run killed before an upgrade can finish after it.
 ADDED_OPTIONS = {
     "data.contrast_check": True, "data.normalize": "global", "data.origins_as_shifts": False,
-    "data.particle_diameter_angstrom": 0.0, "data.whiten": False, "data.whiten_if_coloured": False, "loss.wta_relax": 0.0,
+    "data.particle_diameter_angstrom": 0.0, "data.whiten": False, "data.working_resolution_angstrom": 0.0, "data.whiten_if_coloured": False, "loss.wta_relax": 0.0,
     "model.amortized_shifts": True, "model.contrast_prior_std": 0.0, "model.search_local": 0,
     "model.search_local_rounds": 0, "model.search_local_sigma_deg": 10.0, "model.search_top_k": 1,
     "model.search_global_radius": 0.0, "model.volume_mask": False,
@@ -132,7 +132,8 @@ def validate(config) -> None:
     need("train.switch", lambda v: v in ("fixed", "auto"), "'fixed' or 'auto'")
     need("train.autodecoding_volume", lambda v: v in ("gradient", "inversion"), "'gradient' or 'inversion'")
     need("seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
-    need("train.amortized_resolution_angstrom", lambda v: finite(v) and v >= 0, "a resolution >= 0 in A (0 = the full box)")
+    for key in ("train.amortized_resolution_angstrom", "data.working_resolution_angstrom"):
+        need(key, lambda v: finite(v) and v >= 0, "a resolution >= 0 in A (0 = the full box)")
     need("data.datadir", lambda v: not v or pathlib.Path(v).is_dir(), "an existing folder (where the stacks are) or ''")
     if not flat.get("data.particles") and "simulate.n_images" in flat:  # the stack to simulate, before it is written
         need("simulate.n_images", lambda v: isinstance(v, int) and v >= int(flat.get("train.batch_size", 1)),

@@ -23,11 +23,16 @@ AMORTIZED = "amortized"
 @dataclasses.dataclass
 class Data:
     table: ParticleTable
-    source: ImageSource  # images at the reconstruction's box
+    source: ImageSource  # images at the working box (auto-decoding, inversions, re-search, posterior)
     coarse: ImageSource  # images for the amortized stage (Fourier-cropped when amortized_image_size is set)
     ground_truth: str | None
     ground_truth_poses: str | None
     particle_diameter_angstrom: float | None = None  # given or estimated when an option needed it
+    final: ImageSource | None = None  # images at the final map's box: the stored one (or data.image_size)
+
+    def __post_init__(self):
+        if self.final is None:
+            self.final = self.source
 
     def source_for(self, stage: str) -> ImageSource:
         return self.coarse if stage == AMORTIZED else self.source
@@ -54,33 +59,57 @@ def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
         log(f"{particles}: no CTF parameters, so the images are taken as free of any CTF (a bare stack holds none: "
             "for micrograph particles give their .star or .cs)")
     stacks = check_stacks(table)
-    source = ImageSource(table, stacks, config.data.image_size or None, config.data.invert_contrast)
-    source.estimate_normalization(seed=config.seed)
+    final = ImageSource(table, stacks, config.data.image_size or None, config.data.invert_contrast)
+    size = working_box(config.data, final.image_size, final.pixel_size_angstrom)
+    source = ImageSource(table, stacks, size, config.data.invert_contrast) if size < final.image_size else final
+    source.estimate_normalization(seed=config.seed)  # unit noise at the box the likelihood is computed at
+    if final is not source:  # and at the final map's box, as an inversion of the stored stack scales it
+        final.estimate_normalization(seed=config.seed)
     if source.image_size % 2:  # XLA:CPU's fast forms of the slice gradients are those of even boxes
         log(f"{particles}: the box is odd ({source.image_size} px), which ran twice as slowly as an even one on a "
             f"CPU; data.image_size={source.image_size - 1} Fourier-crops it to the even box below")
-    coarse = source
     coarse_size = amortized_box(config.train, source.image_size, source.pixel_size_angstrom)
-    if coarse_size < source.image_size:
-        coarse = ImageSource(table, stacks, coarse_size, config.data.invert_contrast)
-        coarse.mean, coarse.std = source.mean, source.std  # same scaling: the volume carries over
-    diameter = noisemodel.set_up(source, coarse, config.data, config.seed, log,
+    coarse = cropped(source, coarse_size, table, stacks, config.data.invert_contrast)
+    diameter = noisemodel.set_up(source, (coarse, final), config.data, config.seed, log,
                                  need_diameter=bool(config.model.get("volume_mask", False)))
+    final_note = "" if final is source else f"; the final map at {final.image_size} px, {final.pixel_size_angstrom:.3f} A/px"
     log(f"{len(table)} particles from {particles}: box {source.input_size} -> {source.image_size} px, "
-        f"{source.pixel_size_angstrom:.3f} A/px (amortized stage at {coarse.image_size} px)")
-    return Data(table, source, coarse, gt or None, gt_poses or None, diameter)
+        f"{source.pixel_size_angstrom:.3f} A/px (amortized stage at {coarse.image_size} px{final_note})")
+    return Data(table, source, coarse, gt or None, gt_poses or None, diameter, final)
+
+
+def cropped(source: ImageSource, size: int, table: ParticleTable, stacks, invert_contrast: bool) -> ImageSource:
+    """``source`` itself at its own box, else the same images Fourier-cropped to ``size`` with the same
+    scaling (a volume carries over between the boxes)."""
+    if size >= source.image_size:
+        return source
+    out = ImageSource(table, stacks, size, invert_contrast)
+    out.mean, out.std = source.mean, source.std
+    return out
+
+
+def resolution_box(box: int, pixel_size_angstrom: float, resolution_angstrom: float) -> int:
+    """The smallest even box (>= 32 px, the pose encoder's floor; <= ``box``) whose Nyquist reaches
+    ``resolution_angstrom`` for images of ``box`` px at ``pixel_size_angstrom``; ``box`` when it is 0."""
+    if resolution_angstrom <= 0:
+        return box
+    return min(max(2 * int(np.ceil(box * pixel_size_angstrom / resolution_angstrom)), 32), box)
+
+
+def working_box(data_config, box: int, pixel_size_angstrom: float) -> int:
+    """The box every stage works at (``data.working_resolution_angstrom``): detail finer than the poses can
+    use costs time in every step and pass, and only the final map is made at the stored box."""
+    return resolution_box(box, pixel_size_angstrom, float(data_config.get("working_resolution_angstrom", 0.0)))
 
 
 def amortized_box(train_config, box: int, pixel_size_angstrom: float) -> int:
-    """The amortized stage's box: ``train.amortized_image_size`` when set, else, with
-    ``train.amortized_resolution_angstrom`` > 0, the smallest even box (>= 32 px, <= the full box) whose
-    Nyquist reaches that resolution: the stage finds coarse poses, which need no finer detail."""
+    """The amortized stage's box: ``train.amortized_image_size`` when set, else the ``resolution_box`` of
+    ``train.amortized_resolution_angstrom`` (0: ``box``): the stage finds coarse poses, which need no
+    finer detail."""
     size = int(train_config.amortized_image_size)
-    resolution = float(train_config.get("amortized_resolution_angstrom", 0.0))
-    if size <= 0 and resolution > 0:
-        size = 2 * int(np.ceil(box * pixel_size_angstrom / resolution))
-        size = max(size, 32)
-    return min(size, box) if size > 0 else box
+    if size > 0:
+        return min(size, box)
+    return resolution_box(box, pixel_size_angstrom, float(train_config.get("amortized_resolution_angstrom", 0.0)))
 
 
 def radial_log_amplitude(source: ImageSource, n_images: int = 256, seed: int = 0) -> np.ndarray:

@@ -108,10 +108,12 @@ def noise_is_coloured(powers: np.ndarray, size: int, log=logging.info) -> bool:
     return ratio > COLOURED_RATIO
 
 
-def set_up(source: ImageSource, coarse: ImageSource, data_config, seed: int, log=logging.info,
+def set_up(source: ImageSource, others, data_config, seed: int, log=logging.info,
            need_diameter: bool = False) -> float | None:
-    """The whole noise model for both image sources; returns the particle diameter in A (None when no
-    option, nor ``need_diameter``, needed it)."""
+    """The whole noise model for the working box's images (``source``) and the same images at the
+    ``others``' boxes (the amortized stage's, the final map's); the diameter, the contrast and whether to
+    whiten are decided on ``source``. Returns the particle diameter in A (None when no option, nor
+    ``need_diameter``, needed it)."""
     if not (need_diameter or needs_diameter(data_config)):
         return None
     diameter = particle_diameter_angstrom(source, data_config, seed, log)
@@ -122,12 +124,12 @@ def set_up(source: ImageSource, coarse: ImageSource, data_config, seed: int, log
     decide = not whiten and bool(data_config.get("whiten_if_coloured", False))
     if not (whiten or decide or per_particle):
         return diameter
-    for src in {id(source): source, id(coarse): coarse}.values():  # the full box first
+    for src in {id(s): s for s in (source, *others)}.values():  # the working box first
         background = _background(src, diameter)
         src.use_noise_model(background if per_particle else None)  # the spectra are measured on these images
         if whiten or (decide and src is source):
             powers, group_row = group_noise_powers(src, background, seed)
-            if decide and src is source:  # decided once, on the full box, for both sources
+            if decide and src is source:  # decided once, on the working box, for every source
                 whiten = noise_is_coloured(powers, src.image_size, log)
         if not whiten:
             continue

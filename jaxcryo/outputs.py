@@ -20,7 +20,7 @@ class RunOutputs(SwitchWatch):
     """What a run writes, from its state."""
 
     def current_poses(self, stage: str, state) -> tuple[np.ndarray, np.ndarray]:
-        """Rotations (N, 3, 3) and shifts (N, 2) in pixels of the full box, in table order."""
+        """Rotations (N, 3, 3) and shifts (N, 2) in pixels of the working box (``data.source``), in table order."""
         if stage == AMORTIZED:
             return self.encoder_rotations(state, radius_at(self.config, AMORTIZED, 1e9))[:2]
         poses = self.host_tables(state, ("rotations", "shifts"))
@@ -89,8 +89,11 @@ class RunOutputs(SwitchWatch):
                   draws: tuple | None = None) -> dict:
         """Write reconstruction.mrc (direct inversion at the final poses and, when fitted, contrasts; with
         ``draws`` from ``posterior_pass``, at each image's weighted posterior draws instead; the
-        half-map FSC is then still that of the inversion at the final poses) and evaluate it."""
-        source = self.data.source
+        half-map FSC is then still that of the inversion at the final poses) and evaluate it. The map is
+        made at the final box (``data.working_resolution_angstrom``: the stored one, finer than the working
+        box the poses were found at); ``shifts_px`` are in pixels of the working box."""
+        source = self.data.final
+        shifts_px = shifts_px * (self.data.source.pixel_size_angstrom / source.pixel_size_angstrom)
         rec = inversion.reconstruct(source, rotations, shifts_px if self.uses_shifts else np.zeros_like(shifts_px),
                                     self.half_labels, self.inference_batch, contrast, draws=draws)
         pixel = source.pixel_size_angstrom
@@ -109,7 +112,7 @@ class RunOutputs(SwitchWatch):
         how = "direct inversion" if draws is None else f"direct inversion at {draws[1].shape[1]} weighted posterior draws per image"
         logging.info("final map by %s: half-map FSC 0.143 at %.2f A (soft mask %.2f A)", how,
                      out["fsc0143_halfmaps_angstrom"], out["fsc0143_halfmaps_masked_angstrom"])
-        shifts_angstrom = shifts_px * self.data.source.pixel_size_angstrom if self.uses_shifts else None
+        shifts_angstrom = shifts_px * pixel if self.uses_shifts else None
         # the final poses again, with the half sets of this map (rlnRandomSubset), and for cryoSPARC
         runio.write_poses(self.workdir / "poses.star", self.data.table, rotations,
                           None if shifts_angstrom is None else -shifts_angstrom, self.half_labels, cs_too=True,

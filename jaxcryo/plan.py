@@ -20,11 +20,12 @@ class RunPlan:
     """The plan and expected-time lines (the run's config, data and step counts are the Run's)."""
 
     def log_plan(self, epochs: dict) -> None:
-        src, coarse = self.data.source, self.data.coarse
-        logging.info("plan: %d particles, box %d px at %.3f A/px (amortized stage at %d px, %.2f A/px); amortized %d "
+        src, coarse, final = self.data.source, self.data.coarse, self.data.final
+        final_box = "" if final is src else f"; the final map at {final.image_size} px, {final.pixel_size_angstrom:.3f} A/px"
+        logging.info("plan: %d particles, box %d px at %.3f A/px (amortized stage at %d px, %.2f A/px%s); amortized %d "
                      "epochs (%d steps), auto-decoding %d epochs (%d steps) of %d images; the expected wall time is logged "
                      "after each stage's first %d steps", self.n, src.image_size, src.pixel_size_angstrom, coarse.image_size,
-                     coarse.pixel_size_angstrom, epochs[AMORTIZED], epochs[AMORTIZED] * self.steps_per_epoch,
+                     coarse.pixel_size_angstrom, final_box, epochs[AMORTIZED], epochs[AMORTIZED] * self.steps_per_epoch,
                      epochs[AUTODECODING], epochs[AUTODECODING] * self.steps_per_epoch, self.config.train.batch_size,
                      2 * self.config.train.log_every)
         infers_poses = epochs[AMORTIZED] and not self.known_poses

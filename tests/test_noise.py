@@ -10,7 +10,7 @@ import pytest
 from experiments import common, quickstart
 from jaxcryo import ctf as ctf_lib
 from jaxcryo import inversion, noise, simulate
-from jaxcryo.dataset import amortized_box, prepare_data
+from jaxcryo.dataset import amortized_box, prepare_data, working_box
 from jaxcryo.io import InputError, check_stacks, read_particles
 from jaxcryo.io.loader import ImageSource
 from jaxcryo.io.mrc import write_mrc
@@ -244,6 +244,11 @@ def test_schedule_in_steps_and_amortized_box():
     assert amortized_box(tc, 24, 6.0) == 24  # never above the full box
     tc.amortized_image_size = 48
     assert amortized_box(tc, 64, 3.0) == 48
+    dc = common.base_config().data
+    assert working_box(dc, 128, 1.5) == 128  # off by default
+    dc.working_resolution_angstrom = 4.0  # the smallest even box whose Nyquist reaches 4 A: 192 A / 2 A
+    assert working_box(dc, 128, 1.5) == 96 and working_box(dc, 256, 1.06) == 136 and working_box(dc, 64, 1.5) == 48
+    assert working_box(dc, 64, 3.0) == 64  # Nyquist 6 A: nothing to crop
 
 
 def test_realistic_simulator_options_are_checked(tmp_path):

@@ -15,7 +15,7 @@ def _plan(n: int, search_candidates: int, known_poses: bool = False, config_modu
     plan = RunPlan()
     source = SimpleNamespace(image_size=64, pixel_size_angstrom=3.0)
     coarse = SimpleNamespace(image_size=32, pixel_size_angstrom=6.0)
-    plan.__dict__.update(data=SimpleNamespace(source=source, coarse=coarse), n=n, steps_per_epoch=max(1, n // 64),
+    plan.__dict__.update(data=SimpleNamespace(source=source, coarse=coarse, final=source), n=n, steps_per_epoch=max(1, n // 64),
                          config=config, research=None, known_poses=known_poses)
     return plan
 

@@ -242,6 +242,37 @@ def test_held_out_steps_move_the_final_poses_and_the_map_follows(finished_run, t
                                atol=5e-3 * np.abs(rec["map"]).max())
 
 
+def test_a_working_resolution_runs_on_cropped_images_and_inverts_the_final_map_at_the_stored_box(finished_run, tmp_path):
+    """``data.working_resolution_angstrom`` 12 A on the 48 px, 4 A/px stack: every stage works at 32 px
+    (6 A/px; decoder.mrc there), and reconstruction.mrc is the inversion at the stored 48 px box of the
+    poses and origins written: known poses with origins of up to 6 A, so shifts carried from the working
+    box's pixels at the wrong scale (or a map at the working box) fail."""
+    from jaxcryo import runio
+
+    reference, _ = finished_run
+    table = read_particles(reference / "data" / "particles.star")
+    truth = read_particles(reference / "data" / "ground_truth_poses.star").rotations()
+    origins = np.random.default_rng(0).uniform(-6.0, 6.0, (len(truth), 2))
+    runio.write_poses(tmp_path / "known.star", table, truth, origins)
+    config = tiny_config(posterior_mean_poses=False, posterior_map_draws=0)
+    config.data.particles = str(reference / "data" / "particles.star")
+    config.data.working_resolution_angstrom = 12.0
+    config.poses = str(tmp_path / "known.star")
+    train.train_and_evaluate(config, tmp_path / "run")
+    with mrcfile.open(tmp_path / "run" / "decoder.mrc") as m:
+        assert m.data.shape == (32, 32, 32) and m.voxel_size.x == pytest.approx(6.0)
+    with mrcfile.open(tmp_path / "run" / "reconstruction.mrc") as m:
+        assert m.data.shape == (48, 48, 48) and m.voxel_size.x == pytest.approx(4.0)
+        final = np.asarray(m.data)
+    written = read_particles(tmp_path / "run" / "poses.star")
+    np.testing.assert_allclose(written.displacements_px(4.0), read_particles(tmp_path / "known.star").displacements_px(4.0),
+                               atol=1e-3)
+    rec = inversion.reconstruct_from_star(reference / "data" / "particles.star", tmp_path / "run" / "poses.star")
+    np.testing.assert_allclose(final, rec["map"], rtol=1e-3, atol=5e-3 * np.abs(rec["map"]).max())
+    centred = inversion.reconstruct_from_star(reference / "data" / "particles.star", reference / "data" / "ground_truth_poses.star")
+    assert np.abs(final - centred["map"]).max() > 0.05 * np.abs(rec["map"]).max()  # the origins mattered
+
+
 def test_each_stage_s_batches_carry_the_ctfs_of_their_own_box_and_pixel(finished_run, tmp_path):
     """``Run.training_batch`` and ``dataset.read_batch`` add each image's CTF (``dataset.ctf_grids``),
     which the steps read instead of computing it: it must be the CTF at the stage's own box and pixel
