@@ -19,6 +19,8 @@ What this config does beyond the quickstart, for real stacks (each a named optio
   (realistic ring:1001 2.94 deg without it, 30.1 deg with it; docs/options.md); as in the quickstart, one pass
   moves at most a fifth of the stack (``train.research_move_cap``), against the swing of a whole
   pseudo-symmetric assignment between passes;
+* every stage on images Fourier-cropped to the box whose Nyquist is 4 A (the quickstart's
+  ``data.working_resolution_angstrom``), the final map inverted at the stored box;
 * the amortized stage on a box whose Nyquist is 8 A, and both stages' lengths in steps, so 2,000 and
   200,000 particles both get a sensible run (at least 2 epochs each); the amortized stage goes on past
   its 450 steps while the poses still move, up to 1,200 (``train.amortized_steps_max``);
@@ -29,7 +31,7 @@ What this config does beyond the quickstart, for real stacks (each a named optio
   ``train.posterior_map_draws``), decoder.mrc, poses.star (RELION 3.1,
   with the half sets) and poses.cs (cryoSPARC), fsc_halfmaps.csv.
 A one-line plan (box, pixel size, N, steps per stage) is logged at the start; each stage's expected time
-after its first steps. For boxes above ~128 px on a CPU, also set --config.data.image_size (Fourier crop).
+after its first steps.
 """
 
 import ml_collections
@@ -45,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.normalize = "per_particle"
     config.data.whiten = True
     config.data.contrast_check = True
+    config.data.working_resolution_angstrom = 4.0  # the quickstart's: the final map alone at the stored box
     config.model.width = 0.125
     config.model.search_candidates = 2048
     config.model.estimate_shifts = True
