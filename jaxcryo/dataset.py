@@ -25,14 +25,10 @@ class Data:
     table: ParticleTable
     source: ImageSource  # images at the working box (auto-decoding, inversions, re-search, posterior)
     coarse: ImageSource  # images for the amortized stage (Fourier-cropped when amortized_image_size is set)
+    final: ImageSource  # images at the final map's box: the stored one (or data.image_size); may be source
     ground_truth: str | None
     ground_truth_poses: str | None
     particle_diameter_angstrom: float | None = None  # given or estimated when an option needed it
-    final: ImageSource | None = None  # images at the final map's box: the stored one (or data.image_size)
-
-    def __post_init__(self):
-        if self.final is None:
-            self.final = self.source
 
     def source_for(self, stage: str) -> ImageSource:
         return self.coarse if stage == AMORTIZED else self.source
@@ -72,10 +68,14 @@ def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
     coarse = cropped(source, coarse_size, table, stacks, config.data.invert_contrast)
     diameter = noisemodel.set_up(source, (coarse, final), config.data, config.seed, log,
                                  need_diameter=bool(config.model.get("volume_mask", False)))
-    final_note = "" if final is source else f"; the final map at {final.image_size} px, {final.pixel_size_angstrom:.3f} A/px"
     log(f"{len(table)} particles from {particles}: box {source.input_size} -> {source.image_size} px, "
-        f"{source.pixel_size_angstrom:.3f} A/px (amortized stage at {coarse.image_size} px{final_note})")
-    return Data(table, source, coarse, gt or None, gt_poses or None, diameter, final)
+        f"{source.pixel_size_angstrom:.3f} A/px (amortized stage at {coarse.image_size} px{final_box_note(source, final)})")
+    return Data(table, source, coarse, final, gt or None, gt_poses or None, diameter)
+
+
+def final_box_note(source: ImageSource, final: ImageSource) -> str:
+    """'; the final map at L px, p A/px' when the final map's box is not the working one, else ''."""
+    return "" if final is source else f"; the final map at {final.image_size} px, {final.pixel_size_angstrom:.3f} A/px"
 
 
 def cropped(source: ImageSource, size: int, table: ParticleTable, stacks, invert_contrast: bool) -> ImageSource:

@@ -32,12 +32,12 @@ class RunOutputs(SwitchWatch):
         rots, shifts = self.current_poses(stage, state)
         pixel = self.data.source_for(stage).pixel_size_angstrom
         volume = runio.write_map(out / "reconstruction.mrc", models.volume_hartley(state["vol_params"]), pixel)
-        full_pixel = self.data.source.pixel_size_angstrom
-        shifts_angstrom = shifts * full_pixel if self.uses_shifts else None
+        working_pixel = self.data.source.pixel_size_angstrom  # the shifts' pixels, whatever the stage
+        shifts_angstrom = shifts * working_pixel if self.uses_shifts else None
         # RELION's origin is the translation that centres the particle: minus its displacement
         runio.write_poses(out / "poses.star", self.data.table, rots, None if shifts_angstrom is None else -shifts_angstrom)
         summary = evaluate.summarize(volume, rots, pixel, self.data.ground_truth, self.data.ground_truth_poses,
-                                     shifts_angstrom, full_pixel)
+                                     shifts_angstrom, working_pixel)
         return summary, rots
 
     def end_of_epoch(self, stage: str, state, epoch: int) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from jaxcryo.dataset import AMORTIZED
+from jaxcryo.dataset import AMORTIZED, final_box_note
 from jaxcryo.research import autodecoding_epochs_limit
 from jaxcryo.stages import AUTODECODING, amortized_epochs_limit
 from jaxcryo.starts import start_steps
@@ -21,7 +21,7 @@ class RunPlan:
 
     def log_plan(self, epochs: dict) -> None:
         src, coarse, final = self.data.source, self.data.coarse, self.data.final
-        final_box = "" if final is src else f"; the final map at {final.image_size} px, {final.pixel_size_angstrom:.3f} A/px"
+        final_box = final_box_note(src, final)
         logging.info("plan: %d particles, box %d px at %.3f A/px (amortized stage at %d px, %.2f A/px%s); amortized %d "
                      "epochs (%d steps), auto-decoding %d epochs (%d steps) of %d images; the expected wall time is logged "
                      "after each stage's first %d steps", self.n, src.image_size, src.pixel_size_angstrom, coarse.image_size,
