@@ -42,7 +42,7 @@ def _batch(size: int, batch_size: int, n: int, sharding, rng):
     from jaxcryo.io.table import CTF_FIELDS
 
     values = dict(defocus_u_angstrom=15000.0, defocus_v_angstrom=14000.0, defocus_angle_deg=10.0, voltage_kv=300.0,
-                  spherical_aberration_mm=2.7, amplitude_contrast=0.1, phase_shift_deg=0.0, b_factor_angstrom2=0.0)
+                  spherical_aberration_mm=2.7, amplitude_contrast=0.1, phase_shift_deg=0.0, b_factor_angstrom2=0.0, phase_flipped=0.0)
     out = {"images": rng.normal(size=(batch_size, size, size)).astype(np.float32),
            # each device's rows from its own block of the pose tables, as the loader draws them
            "index": epoch_order(n, batch_size, int(rng.integers(1 << 30)), 0, blocks=len(sharding.device_set))[0]

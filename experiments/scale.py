@@ -65,7 +65,8 @@ def write_random_stack(folder: pathlib.Path, n: int, size: int = 32, pixel: floa
         image_size=np.full(n, size), optics_group=np.ones(n, np.int64),
         defocus_u_angstrom=rng.uniform(10_000, 25_000, n), defocus_v_angstrom=rng.uniform(10_000, 25_000, n),
         defocus_angle_deg=rng.uniform(0, 180, n), voltage_kv=np.full(n, 300.0), spherical_aberration_mm=np.full(n, 2.7),
-        amplitude_contrast=np.full(n, 0.1), phase_shift_deg=np.zeros(n), b_factor_angstrom2=np.zeros(n))
+        amplitude_contrast=np.full(n, 0.1), phase_shift_deg=np.zeros(n), b_factor_angstrom2=np.zeros(n),
+        phase_flipped=np.zeros(n))
     write_particles_star(star, table)
     return star
 

@@ -5,7 +5,9 @@ Convention (pinned by tests/test_ctf.py)
     CTF(s) = sqrt(1 - w^2) sin(chi) + w cos(chi),
     chi    = pi lambda df(theta) s^2 - (pi / 2) Cs lambda^3 s^4 + phi,
     df     = (dfU + dfV) / 2 + (dfU - dfV) / 2 cos(2 (theta - theta_ast)),
-multiplied by exp(-B s^2 / 4) when a B-factor is given. ``s`` is the spatial frequency in 1/A and
+multiplied by exp(-B s^2 / 4) when a B-factor is given, and taken as |CTF| for phase-flipped images
+(RELION's rlnCtfDataArePhaseFlipped: each image's transform was multiplied by sign(CTF), so it holds
+|CTF| x projection plus noise that is still white). ``s`` is the spatial frequency in 1/A and
 ``theta`` its angle from the image x axis (counter-clockwise towards +y, i.e. atan2(k_y, k_x)); defocus
 in A (positive = underfocus), Cs in mm, voltage in kV, angles in degrees, lambda relativistic in A.
 
@@ -42,6 +44,7 @@ def compute_ctf(
     amplitude_contrast: jax.Array,
     phase_shift_deg: jax.Array = 0.0,
     b_factor_angstrom2: jax.Array = 0.0,
+    phase_flipped: jax.Array = 0.0,
 ) -> jax.Array:
     """CTF at frequencies ``freqs`` (..., 2) as (k_x, k_y) in 1/A.
 
@@ -61,13 +64,14 @@ def compute_ctf(
     w = per_image(amplitude_contrast)
     phase = jnp.radians(per_image(phase_shift_deg))
     b_factor = per_image(b_factor_angstrom2)
+    flipped = per_image(phase_flipped) > 0.5
 
     s2 = k_x**2 + k_y**2
     theta = jnp.arctan2(k_y, k_x)
     defocus = 0.5 * (dfu + dfv) + 0.5 * (dfu - dfv) * jnp.cos(2.0 * (theta - angle_ast))
     chi = jnp.pi * lam * defocus * s2 - 0.5 * jnp.pi * cs_angstrom * lam**3 * s2**2 + phase
     ctf = jnp.sqrt(1.0 - w**2) * jnp.sin(chi) + w * jnp.cos(chi)
-    return ctf * jnp.exp(-0.25 * b_factor * s2)
+    return jnp.where(flipped, jnp.abs(ctf), ctf) * jnp.exp(-0.25 * b_factor * s2)
 
 
 def ctf_grid(image_size: int, pixel_size_angstrom: jax.Array, **params) -> jax.Array:

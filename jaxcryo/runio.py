@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import pathlib
 import threading
 
@@ -171,6 +172,9 @@ def write_poses(path: pathlib.Path, table: ParticleTable, rotations: np.ndarray,
     write_particles_star(path, table, euler_deg=euler, origin_angstrom=origin_angstrom, random_subset=random_subset)
     if cs_too:
         write_cs(path.with_suffix(".cs"), table, rotations, origin_angstrom, random_subset, contrast)
+        if np.any(table.phase_flipped):  # a .cs has no field that says so
+            logging.warning("%s: these particles are phase-flipped, which cryoSPARC would not know from this file; "
+                            "take %s into RELION instead", path.with_suffix(".cs"), path.name)
 
 
 def strict_json(obj):

@@ -194,7 +194,7 @@ def simulate_dataset(cfg, outdir: str | pathlib.Path, log=print) -> dict:
         defocus_angle_deg=np.concatenate([p.defocus_angle_deg for p in all_params]),
         voltage_kv=np.full(n, cfg.voltage_kv), spherical_aberration_mm=np.full(n, cfg.spherical_aberration_mm),
         amplitude_contrast=np.full(n, cfg.amplitude_contrast), phase_shift_deg=np.zeros(n),
-        b_factor_angstrom2=np.zeros(n),
+        b_factor_angstrom2=np.zeros(n), phase_flipped=np.zeros(n),
     )
     euler = np.asarray(geometry.matrix_to_euler(jnp.asarray(rot, jnp.float32)), np.float64)
     write_particles_star(outdir / "ground_truth_poses.star", table, euler_deg=euler, origin_angstrom=-shifts * pixel)

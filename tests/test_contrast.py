@@ -49,7 +49,7 @@ def test_autodecoding_fits_each_particles_contrast():
     # the volume in images_to_hartley's units (1 / L); the CTF fields of _clean_set in the batch layout
     fields = {"defocus_u_angstrom": 15_000.0, "defocus_v_angstrom": 15_000.0, "defocus_angle_deg": 0.0,
               "voltage_kv": 300.0, "spherical_aberration_mm": 2.7, "amplitude_contrast": 0.1, "phase_shift_deg": 0.0,
-              "b_factor_angstrom2": 0.0}
+              "b_factor_angstrom2": 0.0, "phase_flipped": 0.0}
     batch = {"images": jnp.asarray(noisy), "index": jnp.arange(n, dtype=jnp.int32),
              **{k: jnp.full((n,), v, jnp.float32) for k, v in fields.items()}}
     batch = jax.device_put(batch, jax.NamedSharding(mesh, jax.sharding.PartitionSpec(steps.AXIS)))

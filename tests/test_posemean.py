@@ -49,7 +49,8 @@ def _noisy_batch(n=64, size=32, pixel=6.0, noise_std=1.0, seed=0):
     fields = dict(defocus_u_angstrom=np.full(n, 15_000.0, np.float32), defocus_v_angstrom=np.full(n, 14_000.0, np.float32),
                   defocus_angle_deg=np.zeros(n, np.float32), voltage_kv=np.full(n, 300.0, np.float32),
                   spherical_aberration_mm=np.full(n, 2.7, np.float32), amplitude_contrast=np.full(n, 0.1, np.float32),
-                  phase_shift_deg=np.zeros(n, np.float32), b_factor_angstrom2=np.zeros(n, np.float32))
+                  phase_shift_deg=np.zeros(n, np.float32), b_factor_angstrom2=np.zeros(n, np.float32),
+                  phase_flipped=np.zeros(n, np.float32))
     fields = {k: fields[k] for k in CTF_FIELDS}
     ctf = ctf_lib.ctf_grid(size, pixel, **fields).astype(jnp.float32)
     clean = simulate.clean_images(vol_h, rots, jnp.zeros((n, 2)), ctf)

@@ -35,7 +35,7 @@ def symmetric_map(order: int, axis: np.ndarray, centre_angstrom: np.ndarray, see
 
 CTF_FIELDS = {"defocus_u_angstrom": 15_000.0, "defocus_v_angstrom": 15_000.0, "defocus_angle_deg": 0.0,
               "voltage_kv": 300.0, "spherical_aberration_mm": 2.7, "amplitude_contrast": 0.1, "phase_shift_deg": 0.0,
-              "b_factor_angstrom2": 0.0}
+              "b_factor_angstrom2": 0.0, "phase_flipped": 0.0}
 
 
 def noisy_batch(vol_h, rots, shifts: np.ndarray, noise_seed: int):

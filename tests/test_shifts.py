@@ -121,7 +121,7 @@ def test_autodecoding_refines_shifts_with_the_volume_frozen():
     # the simulator's CTF fields, in the batch layout of jaxcryo.steps
     fields = {"defocus_u_angstrom": 15_000.0, "defocus_v_angstrom": 15_000.0, "defocus_angle_deg": 0.0,
               "voltage_kv": 300.0, "spherical_aberration_mm": 2.7, "amplitude_contrast": 0.1, "phase_shift_deg": 0.0,
-              "b_factor_angstrom2": 0.0}  # the CTF of _clean_set, in the batch layout of jaxcryo.steps
+              "b_factor_angstrom2": 0.0, "phase_flipped": 0.0}  # the CTF of _clean_set, in the batch layout of jaxcryo.steps
     batch = {"images": images, "index": jnp.arange(n, dtype=jnp.int32),
              **{k: jnp.full((n,), v, jnp.float32) for k, v in fields.items()}}
     batch = jax.device_put(batch, jax.NamedSharding(mesh, jax.sharding.PartitionSpec(steps.AXIS)))
@@ -221,7 +221,7 @@ def test_a_known_displacement_is_taken_out_of_the_image():
     batch = {"images": images, "defocus_u_angstrom": jnp.full((8,), 15_000.0), "defocus_v_angstrom": jnp.full((8,), 15_000.0),
              "defocus_angle_deg": jnp.zeros(8), "voltage_kv": jnp.full((8,), 300.0),
              "spherical_aberration_mm": jnp.full((8,), 2.7), "amplitude_contrast": jnp.full((8,), 0.1),
-             "phase_shift_deg": jnp.zeros(8), "b_factor_angstrom2": jnp.zeros(8)}
+             "phase_shift_deg": jnp.zeros(8), "b_factor_angstrom2": jnp.zeros(8), "phase_flipped": jnp.zeros(8)}
     centred_pred = losses.predict(vol_h, rots, ctf)[:, 1:, 1:] / 32  # the 1/L scale of images_to_hartley
     as_is, _, _ = steps.batch_targets(batch, pixel, 1.0)
     moved, _, _ = steps.batch_targets(dict(batch, pre_shift_angstrom=jnp.asarray(shifts) * pixel), pixel, 1.0)

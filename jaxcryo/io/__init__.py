@@ -41,6 +41,7 @@ def _stacks_table(source: pathlib.Path, stack_paths: list[pathlib.Path]) -> Part
         optics_group=np.ones(n, np.int64), defocus_u_angstrom=zeros, defocus_v_angstrom=zeros,
         defocus_angle_deg=zeros, voltage_kv=np.full(n, 300.0), spherical_aberration_mm=zeros,
         amplitude_contrast=np.ones(n), phase_shift_deg=zeros, b_factor_angstrom2=zeros,
+        phase_flipped=zeros,
     )
 
 

@@ -71,6 +71,7 @@ def read_cs(path: pathlib.Path, datadir: str | None = None) -> ParticleTable:
         amplitude_contrast=data["ctf/amp_contrast"].astype(np.float64),
         phase_shift_deg=np.degrees(data["ctf/phase_shift_rad"].astype(np.float64)) if "ctf/phase_shift_rad" in names else np.zeros(len(rows)),
         b_factor_angstrom2=data["ctf/bfactor"].astype(np.float64) if "ctf/bfactor" in names else np.zeros(len(rows)),
+        phase_flipped=np.zeros(len(rows)),  # cryoSPARC keeps its particles as extracted
         euler_deg=euler,
         origin_angstrom=origin,
         random_subset=subset,

@@ -105,7 +105,7 @@ def _float(path, df, name, default=None) -> np.ndarray:
 
 # RELION 3.0's per-particle optics columns: the writer moves them to the optics block
 _OPTICS_COLUMNS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnMagnification",
-                   "rlnDetectorPixelSize", "rlnImagePixelSize")
+                   "rlnDetectorPixelSize", "rlnImagePixelSize", "rlnCtfDataArePhaseFlipped")
 _REPRESENTED = ("rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnCtfBfactor",
                 "rlnOpticsGroup", "rlnRandomSubset") + _OPTICS_COLUMNS
 
@@ -162,6 +162,13 @@ def read_star(path: pathlib.Path, datadir: str | None = None, pixel_size_angstro
     subset = _column(path, particles, "rlnRandomSubset").astype(np.int64) if "rlnRandomSubset" in particles else None
 
     defocus_u = _float(path, particles, "rlnDefocusU")
+    flipped = _ctf_flag(path, merged, "rlnCtfDataArePhaseFlipped")
+    if np.any(_ctf_flag(path, merged, "rlnCtfDataAreCtfPremultiplied")):
+        raise InputError(f"{path}: the images are CTF-premultiplied (rlnCtfDataAreCtfPremultiplied 1), whose noise the "
+                         "CTF colours; re-extract them without CTF premultiplication")
+    if np.any(flipped):
+        logging.info("%s: %d of %d particles are phase-flipped (rlnCtfDataArePhaseFlipped): modelled with |CTF|",
+                     path, int(flipped.sum()), n)
     # columns the table's fields hold (the writer writes them from there), so not kept twice
     represented = set(_REPRESENTED) | ({"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"} if euler is not None else set())
     represented |= {"rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginX", "rlnOriginY"} if origin is not None else set()
@@ -181,6 +188,7 @@ def read_star(path: pathlib.Path, datadir: str | None = None, pixel_size_angstro
         amplitude_contrast=_amplitude_contrast(path, merged),
         phase_shift_deg=_float(path, particles, "rlnPhaseShift", 0.0),
         b_factor_angstrom2=_float(path, particles, "rlnCtfBfactor", 0.0),
+        phase_flipped=flipped,
         euler_deg=euler,
         origin_angstrom=origin,
         random_subset=subset,
@@ -188,6 +196,16 @@ def read_star(path: pathlib.Path, datadir: str | None = None, pixel_size_angstro
         column_order=tuple(particles.columns),
         optics_table={c: optics[c].to_numpy() for c in optics.columns} if optics is not None else {},
     )
+
+
+def _ctf_flag(path, merged, name: str) -> np.ndarray:
+    """(N,) 0/1 of a RELION yes/no optics column (0 where absent); any other value is refused."""
+    values = _float(path, merged, name, 0.0)
+    bad = (values != 0) & (values != 1)
+    if np.any(bad):
+        row = int(np.argmax(bad))
+        raise InputError(f"{path}: {name} is {values[row]:g} at particle {row + 1}; expected 0 or 1")
+    return values
 
 
 def _amplitude_contrast(path, merged) -> np.ndarray:
@@ -249,7 +267,7 @@ def write_particles_star(path, table: ParticleTable, euler_deg=None, origin_angs
 
     # optics groups: one row per distinct (group, optics values) combination
     keys = np.stack([table.optics_group, table.voltage_kv, table.spherical_aberration_mm, table.amplitude_contrast,
-                     table.pixel_size_angstrom, table.image_size], axis=1)
+                     table.pixel_size_angstrom, table.image_size, table.phase_flipped], axis=1)
     unique, inverse = np.unique(keys, axis=0, return_inverse=True)
     optics = pd.DataFrame({
         "rlnOpticsGroup": np.arange(1, len(unique) + 1),
@@ -261,6 +279,8 @@ def write_particles_star(path, table: ParticleTable, euler_deg=None, origin_angs
         "rlnImageSize": unique[:, 5].astype(np.int64),
         "rlnImageDimensionality": 2,
     })
+    if np.any(unique[:, 6]):  # the next program must model these images as phase-flipped too
+        optics["rlnCtfDataArePhaseFlipped"] = unique[:, 6].astype(np.int64)
     particles["rlnOpticsGroup"] = inverse.reshape(-1) + 1
     first = [c for c in table.column_order if c in particles.columns]  # the input's order, then new columns
     particles = particles[first + [c for c in particles.columns if c not in first]]

@@ -32,6 +32,7 @@ CTF_FIELDS = (
     "amplitude_contrast",
     "phase_shift_deg",
     "b_factor_angstrom2",
+    "phase_flipped",
 )
 
 
@@ -142,11 +143,13 @@ VALUE_RANGES = {
     "voltage_kv": (1.0, 3000.0, "kV"),
     "spherical_aberration_mm": (0.0, 20.0, "mm"),
     "amplitude_contrast": (0.0, 1.0, ""),
+    "phase_flipped": (0.0, 1.0, ""),
 }
 COLUMN_NAMES = {
     "star": {"pixel_size_angstrom": "rlnImagePixelSize (or the stack header)", "defocus_u_angstrom": "rlnDefocusU",
              "defocus_v_angstrom": "rlnDefocusV", "voltage_kv": "rlnVoltage",
-             "spherical_aberration_mm": "rlnSphericalAberration", "amplitude_contrast": "rlnAmplitudeContrast"},
+             "spherical_aberration_mm": "rlnSphericalAberration", "amplitude_contrast": "rlnAmplitudeContrast",
+             "phase_flipped": "rlnCtfDataArePhaseFlipped"},
     "cs": {"pixel_size_angstrom": "blob/psize_A", "defocus_u_angstrom": "ctf/df1_A", "defocus_v_angstrom": "ctf/df2_A",
            "voltage_kv": "ctf/accel_kv", "spherical_aberration_mm": "ctf/cs_mm", "amplitude_contrast": "ctf/amp_contrast"},
     "stack": {"pixel_size_angstrom": "the stack header's pixel size"},
@@ -192,6 +195,9 @@ class ParticleTable:
     amplitude_contrast: np.ndarray
     phase_shift_deg: np.ndarray
     b_factor_angstrom2: np.ndarray
+    # (N,) 1 where the images were phase-flipped by their CTF's sign (rlnCtfDataArePhaseFlipped), else 0:
+    # such an image holds |CTF| x projection, and its noise stays white (jaxcryo.ctf.compute_ctf)
+    phase_flipped: np.ndarray
     euler_deg: np.ndarray | None = None  # (N, 3)
     origin_angstrom: np.ndarray | None = None  # (N, 2)
     random_subset: np.ndarray | None = None  # (N,) int64 in {1, 2}
