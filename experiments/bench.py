@@ -2,7 +2,8 @@
 
     python -m experiments.bench --what=steps --config=experiments/quickstart.py
     python -m experiments.bench --what=steps --config=experiments/spike.py --steps=3
-    python -m experiments.bench --what=loader --particles=DIR/particles.star
+    python -m experiments.bench --what=loader --particles=DIR/particles.star [--config=experiments/particles.py
+        --config.data.loader_threads=T]   (the loader as a run sets it up, per stage)
     python -m experiments.bench --what=slices   (forward loss forms and the global search's products: the pose searches' and mate test's cost)
     python -m experiments.bench --scale [--sizes=10000,100000,1000000]   (experiments/scale.py)
 
@@ -11,6 +12,7 @@ its first (compiling) call; the forward forms of --what=slices are the fastest o
 compiling one. Peak RSS is the process's maximum resident set size.
 """
 
+import pathlib
 import time
 
 import jax
@@ -113,24 +115,31 @@ def bench_steps(config) -> None:
     print(f"peak RSS {peak_rss_gib():.2f} GiB")
 
 
-def bench_loader(path: str) -> None:
-    from jaxcryo.io import check_stacks, read_particles
-    from jaxcryo.io.loader import ImageSource, iterate_batches
+def bench_loader(config, path: str) -> None:
+    """The training loader as a run sets it up (``dataset.prepare_data``: working and amortized boxes,
+    the config's noise model), each stage's images read for up to 30 s with ``data.loader_threads``
+    threads (``--config.data.loader_threads``; 0 = ``default_threads``)."""
+    import tempfile
 
-    table = read_particles(path)
-    source = ImageSource(table, check_stacks(table))
-    source.estimate_normalization()
-    start, n, anon = time.perf_counter(), 0, 0.0
-    for _, batch in iterate_batches(source, 64, seed=0, epoch=0):
-        n += 1
-        if n % 20 == 0:
-            anon = max(anon, anon_rss_gib())
-        if time.perf_counter() - start > 60:
-            break
-    seconds = time.perf_counter() - start
-    print(f"loader: {n / seconds:.1f} batches/s of 64 x {source.image_size}^2 ({n * 64 / seconds:.0f} images/s, "
-          f"shuffled over {len(table)} particles); peak RSS {peak_rss_gib():.2f} GiB (incl. mapped stack pages), "
-          f"peak anonymous RSS {anon:.2f} GiB")
+    from jaxcryo.dataset import prepare_data
+    from jaxcryo.io.loader import iterate_batches
+
+    config.data.particles = path or config.data.particles
+    with tempfile.TemporaryDirectory() as workdir:
+        data = prepare_data(config, pathlib.Path(workdir), log=lambda *_: None)
+    for stage, source in (("amortized", data.coarse), ("auto-decoding", data.source)):
+        start, n, anon = time.perf_counter(), 0, 0.0
+        for _, batch in iterate_batches(source, 64, seed=0, epoch=0):
+            n += 1
+            if n % 20 == 0:
+                anon = max(anon, anon_rss_gib())
+            if time.perf_counter() - start > 30:
+                break
+        seconds = time.perf_counter() - start
+        noise = "whitened" if source.profiles is not None else "not whitened"
+        print(f"loader, {stage} box {source.image_size} px ({noise}), {source.threads} thread(s): {n * 64 / seconds:.0f} "
+              f"images/s ({n} batches of 64, shuffled over {len(data.table)} particles); peak anonymous RSS {anon:.2f} GiB")
+    print(f"peak RSS {peak_rss_gib():.2f} GiB (incl. mapped stack pages)")
 
 
 def bench_slices(size: int = 64, images: int = 256, poses: int = 15) -> None:
@@ -184,7 +193,6 @@ def bench_global_search(size: int = 48, images: int = 64, rotations: int = 2_048
 def main(argv):
     del argv
     import json
-    import pathlib
 
     if _SCALE_ONE.value:
         result = measure_one(_CONFIG.value, pathlib.Path(_PARTICLES.value), pathlib.Path(_SCALE_DIR.value),
@@ -196,7 +204,7 @@ def main(argv):
         run_all([int(s) for s in _SIZES.value], pathlib.Path(_SCALE_DIR.value), _SCALE_STEPS.value,
                       config_flags.get_config_filename(flags.FLAGS["config"]))
     elif _WHAT.value == "loader":
-        bench_loader(_PARTICLES.value)
+        bench_loader(_CONFIG.value, _PARTICLES.value)
     elif _WHAT.value == "slices":
         bench_slices()
         bench_global_search()

@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.working_resolution_angstrom = 0.0
     config.data.pixel_size_angstrom = 0.0  # override (0 = from the metadata)
     config.data.invert_contrast = False  # set for dark-protein stacks
+    # background threads that read, crop, normalise and whiten the images, in order (0 = a quarter of
+    # the host's cores, 1 to 4: jaxcryo.io.loader.default_threads); the results do not depend on it
+    config.data.loader_threads = 0
     # the noise model (jaxcryo.noisemodel): the particle's diameter (0 = estimated from the images) sets
     # the background for per-particle normalisation ('per_particle', as RELION) and the noise spectra
     # that whiten images and CTFs per optics group; a dark-protein stack is refused unless inverted

@@ -21,7 +21,7 @@ RESUMABLE = ("progress_bar", "train.epochs_amortized", "train.epochs_autodecodin
              "train.posterior_mean_poses", "train.posterior_samples", "train.posterior_sigma_deg",  # final outputs only
              "train.posterior_map_draws", "train.heldout_steps", "train.heldout_lr_rad",
              "train.heldout_lr_final_fraction",
-             "data.datadir", "eval.")
+             "data.datadir", "data.loader_threads", "eval.")
 
 # Options added after work directories first stored their config.json, each with the value that does what
 # a run stored before the option existed did (its default when it was added). A stored config without such
@@ -104,7 +104,7 @@ def validate(config) -> None:
                 "train.research_candidates", "train.research_local", "train.amortized_steps", "train.autodecoding_steps",
                 "train.amortized_start_steps", "train.amortized_steps_max",
                 "train.epochs_autodecoding_max", "train.epochs_autodecoding_max_heads_only", "train.switch_min_steps",
-                "train.switch_window_steps", "train.heldout_steps"):
+                "train.switch_window_steps", "train.heldout_steps", "data.loader_threads"):
         need(key, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
     need("train.posterior_samples", lambda v: isinstance(v, int) and v >= 2, "an integer >= 2 (draws per image)")
     need("train.posterior_map_draws", lambda v: isinstance(v, int) and 0 <= v <= int(flat.get("train.posterior_samples", 32)),

@@ -55,9 +55,10 @@ def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
         log(f"{particles}: no CTF parameters, so the images are taken as free of any CTF (a bare stack holds none: "
             "for micrograph particles give their .star or .cs)")
     stacks = check_stacks(table)
-    final = ImageSource(table, stacks, config.data.image_size or None, config.data.invert_contrast)
+    threads = int(config.data.get("loader_threads", 0))
+    final = ImageSource(table, stacks, config.data.image_size or None, config.data.invert_contrast, threads)
     size = working_box(config.data, final.image_size, final.pixel_size_angstrom)
-    source = ImageSource(table, stacks, size, config.data.invert_contrast) if size < final.image_size else final
+    source = ImageSource(table, stacks, size, config.data.invert_contrast, threads) if size < final.image_size else final
     source.estimate_normalization(seed=config.seed)  # unit noise at the box the likelihood is computed at
     if final is not source:  # and at the final map's box, as an inversion of the stored stack scales it
         final.estimate_normalization(seed=config.seed)
@@ -83,7 +84,7 @@ def cropped(source: ImageSource, size: int, table: ParticleTable, stacks, invert
     scaling (a volume carries over between the boxes)."""
     if size >= source.image_size:
         return source
-    out = ImageSource(table, stacks, size, invert_contrast)
+    out = ImageSource(table, stacks, size, invert_contrast, source.threads)
     out.mean, out.std = source.mean, source.std
     return out
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxcryo import ctf as ctf_lib
 from jaxcryo import distributed, evaluate, fourier, geometry, losses, noise, slicing
-from jaxcryo.io.loader import padded_chunks
+from jaxcryo.io.loader import chunks_read_ahead
 from jaxcryo.io.table import CTF_FIELDS
 
 PAD = 1
@@ -99,9 +99,8 @@ def accumulate(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.
     for half in (1, 2):
         rows = distributed.process_share(np.nonzero(labels == half)[0])
         sums = jnp.zeros((size,) * 3 + (2,), jnp.float32)
-        for _, idx, padded in padded_chunks(rows, batch_size):
+        for _, idx, padded, batch in chunks_read_ahead(source, rows, batch_size, source.batch):
             keep = (np.arange(batch_size) < len(idx)).astype(np.float32)
-            batch = source.batch(padded)
             sums = insert(sums, jnp.asarray(batch.images), {k: v[padded] for k, v in fields.items()},
                           jnp.asarray(rotations[padded], jnp.float32), jnp.asarray(shifts_px[padded], jnp.float32),
                           jnp.asarray(keep), float(source.pixel_size_angstrom), batch.noise_radial,

@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxcryo import distributed, geometry, pseudosym, slicing, steps
 from jaxcryo.dataset import read_batch
-from jaxcryo.io.loader import padded_chunks
+from jaxcryo.io.loader import chunks_read_ahead
 from jaxcryo.search import SearchSettings
 
 RESET_ON_MOVE = ("pose_m", "pose_v", "shift_m", "shift_v", "pose_count")
@@ -225,8 +225,8 @@ def per_image(fn, vol_params, tables: dict, source, batch_size: int, sharding, k
     groups = [(np.arange(n), vol_params)] if halves is None else halves.groups()
     outputs = None
     for g, (group_rows, vol) in enumerate(groups):
-        for start, idx, padded in padded_chunks(group_rows, batch_size):
-            batch = read_batch(source, padded, sharding)
+        for start, idx, padded, batch in chunks_read_ahead(source, group_rows, batch_size,
+                                                           lambda rows: read_batch(source, rows, sharding)):
             rows = distributed.put_rows((tables["rotations"][padded], tables["shifts"][padded]), sharding)
             results = [distributed.to_host(x)[: len(idx)] for x in fn(vol, batch, jax.random.fold_in(key, g * n + start), *rows)]
             if outputs is None:

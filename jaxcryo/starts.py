@@ -13,7 +13,7 @@ import numpy as np
 from jaxcryo import distributed, evaluate
 from jaxcryo.dataset import AMORTIZED
 from jaxcryo.io import read_particles
-from jaxcryo.io.loader import iterate_batches, padded_chunks
+from jaxcryo.io.loader import chunks_read_ahead, iterate_batches
 from jaxcryo.stages import AUTODECODING, radius_at
 
 SAMPLE = 1024  # images scoring each start
@@ -97,8 +97,7 @@ class AmortizedStarts:
         poses (len(rows), 3, 3)."""
         total, key = 0.0, jax.random.key(self.config.seed + 13)
         rotations = np.zeros((len(rows), 3, 3), np.float32)
-        for start, idx, padded in padded_chunks(rows, self.inference_batch):
-            batch = self.read_amortized(padded)
+        for start, idx, padded, batch in chunks_read_ahead(self.data.coarse, rows, self.inference_batch, self.read_amortized):
             out = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius,
                                          jax.random.fold_in(key, start))
             rotations[start:start + len(idx)] = distributed.to_host(out[0])[: len(idx)]

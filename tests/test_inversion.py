@@ -11,7 +11,9 @@ from jaxcryo.io.table import CTF_FIELDS
 
 
 class _ArraySource:
-    """The two things inversion.accumulate reads from an ImageSource: batch(rows) and the CTF table."""
+    """What inversion.accumulate reads from an ImageSource: batch(rows), the CTF table, the reading threads."""
+
+    threads = 1
 
     def __init__(self, images, table, pixel):
         self.images, self.table, self.pixel_size_angstrom = images, table, pixel

@@ -2,6 +2,8 @@
 
 import dataclasses
 import pathlib
+import threading
+import time
 
 import mrcfile
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 
 from jaxcryo.io import InputError, check_stacks, read_particles
 from jaxcryo.io.loader import (ImageSource, block_bounds, epoch_order, epoch_permutation, half_set_labels,
-                               iterate_batches, steps_per_epoch)
+                               iterate_batches, read_ahead, steps_per_epoch)
 from jaxcryo.io.mrc import Stack, StackWriter, _stack_header, write_mrc
 from jaxcryo.io.preprocess import downsample_dataset
 from jaxcryo.io.star import write_particles_star
@@ -248,6 +250,48 @@ def test_loader_is_seeded_resumable_and_covers_the_epoch(tmp_path):
     # breaking out early stops the background thread cleanly
     for _ in iterate_batches(source, batch_size=2, seed=0, epoch=0):
         break
+
+
+def test_reading_threads_give_the_same_batches_in_order(tmp_path):
+    t = read_particles(make_dataset(tmp_path, n=10))
+    one, three = ImageSource(t, check_stacks(t), threads=1), ImageSource(t, check_stacks(t), threads=3)
+    for source in (one, three):
+        source.estimate_normalization(seed=0)
+    a, b = (list(iterate_batches(s, batch_size=2, seed=4, epoch=0)) for s in (one, three))
+    assert [s for s, _ in b] == list(range(5))
+    for (_, x), (_, y) in zip(a, b):
+        np.testing.assert_array_equal(x.index, y.index)
+        np.testing.assert_array_equal(x.images, y.images)
+
+
+def test_read_ahead_keeps_order_bounds_its_lead_and_raises_where_it_failed():
+    started, release = [], threading.Event()
+
+    def read(i):
+        started.append(i)
+        if i == 0:
+            release.wait(5)  # the first read is slow: later ones finish first but come out after it
+        if i == 7:
+            raise ValueError("item 7 is unreadable")
+        return i * i
+
+    out = read_ahead(read, range(10), threads=3, ahead=2)
+    time.sleep(0.2)  # nothing starts before the consumer asks
+    assert started == []
+    first = threading.Thread(target=lambda: time.sleep(0.3) or release.set())
+    first.start()
+    assert next(out) == (0, 0)
+    first.join()
+    assert max(started) <= 0 + 2 + 3  # at most ahead + threads reads beyond the item handed out
+    got = [next(out) for _ in range(6)]
+    assert got == [(i, i * i) for i in range(1, 7)]
+    with pytest.raises(ValueError, match="item 7"):
+        next(out)
+    # a consumer that stops early leaves no reading thread behind
+    partial = read_ahead(lambda i: i, range(100), threads=2)
+    next(partial)
+    partial.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("jaxcryo-read")]
 
 
 def test_block_order_gives_each_device_its_own_particles():

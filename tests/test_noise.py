@@ -209,6 +209,8 @@ def test_inversion_of_whitened_images_with_whitened_ctf_gives_the_same_map(reali
                                              jnp.asarray(_ctf(table, rows, L, 4.0), jnp.float32)))
 
     class Clean:  # an ImageSource stand-in holding noise-free images, whitened or not
+        threads = 1
+
         def __init__(self, profiles=None, tell_ctf=True):
             self.table, self.image_size, self.pixel_size_angstrom = table, L, 4.0
             self.profiles, self.tell_ctf = profiles, tell_ctf

@@ -243,6 +243,8 @@ def _stub_source(n: int, size: int):
         setattr(table, key, np.zeros(n, np.float32))
 
     class Source:
+        threads = 1
+
         def __init__(self):
             self.table, self.image_size, self.pixel_size_angstrom, self.seen = table, size, 3.0, []
 

@@ -8,9 +8,9 @@ Written maps and stacks always carry the voxel size.
 
 from __future__ import annotations
 
-import functools
 import os
 import pathlib
+import threading
 import warnings
 
 import mrcfile
@@ -53,9 +53,15 @@ class Stack:
         if actual < expected:
             raise InputError(f"{self.path}: truncated stack ({actual} bytes, header promises {expected})")
 
-    @functools.cached_property
+    _opening = threading.Lock()  # reading threads (jaxcryo.io.loader) may ask for a stack's descriptor at once
+
+    @property
     def _fd(self) -> int:
-        return os.open(self.path, os.O_RDONLY)
+        if "_fd" not in self.__dict__:  # opened on first read: a run may reference thousands of stacks
+            with self._opening:
+                if "_fd" not in self.__dict__:
+                    self.__dict__["_fd"] = os.open(self.path, os.O_RDONLY)
+        return self.__dict__["_fd"]
 
     def __del__(self, _close=os.close):  # bound now: at interpreter exit the module's globals may be gone
         if "_fd" in self.__dict__:
