@@ -252,6 +252,16 @@ def test_loader_is_seeded_resumable_and_covers_the_epoch(tmp_path):
         break
 
 
+def test_pixel_sizes_within_a_percent_are_one_and_farther_apart_are_refused(tmp_path):
+    t = read_particles(make_dataset(tmp_path, n=10))
+    near = dataclasses.replace(t, pixel_size_angstrom=np.r_[np.full(4, 1.24), np.full(6, 1.25)])
+    assert near.common_pixel_size == pytest.approx(1.246)  # the particles' mean
+    assert ImageSource(near, check_stacks(near)).pixel_size_angstrom == pytest.approx(1.246)
+    far = dataclasses.replace(t, pixel_size_angstrom=np.r_[np.full(4, 1.0), np.full(6, 1.06)])
+    with pytest.raises(InputError, match=r"pixel sizes 1\.0, 1\.06 A, more than 1% apart.*data\.pixel_size_angstrom"):
+        far.common_pixel_size
+
+
 def test_reading_threads_give_the_same_batches_in_order(tmp_path):
     t = read_particles(make_dataset(tmp_path, n=10))
     one, three = ImageSource(t, check_stacks(t), threads=1), ImageSource(t, check_stacks(t), threads=3)
