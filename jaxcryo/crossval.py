@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 
 from jaxcryo import dataset, evaluate, inversion, losses, models, search, steps
-from jaxcryo.dataset import read_batch
+from jaxcryo.dataset import on_devices
 from jaxcryo.io import read_particles
 from jaxcryo.io.loader import chunks_read_ahead, half_set_labels
 from jaxcryo.io.table import InputError
@@ -87,8 +87,8 @@ def score_poses(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np
     vols, fsc0143 = _other_half_volumes(source, rotations, shifts_px, labels, batch_size)
     out = np.zeros(len(rotations))
     for half in (1, 2):
-        for start, idx, padded, batch in chunks_read_ahead(source, np.nonzero(labels == half)[0], batch_size,
-                                                           lambda rows: read_batch(source, rows, sharding)):
+        for start, idx, padded, host in chunks_read_ahead(source, np.nonzero(labels == half)[0], batch_size):
+            batch = on_devices(source, host, sharding)
             rots, shifts = jnp.asarray(rotations[padded]), jnp.asarray(shifts_px[padded])
             if refine:
                 found, loss = local(vols[half], batch, rots, shifts, jax.random.fold_in(key, start * 2 + half))

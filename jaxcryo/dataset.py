@@ -160,7 +160,6 @@ def ctf_grids(fields: dict, size: int, pixel_size_angstrom: float) -> jax.Array:
     return ctf_lib.ctf_grid(size, pixel_size_angstrom, **fields).astype(jnp.float32)
 
 
-def read_batch(source, rows: np.ndarray, sharding, displacements_angstrom: np.ndarray | None = None) -> dict:
-    """``device_batch`` of the global batch ``rows`` (with its CTFs): this process reads only its own share."""
-    return device_batch(source.batch(rows[distributed.local_rows(len(rows))]), source.table, sharding,
-                        source.pixel_size_angstrom, displacements_angstrom)
+def on_devices(source, batch, sharding, displacements_angstrom: np.ndarray | None = None) -> dict:
+    """``device_batch`` of a Batch of ``source``'s images (this process's rows), at its pixel size."""
+    return device_batch(batch, source.table, sharding, source.pixel_size_angstrom, displacements_angstrom)

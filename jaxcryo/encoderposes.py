@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from jaxcryo import distributed
+from jaxcryo.dataset import AMORTIZED
 from jaxcryo.io.loader import chunks_read_ahead
 
 _KEPT = ("rotations", "shifts", "winners", "loss", "heads")  # a kept pass 0, before the origins' re-centring
@@ -49,8 +50,8 @@ class EncoderPoses:
             rots[:], shifts[:], winners[:], best_loss[:], heads[:] = (first[k] for k in _KEPT)
         key = jax.random.key(self.config.seed + 7)
         todo = range(0 if first is None else 1, passes)
-        read = self.read_amortized if len(todo) else (lambda _: None)
-        for start, idx, padded, batch in chunks_read_ahead(self.data.coarse, rows, bs, read):
+        for start, idx, padded, host in chunks_read_ahead(self.data.coarse, rows, bs) if len(todo) else ():
+            batch = self.training_batch(host, AMORTIZED)
             for p in todo:  # pass 0 uses the key of a single pass: passes=1 is unchanged
                 pass_key = jax.random.fold_in(key, start if p == 0 else self.n * p + start)
                 r, t, w, all_heads, loss = (distributed.to_host(x)[: len(idx)] for x in self.encoder_inference(

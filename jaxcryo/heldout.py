@@ -39,7 +39,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxcryo import distributed, fourier, geometry, inversion, losses, models, slicing, steps
-from jaxcryo.dataset import read_batch
+from jaxcryo.dataset import on_devices
 from jaxcryo.io.loader import chunks_read_ahead
 from jaxcryo.io.table import CTF_FIELDS
 from jaxcryo.steps import AXIS, batch_targets
@@ -121,11 +121,11 @@ def half_maps_with_pullbacks(numerators: np.ndarray, weights: np.ndarray, box: i
 def _batches(source, rows: np.ndarray, rotations, shifts_px, weights, batch_size: int, sharding):
     """Over ``rows`` in padded chunks: (chunk rows, device batch, (rotations, shifts, weights) on the mesh),
     padding rows weighted 0."""
-    for _, idx, padded, batch in chunks_read_ahead(source, rows, batch_size, lambda p: read_batch(source, p, sharding)):
+    for _, idx, padded, host in chunks_read_ahead(source, rows, batch_size):
         keep = (np.arange(batch_size) < len(idx)).astype(np.float32)
         args = distributed.put_rows((rotations[padded].astype(np.float32), shifts_px[padded].astype(np.float32),
                                      (weights[padded] * keep).astype(np.float32)), sharding)
-        yield idx, batch, args
+        yield idx, on_devices(source, host, sharding), args
 
 
 def heldout_gradient(passes, source, rotations: np.ndarray, shifts_px: np.ndarray, weights: np.ndarray,

@@ -99,7 +99,7 @@ def accumulate(source, rotations: np.ndarray, shifts_px: np.ndarray, labels: np.
     for half in (1, 2):
         rows = distributed.process_share(np.nonzero(labels == half)[0])
         sums = jnp.zeros((size,) * 3 + (2,), jnp.float32)
-        for _, idx, padded, batch in chunks_read_ahead(source, rows, batch_size, source.batch):
+        for _, idx, padded, batch in chunks_read_ahead(source, rows, batch_size, own_share=False):
             keep = (np.arange(batch_size) < len(idx)).astype(np.float32)
             sums = insert(sums, jnp.asarray(batch.images), {k: v[padded] for k, v in fields.items()},
                           jnp.asarray(rotations[padded], jnp.float32), jnp.asarray(shifts_px[padded], jnp.float32),

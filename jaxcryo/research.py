@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcryo import distributed, geometry, pseudosym, slicing, steps
-from jaxcryo.dataset import read_batch
+from jaxcryo.dataset import on_devices
 from jaxcryo.io.loader import chunks_read_ahead
 from jaxcryo.search import SearchSettings
 
@@ -225,8 +225,8 @@ def per_image(fn, vol_params, tables: dict, source, batch_size: int, sharding, k
     groups = [(np.arange(n), vol_params)] if halves is None else halves.groups()
     outputs = None
     for g, (group_rows, vol) in enumerate(groups):
-        for start, idx, padded, batch in chunks_read_ahead(source, group_rows, batch_size,
-                                                           lambda rows: read_batch(source, rows, sharding)):
+        for start, idx, padded, host in chunks_read_ahead(source, group_rows, batch_size):
+            batch = on_devices(source, host, sharding)
             rows = distributed.put_rows((tables["rotations"][padded], tables["shifts"][padded]), sharding)
             results = [distributed.to_host(x)[: len(idx)] for x in fn(vol, batch, jax.random.fold_in(key, g * n + start), *rows)]
             if outputs is None:

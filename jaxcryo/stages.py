@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcryo import distributed, fourier, models, pseudosym, steps
-from jaxcryo.dataset import AMORTIZED, device_batch, read_batch
+from jaxcryo.dataset import AMORTIZED, device_batch
 from jaxcryo.io import InputError, read_poses
 from jaxcryo.research import mate_poses, mates_due, research_due, research_poses
 
@@ -139,10 +139,6 @@ class AmortizedStage:
         init = initial_state(self.infer_encoder, self.enc_opt, self.vol_opt, size, self.radial[size],
                              self.config.model.volume_init_scale, start)
         return distributed.put_replicated(init(k_enc, k_vol), self.replicated)
-
-    def read_amortized(self, rows: np.ndarray) -> dict:
-        """The amortized stage's batch of ``rows`` (its box; re-centred by the origins when they are known)."""
-        return read_batch(self.data.coarse, rows, self.batch_sharding, self.pre_shift_angstrom)
 
     def training_batch(self, batch, stage: str) -> dict:
         """A loader's batch on the devices for ``stage``'s step: the amortized stage's images re-centred by

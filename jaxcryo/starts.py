@@ -97,7 +97,8 @@ class AmortizedStarts:
         poses (len(rows), 3, 3)."""
         total, key = 0.0, jax.random.key(self.config.seed + 13)
         rotations = np.zeros((len(rows), 3, 3), np.float32)
-        for start, idx, padded, batch in chunks_read_ahead(self.data.coarse, rows, self.inference_batch, self.read_amortized):
+        for start, idx, padded, host in chunks_read_ahead(self.data.coarse, rows, self.inference_batch):
+            batch = self.training_batch(host, AMORTIZED)
             out = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius,
                                          jax.random.fold_in(key, start))
             rotations[start:start + len(idx)] = distributed.to_host(out[0])[: len(idx)]

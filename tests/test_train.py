@@ -274,11 +274,11 @@ def test_a_working_resolution_runs_on_cropped_images_and_inverts_the_final_map_a
 
 
 def test_each_stage_s_batches_carry_the_ctfs_of_their_own_box_and_pixel(finished_run, tmp_path):
-    """``Run.training_batch`` and ``dataset.read_batch`` add each image's CTF (``dataset.ctf_grids``),
+    """``Run.training_batch`` and ``dataset.on_devices`` add each image's CTF (``dataset.ctf_grids``),
     which the steps read instead of computing it: it must be the CTF at the stage's own box and pixel
     size (the amortized stage's images are Fourier-cropped, so their pixels are larger)."""
     from jaxcryo import ctf as ctf_lib
-    from jaxcryo.dataset import AMORTIZED, read_batch
+    from jaxcryo.dataset import AMORTIZED, on_devices
     from jaxcryo.io.loader import iterate_batches
     from jaxcryo.io.table import CTF_FIELDS
     from jaxcryo.stages import AUTODECODING
@@ -290,7 +290,7 @@ def test_each_stage_s_batches_carry_the_ctfs_of_their_own_box_and_pixel(finished
     for stage in (AMORTIZED, AUTODECODING):
         source = run.data.source_for(stage)
         _, loaded = next(iter(iterate_batches(source, 16, 0, 0)))
-        for batch in (run.training_batch(loaded, stage), read_batch(source, loaded.index, run.batch_sharding)):
+        for batch in (run.training_batch(loaded, stage), on_devices(source, loaded, run.batch_sharding)):
             fields = {k: jnp.asarray(getattr(run.data.table, k)[loaded.index]) for k in CTF_FIELDS}
             expected = ctf_lib.ctf_grid(source.image_size, source.pixel_size_angstrom, **fields)
             np.testing.assert_allclose(np.asarray(batch["ctf"]), np.asarray(expected), atol=1e-5)

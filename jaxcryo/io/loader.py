@@ -162,10 +162,18 @@ def read_ahead(read: Callable, items: Iterable, threads: int = 1, ahead: int = 2
                 future.cancel()
 
 
-def chunks_read_ahead(source: "ImageSource", rows: np.ndarray, batch_size: int, read: Callable) -> Iterator[tuple]:
-    """``padded_chunks(rows, batch_size)`` as (start, chunk, padded chunk, read(padded chunk)), read ahead
-    on ``source.threads`` threads (``read``: e.g. ``source.batch`` or a device batch of it)."""
-    for (start, chunk, padded), batch in read_ahead(lambda c: read(c[2]), padded_chunks(rows, batch_size), source.threads):
+def chunks_read_ahead(source: "ImageSource", rows: np.ndarray, batch_size: int,
+                      own_share: bool = True) -> Iterator[tuple]:
+    """``padded_chunks(rows, batch_size)`` as (start, chunk, padded chunk, Batch), each chunk's images read
+    ahead on ``source.threads`` threads: this process's share of the padded chunk
+    (``distributed.local_rows``), or all of it with ``own_share=False`` (rows that are this process's
+    already). Host work only: the consumer puts a Batch on the devices, so every process launches its
+    device programs in one order, whatever the threads do."""
+    def read(chunk):
+        padded = chunk[2]
+        return source.batch(padded[distributed.local_rows(len(padded))] if own_share else padded)
+
+    for (start, chunk, padded), batch in read_ahead(read, padded_chunks(rows, batch_size), source.threads):
         yield start, chunk, padded, batch
 
 
