@@ -401,7 +401,7 @@ def test_auto_switch_end_to_end(finished_run, tmp_path):
     assert (tmp_path / "epoch_003" / "poses.star").exists() and not (tmp_path / "epoch_004").exists()
 
 
-@pytest.mark.slow  # 77 s; its pieces have fast tests: the split (test_io), map alignment (test_align), FSC (test_evaluate)
+@pytest.mark.slow  # 77 s; its pieces have fast tests: the split (test_loader), map alignment (test_align), FSC (test_evaluate)
 def test_half_sets_end_to_end(finished_run, tmp_path):
     reference, _ = finished_run
     (tmp_path / "data").symlink_to(reference / "data")

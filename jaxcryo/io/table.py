@@ -179,6 +179,37 @@ def check_values(table: "ParticleTable", kind: str) -> None:
             raise InputError(f"{table.source}: non-finite {label} at particle {row + 1}")
 
 
+def _compact_fields(table: "ParticleTable") -> None:
+    """Check every column's length and store each in its compact form (module docstring, "Memory")."""
+    n = len(table.image_index)
+    if table.image_path.dtype != object or (n and not _all_shared(table.image_path)):
+        # one shared str per stack: 8 B per row, not 4 B per character or one str object per row
+        shared: dict[str, str] = {}
+        paths = np.empty(n, object)
+        paths[:] = [shared.setdefault(str(p), str(p)) for p in table.image_path]
+        object.__setattr__(table, "image_path", paths)
+    if not isinstance(table.image_name, ImageNames):
+        names = ImageNames.encode(table.image_name, table.image_index)
+        if names is not None:
+            object.__setattr__(table, "image_name", names)
+    if len(table.image_name) != n:
+        raise InputError(f"{table.source}: column image_name has {len(table.image_name)} rows, expected {n}")
+    for field in dataclasses.fields(table):
+        value = getattr(table, field.name)
+        if isinstance(value, np.ndarray):
+            if len(value) != n:
+                raise InputError(f"{table.source}: column {field.name} has {len(value)} rows, expected {n}")
+            if field.name != "image_path":
+                object.__setattr__(table, field.name, compact_column(value))
+    extra = {}
+    for name, value in table.extra_columns.items():
+        value = np.asarray(value)
+        if len(value) != n:
+            raise InputError(f"{table.source}: column {name} has {len(value)} rows, expected {n}")
+        extra[name] = compact_column(value)
+    object.__setattr__(table, "extra_columns", extra)
+
+
 @dataclasses.dataclass(frozen=True)
 class ParticleTable:
     """Per-particle metadata, all arrays of length N (read-only numpy arrays)."""
@@ -211,33 +242,7 @@ class ParticleTable:
     column_order: tuple = ()
 
     def __post_init__(self):
-        n = len(self.image_index)
-        if self.image_path.dtype != object or (n and not _all_shared(self.image_path)):
-            # one shared str per stack: 8 B per row, not 4 B per character or one str object per row
-            shared: dict[str, str] = {}
-            paths = np.empty(n, object)
-            paths[:] = [shared.setdefault(str(p), str(p)) for p in self.image_path]
-            object.__setattr__(self, "image_path", paths)
-        if not isinstance(self.image_name, ImageNames):
-            names = ImageNames.encode(self.image_name, self.image_index)
-            if names is not None:
-                object.__setattr__(self, "image_name", names)
-        if len(self.image_name) != n:
-            raise InputError(f"{self.source}: column image_name has {len(self.image_name)} rows, expected {n}")
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, np.ndarray):
-                if len(value) != n:
-                    raise InputError(f"{self.source}: column {field.name} has {len(value)} rows, expected {n}")
-                if field.name != "image_path":
-                    object.__setattr__(self, field.name, compact_column(value))
-        extra = {}
-        for name, value in self.extra_columns.items():
-            value = np.asarray(value)
-            if len(value) != n:
-                raise InputError(f"{self.source}: column {name} has {len(value)} rows, expected {n}")
-            extra[name] = compact_column(value)
-        object.__setattr__(self, "extra_columns", extra)
+        _compact_fields(self)
 
     def __len__(self) -> int:
         return len(self.image_index)
