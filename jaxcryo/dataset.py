@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcryo import ctf as ctf_lib
-from jaxcryo import centring, distributed, fourier, losses, noisemodel
+from jaxcryo import distributed, fourier, losses, noisemodel
 from jaxcryo.io import InputError, check_stacks, read_particles
 from jaxcryo.io.loader import ImageSource
 from jaxcryo.io.table import CTF_FIELDS, ParticleTable
@@ -32,12 +32,6 @@ class Data:
 
     def source_for(self, stage: str) -> ImageSource:
         return self.coarse if stage == AMORTIZED else self.source
-
-
-def takes_centred(config) -> bool:
-    """Whether a run takes every particle as centred: no shifts estimated, no origins used, no poses given."""
-    return not (config.model.estimate_shifts or config.data.get("origins_as_shifts", False) or config.poses
-                or config.get("start_poses", ""))
 
 
 def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
@@ -79,8 +73,6 @@ def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
     coarse = cropped(source, coarse_size, table, stacks, config.data.invert_contrast)
     diameter = noisemodel.set_up(source, (coarse, final), config.data, config.seed, log,
                                  need_diameter=bool(config.model.get("volume_mask", False)))
-    if takes_centred(config) and len(table) >= centring.MIN_IMAGES:
-        centring.check(source, config.seed, log)
     log(f"{len(table)} particles from {particles}: box {source.input_size} -> {source.image_size} px, "
         f"{source.pixel_size_angstrom:.3f} A/px (amortized stage at {coarse.image_size} px{final_box_note(source, final)})")
     return Data(table, source, coarse, final, gt or None, gt_poses or None, diameter)
