@@ -16,6 +16,11 @@ from jaxcryo.starts import start_steps
 HEADS_NEED_PARTICLES = 50_000
 
 
+def takes_centred(config) -> bool:
+    """Whether a run takes every particle as centred: no shift estimated and no origins used."""
+    return not (config.model.estimate_shifts or config.data.get("origins_as_shifts", False))
+
+
 class RunPlan:
     """The plan and expected-time lines (the run's config, data and step counts are the Run's)."""
 
@@ -29,6 +34,10 @@ class RunPlan:
                      epochs[AUTODECODING], epochs[AUTODECODING] * self.steps_per_epoch, self.config.train.batch_size,
                      2 * self.config.train.log_every)
         infers_poses = epochs[AMORTIZED] and not self.known_poses
+        if infers_poses and self.config.data.particles and takes_centred(self.config):
+            logging.info("plan: the particles are taken as centred (model.estimate_shifts=False): particles that sit "
+                         "off centre, as picked ones do, need model.estimate_shifts=True or experiments/particles.py "
+                         "(README, 'Inputs': +-5 % of the box left such a stack near random)")
         each = start_steps(self.config.train, epochs[AMORTIZED], self.steps_per_epoch)
         if infers_poses and each:
             logging.info("plan: the amortized stage starts %d times (%d steps each, %.2g epoch(s); its first %d steps "

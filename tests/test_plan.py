@@ -70,3 +70,16 @@ def test_the_plan_says_the_amortized_stage_may_go_on(caplog, config_module, know
     lines = [r.getMessage() for r in caplog.records if "amortized stage goes on" in r.getMessage()]
     assert lines == (["plan: the amortized stage goes on past its 6 epochs, up to 16, while the poses still move "
                       "(until fewer than 50 % of the images moved more than 2 deg in an epoch)"] if said else [])
+
+
+@pytest.mark.parametrize("config_module, particles_given, said", [(quickstart, True, True), (quickstart, False, False),
+                                                                  (particles, True, False)])
+def test_the_plan_says_when_the_particles_are_taken_as_centred(caplog, config_module, particles_given, said):
+    plan = _plan(5_000, 2048, config_module=config_module)
+    plan.config.data.particles = "stack.star" if particles_given else ""  # "": the run simulates its own, centred
+    with caplog.at_level(logging.INFO):
+        plan.log_plan({"amortized": 6, "autodecoding": 6})
+    lines = [r.getMessage() for r in caplog.records if "taken as centred" in r.getMessage()]
+    assert lines == (["plan: the particles are taken as centred (model.estimate_shifts=False): particles that sit off "
+                      "centre, as picked ones do, need model.estimate_shifts=True or experiments/particles.py (README, "
+                      "'Inputs': +-5 % of the box left such a stack near random)"] if said else [])
