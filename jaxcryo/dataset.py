@@ -55,7 +55,7 @@ def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
         log(f"{particles}: no CTF parameters, so the images are taken as free of any CTF (a bare stack holds none: "
             "for micrograph particles give their .star or .cs)")
     stacks = check_stacks(table)
-    pixels = np.unique(np.round(table.pixel_size_angstrom, 6))
+    pixels = table.pixel_sizes
     if len(pixels) > 1:  # within PIXEL_SIZE_SPREAD, else common_pixel_size refuses them below
         log(f"{particles}: the optics groups' pixel sizes {pixels.min():g}-{pixels.max():g} A are taken as one, "
             f"{table.common_pixel_size:.4f} A (set data.pixel_size_angstrom to choose it)")

@@ -298,12 +298,17 @@ class ParticleTable:
         return int(sizes[0])
 
     @property
+    def pixel_sizes(self) -> np.ndarray:
+        """The distinct pixel sizes of the particles (A, sorted), equal to 1e-6 A taken as one."""
+        return np.unique(np.round(self.pixel_size_angstrom, 6))
+
+    @property
     def common_pixel_size(self) -> float:
         """The particles' one pixel size: their mean when their optics groups' sizes lie within
         ``PIXEL_SIZE_SPREAD`` of it (one microscope's calibration across sessions: at 1 % a feature 60 A
         from the particle's centre lands 0.6 A off, far below an initial model's resolution), else
         InputError."""
-        sizes = np.unique(np.round(self.pixel_size_angstrom, 6))
+        sizes = self.pixel_sizes
         mean = float(np.mean(self.pixel_size_angstrom))
         if sizes[-1] - sizes[0] > PIXEL_SIZE_SPREAD * mean:
             raise InputError(f"{self.source}: particles have pixel sizes {listed(sizes.tolist())} A, more than "
