@@ -133,6 +133,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.amortized_starts = 1
     config.train.amortized_start_epochs = 2
     config.train.amortized_start_steps = 0
+    # with model.estimate_shifts=False: this many more starts estimate shifts, and when one of them is the
+    # most likely the run goes on estimating them (particles off centre; jaxcryo.starts)
+    config.train.amortized_shift_starts = 0
     config.train.switch = "fixed"  # 'fixed': after epochs_amortized; 'auto': when poses stop moving
     config.train.switch_threshold_deg = 2.0  # 'auto': an image "moved" when its pose changed more than this ...
     config.train.switch_moved_fraction = 0.5  # ... and the switch comes when fewer than this share moved (0.5: the median)

@@ -32,7 +32,10 @@ Beyond the paper's method (each a named option of experiments/common.py; see the
   gains that lead out of a poor start (docs/options.md);
 * the amortized stage starts three times for 78 steps each (one epoch of 5,000 particles) and the start
   whose map explains a fixed sample of images best goes on (``train.amortized_starts``,
-  ``jaxcryo.starts``): whether it leaves its first plateau depends on the random draws;
+  ``jaxcryo.starts``): whether it leaves its first plateau depends on the random draws; two more starts
+  estimate in-plane shifts, and when one of them is the most likely the run estimates shifts from then on
+  (``train.amortized_shift_starts``): particles off centre leave the centred starts' maps blurred, and on
+  centred particles the shift starts' maps, with two more unknowns per image, form more slowly;
 * every stage works on images Fourier-cropped to the box whose Nyquist is 4 A, when the stack's is
   finer (``data.working_resolution_angstrom``: 128 px at 1.5 A/px runs at 96 px; this phantom's 64 px
   at 3 A/px is left as it is), and the final map is inverted at the stored box from the final poses;
@@ -93,7 +96,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.research_judge_only = True  # ... but searched with the map of every image (twice the SNR)
     config.train.research_min_gain_nats = 0.0  # ... any gain moves an image,
     config.train.research_move_cap = 0.2  # ... but a pass moves at most a fifth of the stack
-    config.model.estimate_shifts = False  # the simulated particles are centred; True for shifted data
+    # particles taken as centred, unless one of two more amortized starts that estimate shifts (+-6 % of the
+    # box, the search trying +-1 px) is the most likely (train.amortized_shift_starts, jaxcryo.starts): on a
+    # stack +-5 % off centre the centred starts' maps stay blurred (taken as centred it ended at 71 deg), and on
+    # a centred one the shift starts' form more slowly (with shifts always on: +0.5-0.7 deg)
+    config.model.estimate_shifts = False
+    config.train.amortized_shift_starts = 2
+    config.model.max_shift_fraction = 0.06
+    config.model.search_shift_radius_px = 1
     # white noise is taken as it is; noise whose background spectrum is coloured (falling > 1.5 x from mid to high
     # frequency) is whitened, as particles.py always does: on two centred outside sets with issue 11's coloured
     # noise the median went 12.2 -> 10.2 and 10.3 -> 9.3 deg, the maps 1.07 -> 1.05 and 1.08 -> 1.06 x the reference

@@ -35,7 +35,7 @@ ADDED_OPTIONS = {
     "simulate.b_factor_angstrom2": 0.0, "simulate.contrast_spread": 0.0, "simulate.noise_color": 1.0,
     "simulate.offset_std": 0.0, "start_poses": "",
     "train.amortized_resolution_angstrom": 0.0, "train.amortized_start_epochs": 2, "train.amortized_start_steps": 0,
-    "train.amortized_starts": 1,
+    "train.amortized_starts": 1, "train.amortized_shift_starts": 0,
     "train.amortized_steps": 0, "train.amortized_steps_max": 0, "train.autodecoding_steps": 0,
     "train.autodecoding_volume": "gradient",
     "train.epochs_autodecoding_max": 0, "train.epochs_autodecoding_max_heads_only": 0, "train.lr_pose_final_fraction": 1.0, "train.research_candidates": 0,
@@ -102,7 +102,7 @@ def validate(config) -> None:
                 "model.search_candidates", "train.checkpoint_every_steps", "train.switch_search_passes",
                 "model.search_local", "model.search_local_rounds", "train.research_every_epochs",
                 "train.research_candidates", "train.research_local", "train.amortized_steps", "train.autodecoding_steps",
-                "train.amortized_start_steps", "train.amortized_steps_max",
+                "train.amortized_start_steps", "train.amortized_steps_max", "train.amortized_shift_starts",
                 "train.epochs_autodecoding_max", "train.epochs_autodecoding_max_heads_only", "train.switch_min_steps",
                 "train.switch_window_steps", "train.heldout_steps", "data.loader_threads"):
         need(key, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")

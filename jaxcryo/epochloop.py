@@ -104,7 +104,7 @@ class EpochLoop:
 
     def stamp(self, progress: dict) -> dict:
         return dict(progress, elapsed_s=self.elapsed(), processes=distributed.process_count(),
-                    pose_table_rows=self.table_rows)
+                    pose_table_rows=self.table_rows, estimate_shifts=self.estimate_shifts)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start_time

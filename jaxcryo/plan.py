@@ -8,7 +8,7 @@ import logging
 from jaxcryo.dataset import AMORTIZED, final_box_note
 from jaxcryo.research import autodecoding_epochs_limit
 from jaxcryo.stages import AUTODECODING, amortized_epochs_limit
-from jaxcryo.starts import start_steps
+from jaxcryo.starts import shift_starts, start_steps
 
 
 # measured on CPU (docs/measurements.md, part 2): heads alone reach ~15 deg in 3-4 epochs on 50,000 images at
@@ -17,8 +17,10 @@ HEADS_NEED_PARTICLES = 50_000
 
 
 def takes_centred(config) -> bool:
-    """Whether a run takes every particle as centred: no shift estimated and no origins used."""
-    return not (config.model.estimate_shifts or config.data.get("origins_as_shifts", False))
+    """Whether a run takes every particle as centred: no shift estimated, none of its amortized starts
+    estimating shifts (``train.amortized_shift_starts``) and no origins used."""
+    return not (config.model.estimate_shifts or config.data.get("origins_as_shifts", False)
+                or int(config.train.get("amortized_shift_starts", 0)) > 0)
 
 
 class RunPlan:
@@ -38,11 +40,13 @@ class RunPlan:
             logging.info("plan: the particles are taken as centred (model.estimate_shifts=False): particles that sit "
                          "off centre, as picked ones do, need model.estimate_shifts=True or experiments/particles.py "
                          "(README, 'Inputs': +-5 % of the box left such a stack near random)")
-        each = start_steps(self.config.train, epochs[AMORTIZED], self.steps_per_epoch)
+        shifting = shift_starts(self.config, self.known_poses)
+        each = start_steps(self.config.train, epochs[AMORTIZED], self.steps_per_epoch, shifting)
         if infers_poses and each:
-            logging.info("plan: the amortized stage starts %d times (%d steps each, %.2g epoch(s); its first %d steps "
-                         "are the most likely start's)", int(self.config.train.amortized_starts), each,
-                         each / self.steps_per_epoch, each)
+            shifted = f", {shifting} of them estimating shifts" if shifting else ""
+            logging.info("plan: the amortized stage starts %d times%s (%d steps each, %.2g epoch(s); its first %d steps "
+                         "are the most likely start's)", int(self.config.train.get("amortized_starts", 1)) + shifting,
+                         shifted, each, each / self.steps_per_epoch, each)
         if infers_poses and int(self.config.model.search_candidates) == 0 and self.n < HEADS_NEED_PARTICLES:
             logging.warning("plan: the encoder's heads alone propose the amortized stage's poses "
                             "(model.search_candidates=0), and they learn poses from about %d images' worth of signal "

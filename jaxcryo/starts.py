@@ -19,13 +19,22 @@ from jaxcryo.stages import AUTODECODING, radius_at
 SAMPLE = 1024  # images scoring each start
 
 
-def start_steps(train_config, amortized_epochs: int, steps_per_epoch: int) -> int:
-    """Steps each amortized start trains (0: one start, none chosen), at most the stage's planned
-    length; the chosen start's steps count as the stage's first. ``train.amortized_start_steps`` (> 0)
+def shift_starts(config, known_poses: bool) -> int:
+    """How many amortized starts estimate shifts besides ``train.amortized_starts``: those of
+    ``train.amortized_shift_starts`` in a run that would take the particles as centred and infers poses."""
+    if known_poses or config.model.estimate_shifts:
+        return 0
+    return int(config.train.get("amortized_shift_starts", 0))
+
+
+def start_steps(train_config, amortized_epochs: int, steps_per_epoch: int, shift_starts: int = 0) -> int:
+    """Steps each amortized start trains (0: one start, none chosen; ``shift_starts`` are those that
+    estimate shifts besides ``train.amortized_starts``), at most the stage's planned length; the chosen
+    start's steps count as the stage's first. ``train.amortized_start_steps`` (> 0)
     sets them in steps: leaving the first plateau takes a number of steps, not of passes over the stack,
     so a 200,000-particle stack's starts cost what a 5,000-particle one's do. Otherwise
     ``train.amortized_start_epochs`` whole epochs."""
-    if int(train_config.get("amortized_starts", 1)) <= 1:
+    if int(train_config.get("amortized_starts", 1)) + shift_starts <= 1:
         return 0
     planned = amortized_epochs * steps_per_epoch
     steps = int(train_config.get("amortized_start_steps", 0))
@@ -50,9 +59,9 @@ class AmortizedStarts:
                                                          *self.known))
             self.save(state, progress, "the start poses' map")
             return state, progress
-        if tc.get("amortized_starts", 1) > 1:
+        if self.steps_per_start:
             done = self.steps_per_start
-            state = self.amortized_starts(int(tc.amortized_starts), done)
+            state = self.amortized_starts(int(tc.get("amortized_starts", 1)), done)
             epoch, step = divmod(done, self.steps_per_epoch)  # the stage goes on mid-epoch after a part of one
             progress = {"stage": AMORTIZED, "epoch": epoch, "step": step, "global_step": done}
             self.save(state, progress, "the chosen start")
@@ -64,11 +73,20 @@ class AmortizedStarts:
         amortized steps (whole epochs, or part of one) from its own initialisation and search draws; the
         one whose map explains a fixed sample of images best (lowest mean loss at each image's best pose:
         heads or search, as at the switch) is kept. Whether the amortized stage leaves its first plateau
-        depends on the random draws; the likelihood tells which start did."""
+        depends on the random draws; the likelihood tells which start did.
+
+        ``train.amortized_shift_starts`` more starts estimate in-plane shifts (a run that takes the particles
+        as centred); when one of them is the most likely, the run goes on estimating shifts. On particles
+        off centre the centred starts' maps stay blurred; on centred ones the shift starts' maps, with two
+        more unknowns per image, form more slowly (README, 'Inputs')."""
         tc, source, spe = self.config.train, self.data.coarse, self.steps_per_epoch
         rows = np.sort(np.random.default_rng([self.config.seed, 5]).permutation(self.n)[:SAMPLE])
         best, best_score = None, np.inf
-        for start in range(n_starts):
+        total = n_starts + self.shift_starts
+        for start in range(total):
+            shifted = start >= n_starts
+            if shifted != self.estimate_shifts:
+                self.use_shifts(shifted)
             state = self.init_amortized(start)
             for epoch in range(-(-n_steps // spe)):
                 for step, batch in iterate_batches(source, tc.batch_size, self.config.seed + 7919 * start, epoch,
@@ -76,11 +94,20 @@ class AmortizedStarts:
                     radius = radius_at(self.config, AMORTIZED, epoch + step / spe)
                     state, _ = self.amortized_step(state, self.training_batch(batch, AMORTIZED), radius)
             score, rotations = self.sample_inference(state, rows, radius_at(self.config, AMORTIZED, n_steps / spe))
-            logging.info("amortized start %d/%d: mean loss %.5f on %d images after %d steps%s", start + 1, n_starts,
+            kind = " (estimating shifts)" if shifted else ""
+            logging.info("amortized start %d/%d%s: mean loss %.5f on %d images after %d steps%s", start + 1, total, kind,
                          score, len(rows), n_steps, self.sample_pose_error(rotations, rows))
             if score < best_score:
                 best, best_score, chosen = state, score, start
-        logging.info("amortized stage continues from start %d (the most likely)", chosen + 1)
+        if self.shift_starts:
+            shifted = chosen >= n_starts
+            if shifted != self.estimate_shifts:
+                self.use_shifts(shifted)
+            logging.info("amortized stage continues from start %d (the most likely): %s", chosen + 1,
+                         "a start that estimates shifts, so every particle's shift is estimated from here on (the "
+                         "particles may sit off centre)" if shifted else "the particles are taken as centred")
+        else:
+            logging.info("amortized stage continues from start %d (the most likely)", chosen + 1)
         return best
 
     def sample_pose_error(self, rotations: np.ndarray, rows: np.ndarray) -> str:
@@ -93,8 +120,8 @@ class AmortizedStarts:
         return f" (median pose error {np.median(err):.1f} deg against the ground truth)"
 
     def sample_inference(self, state, rows: np.ndarray, radius: float) -> tuple[float, np.ndarray]:
-        """Mean loss of ``rows``' images at their best pose (encoder heads or a fixed search), and those
-        poses (len(rows), 3, 3)."""
+        """Mean loss of ``rows``' images at their best pose (encoder heads or a fixed search; with shift heads
+        at each image's most likely shift), and those poses (len(rows), 3, 3)."""
         total, key = 0.0, jax.random.key(self.config.seed + 13)
         rotations = np.zeros((len(rows), 3, 3), np.float32)
         for start, idx, padded, host in chunks_read_ahead(self.data.coarse, rows, self.inference_batch):

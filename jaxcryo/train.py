@@ -46,7 +46,7 @@ from jaxcryo.posemean import SLICES_PER_CALL, make_posterior_mean
 from jaxcryo.research import log_if_unsettled, make_mate_test, make_research
 from jaxcryo.search import SearchSettings
 from jaxcryo.stages import AUTODECODING, AmortizedStage, AutodecodingStage, stage_epochs
-from jaxcryo.starts import AmortizedStarts, start_steps
+from jaxcryo.starts import AmortizedStarts, shift_starts, start_steps
 from jaxcryo.volumes import RunVolumes
 
 
@@ -74,42 +74,24 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
         self.known_poses = bool(config.poses)
         self.start_poses = bool(config.get("start_poses", ""))
         mc = config.model
-        self.estimate_shifts = bool(mc.estimate_shifts) and not self.known_poses
-        if self.estimate_shifts and not 0 < mc.max_shift_fraction < 0.5:
+        # shift estimation: the config's, or (``train.amortized_shift_starts``) the chosen start's
+        self.shift_starts = shift_starts(config, self.known_poses)
+        if not self.known_poses and (mc.estimate_shifts or self.shift_starts) and not 0 < mc.max_shift_fraction < 0.5:
             raise InputError(f"config: model.max_shift_fraction must be in (0, 0.5), got {mc.max_shift_fraction}")
-        # the amortized stage's own shift estimate (shift heads, offsets in its search), or none: it then
-        # takes the particles as centred (or centred by their origins) and auto-decoding finds the shifts
-        self.amortized_shifts = self.estimate_shifts and bool(mc.get("amortized_shifts", True))
         self.pre_shift_angstrom = self.origin_displacements() if config.data.get("origins_as_shifts", False) else None
-        self.encoder = models.PoseEncoder(mc.n_heads, mc.width, steps.AXIS, self.amortized_shifts)
-        self.infer_encoder = models.PoseEncoder(mc.n_heads, mc.width, None, self.amortized_shifts)
         given = config.poses or config.get("start_poses", "")  # held fixed, or refined from
         self.known = self.poses_from_file(given) if given else None
-        px, px_coarse, lk = self.data.source.pixel_size_angstrom, self.data.coarse.pixel_size_angstrom, config.loss.kind
+        px, lk = self.data.source.pixel_size_angstrom, config.loss.kind
         self.enc_opt, self.vol_opt = optax.adam(tc.lr_encoder), optax.adam(tc.lr_volume)
         self.vol_opt_ad = optax.adam(tc.lr_volume_autodecoding)
-        search = config.model.search_candidates
-        if search and lk != "gaussian":
+        if config.model.search_candidates and lk != "gaussian":
             raise InputError("config: model.search_candidates needs loss.kind='gaussian'")
-        settings = SearchSettings.from_config(mc, self.amortized_shifts)
-        self.amortized_step = steps.make_amortized_step(self.encoder, self.enc_opt, self.vol_opt, px_coarse, lk, self.mesh,
-                                                        settings, mc.distill_weight, config.seed, mc.max_shift_fraction,
-                                                        config.loss.wta_relax)
-        self.encoder_inference = steps.make_encoder_inference(self.infer_encoder, px_coarse, lk, self.mesh, settings,
-                                                              mc.max_shift_fraction)
-        pose_iters = 0 if self.known_poses else tc.pose_iters
-        self.uses_shifts = (self.estimate_shifts or self.pre_shift_angstrom is not None
-                            or (self.known is not None and bool(np.any(self.known[1]))))
         # Beyond the paper: the auto-decoding map from a direct inversion at the current poses (each epoch)
         self.inverted_volume = tc.get("autodecoding_volume", "gradient") == "inversion" and not self.known_poses
-        vol_iters = 0 if self.inverted_volume else tc.vol_iters
         # Beyond the paper: a contrast scale per particle, fitted in auto-decoding (jaxcryo.steps)
         self.contrast_prior_std = 0.0 if self.known_poses else float(mc.get("contrast_prior_std", 0.0))
         self.fits_contrast = self.contrast_prior_std > 0
-        self.autodecoding_step = steps.make_autodecoding_step(self.vol_opt_ad, px, lk, pose_iters, vol_iters,
-                                                              tc.lr_pose, self.mesh,
-                                                              tc.lr_shift if self.estimate_shifts else 0.0,
-                                                              self.contrast_prior_std)
+        self.use_shifts(bool(mc.estimate_shifts) and not self.known_poses)
         self.research = make_research(config, px, self.mesh) if not self.known_poses else None
         self.mate_test = make_mate_test(config, px, self.mesh) if self.research is not None else None
         self.research_judge = (steps.make_pose_losses(px, lk, self.mesh) if self.research is not None
@@ -134,19 +116,49 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
                        for src in (self.data.coarse, self.data.source)}
         self.start_time = time.perf_counter()
 
+    def use_shifts(self, estimate: bool) -> None:
+        """Build the steps for a run that estimates in-plane shifts (``estimate``) or takes the particles as
+        centred: the encoder's shift heads, the search's offsets and auto-decoding's shift step. Called
+        again when an amortized start of the other kind is trained or chosen (``jaxcryo.starts``)."""
+        config, mc, tc = self.config, self.config.model, self.config.train
+        px, px_coarse, lk = self.data.source.pixel_size_angstrom, self.data.coarse.pixel_size_angstrom, config.loss.kind
+        self.estimate_shifts = estimate
+        # the amortized stage's own shift estimate (shift heads, offsets in its search), or none: it then
+        # takes the particles as centred (or centred by their origins) and auto-decoding finds the shifts
+        self.amortized_shifts = estimate and bool(mc.get("amortized_shifts", True))
+        self.encoder = models.PoseEncoder(mc.n_heads, mc.width, steps.AXIS, self.amortized_shifts)
+        self.infer_encoder = models.PoseEncoder(mc.n_heads, mc.width, None, self.amortized_shifts)
+        settings = SearchSettings.from_config(mc, self.amortized_shifts)
+        self.amortized_step = steps.make_amortized_step(self.encoder, self.enc_opt, self.vol_opt, px_coarse, lk, self.mesh,
+                                                        settings, mc.distill_weight, config.seed, mc.max_shift_fraction,
+                                                        config.loss.wta_relax)
+        self.encoder_inference = steps.make_encoder_inference(self.infer_encoder, px_coarse, lk, self.mesh, settings,
+                                                              mc.max_shift_fraction)
+        self.uses_shifts = (estimate or self.pre_shift_angstrom is not None
+                            or (self.known is not None and bool(np.any(self.known[1]))))
+        pose_iters = 0 if self.known_poses else tc.pose_iters
+        vol_iters = 0 if self.inverted_volume else tc.vol_iters
+        self.autodecoding_step = steps.make_autodecoding_step(self.vol_opt_ad, px, lk, pose_iters, vol_iters,
+                                                              tc.lr_pose, self.mesh, tc.lr_shift if estimate else 0.0,
+                                                              self.contrast_prior_std)
+        self.drop_kept_pass()
+
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> dict:
         config, tc = self.config, self.config.train
         progress = self.checkpoints.latest_progress()
         epochs = stage_epochs(tc, self.steps_per_epoch, self.known_poses, config.model.fully_amortized, self.start_poses)
         self.planned_epochs = epochs
-        self.steps_per_start = start_steps(tc, epochs[AMORTIZED], self.steps_per_epoch)  # each start's; the stage's first
+        # each start's steps; the stage's first
+        self.steps_per_start = start_steps(tc, epochs[AMORTIZED], self.steps_per_epoch, self.shift_starts)
         if progress is None:
             self.elapsed_before = 0.0
             self.log_plan(epochs)
             state, progress = self.first_state()
         else:
             logging.info("resuming from %s", progress)
+            if progress.get("estimate_shifts", self.estimate_shifts) != self.estimate_shifts:  # a shift start was chosen
+                self.use_shifts(bool(progress["estimate_shifts"]))
             state = self.restore(progress)
             self.elapsed_before = progress.get("elapsed_s", 0.0)
         self.metrics = runio.MetricsWriter(self.workdir, progress if progress["global_step"] else None)

@@ -37,17 +37,20 @@ def test_the_plan_warns_when_the_heads_alone_meet_a_small_stack(caplog, n, candi
         assert warning[0].levelno == logging.WARNING and f"on {n} particles" in warning[0].getMessage()
 
 
-@pytest.mark.parametrize("starts, known, said", [(3, False, True), (1, False, False), (3, True, False)])
-def test_the_plan_says_how_many_amortized_starts_run(caplog, starts, known, said):
+@pytest.mark.parametrize("starts, shifted, known, said", [
+    (3, 2, False, "5 times, 2 of them estimating shifts"), (3, 0, False, "3 times"), (1, 0, False, ""),
+    (1, 1, False, "2 times, 1 of them estimating shifts"), (3, 2, True, "")])
+def test_the_plan_says_how_many_amortized_starts_run(caplog, starts, shifted, known, said):
     plan = _plan(5_000, 2048, known)
     plan.config.train.amortized_starts = starts
+    plan.config.train.amortized_shift_starts = shifted
     with caplog.at_level(logging.INFO):
         plan.log_plan({"amortized": 6, "autodecoding": 6})
     lines = [r.getMessage() for r in caplog.records if "starts" in r.getMessage()]
-    assert bool(lines) == said
+    assert bool(lines) == bool(said)
     if said:
-        assert lines[0] == ("plan: the amortized stage starts 3 times (%d steps each, 1 epoch(s); its first %d steps are "
-                            "the most likely start's)" % (plan.steps_per_epoch, plan.steps_per_epoch))
+        assert lines[0] == ("plan: the amortized stage starts %s (%d steps each, 1 epoch(s); its first %d steps are "
+                            "the most likely start's)" % (said, plan.steps_per_epoch, plan.steps_per_epoch))
 
 
 @pytest.mark.parametrize("candidates, limit", [(2048, 20), (0, 40)])
@@ -72,11 +75,12 @@ def test_the_plan_says_the_amortized_stage_may_go_on(caplog, config_module, know
                       "(until fewer than 50 % of the images moved more than 2 deg in an epoch)"] if said else [])
 
 
-@pytest.mark.parametrize("config_module, particles_given, said", [(quickstart, True, True), (quickstart, False, False),
-                                                                  (particles, True, False)])
-def test_the_plan_says_when_the_particles_are_taken_as_centred(caplog, config_module, particles_given, said):
+@pytest.mark.parametrize("config_module, particles_given, shift_starts, said", [
+    (quickstart, True, 0, True), (quickstart, True, 2, False), (quickstart, False, 0, False), (particles, True, 0, False)])
+def test_the_plan_says_when_the_particles_are_taken_as_centred(caplog, config_module, particles_given, shift_starts, said):
     plan = _plan(5_000, 2048, config_module=config_module)
     plan.config.data.particles = "stack.star" if particles_given else ""  # "": the run simulates its own, centred
+    plan.config.train.amortized_shift_starts = shift_starts  # starts that estimate shifts decide it from the data
     with caplog.at_level(logging.INFO):
         plan.log_plan({"amortized": 6, "autodecoding": 6})
     lines = [r.getMessage() for r in caplog.records if "taken as centred" in r.getMessage()]

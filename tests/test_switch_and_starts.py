@@ -131,17 +131,25 @@ def test_amortized_starts_continue_from_the_most_likely(tmp_path, monkeypatch, c
     assert max(r["global_step"] for r in records) == 6 + 6
 
 
-@pytest.mark.parametrize("n_starts, epochs_each, steps_each, spe, planned, expected", [
-    (1, 1, 0, 78, 6, 0),          # one start: none chosen
-    (3, 1, 0, 78, 6, 78),         # whole epochs
-    (3, 2, 0, 78, 1, 78),         # no longer than the stage
-    (3, 1, 80, 3125, 6, 80),      # in steps: a part of a large stack's epoch
-    (3, 1, 80, 10, 6, 60),        # and still no longer than the stage
+@pytest.mark.parametrize("n_starts, shifted, epochs_each, steps_each, spe, planned, expected", [
+    (1, 0, 1, 0, 78, 6, 0),          # one start: none chosen
+    (3, 0, 1, 0, 78, 6, 78),         # whole epochs
+    (3, 0, 2, 0, 78, 1, 78),         # no longer than the stage
+    (3, 0, 1, 80, 3125, 6, 80),      # in steps: a part of a large stack's epoch
+    (3, 0, 1, 80, 10, 6, 60),        # and still no longer than the stage
+    (1, 1, 1, 0, 78, 6, 78),         # one centred start and one that estimates shifts: a choice
 ])
-def test_start_steps_in_epochs_or_steps(n_starts, epochs_each, steps_each, spe, planned, expected):
+def test_start_steps_in_epochs_or_steps(n_starts, shifted, epochs_each, steps_each, spe, planned, expected):
     config = tiny_config()
     config.train.update(amortized_starts=n_starts, amortized_start_epochs=epochs_each, amortized_start_steps=steps_each)
-    assert start_steps(config.train, planned, spe) == expected
+    assert start_steps(config.train, planned, spe, shifted) == expected
+
+
+@pytest.mark.parametrize("estimate_shifts, known_poses, expected", [(False, False, 2), (True, False, 0), (False, True, 0)])
+def test_shift_starts_only_where_the_run_would_take_the_particles_as_centred(estimate_shifts, known_poses, expected):
+    config = tiny_config(amortized_shift_starts=2)
+    config.model.estimate_shifts = estimate_shifts  # a run that estimates shifts anyway has none to choose
+    assert starts.shift_starts(config, known_poses) == expected
 
 
 @pytest.mark.slow  # ~18 s of compiling a run's passes; a saving, not a result: results are the same either way

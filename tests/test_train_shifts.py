@@ -169,3 +169,35 @@ def test_origins_as_shifts_needs_origins(shifted_run, tmp_path):
     config.data.origins_as_shifts = True
     with pytest.raises(InputError, match="particles.star: data.origins_as_shifts is set but it holds no origins"):
         train.train_and_evaluate(config, tmp_path / "run")
+
+
+def test_a_start_that_estimates_shifts_sets_the_run_s_shifts_and_survives_a_resume(shifted_run, tmp_path, monkeypatch, caplog):
+    """train.amortized_shift_starts: a run that takes the particles as centred also trains starts that
+    estimate shifts; when one of those is the most likely (here by a faked score), the run goes on with
+    shift heads and auto-decoding's shift step, and a run killed after the choice resumes with them (the
+    checkpoint holds shift heads: restored into a centred encoder it would not load)."""
+    from jaxcryo import starts
+
+    reference, _ = shifted_run
+    (tmp_path / "data").symlink_to(reference / "data")
+    config = shifted_config(amortized_starts=1, amortized_shift_starts=1, amortized_start_steps=4)
+    config.model.estimate_shifts = False
+    kinds = []
+
+    def fake_score(self, state, rows, radius):
+        kinds.append(self.estimate_shifts)
+        return (0.0 if self.estimate_shifts else 1.0), np.tile(np.eye(3, dtype=np.float32), (len(rows), 1, 1))
+
+    monkeypatch.setattr(starts.AmortizedStarts, "sample_inference", fake_score)
+    run = train.Run(config, tmp_path)
+    _interrupt_after(run, "save", 1)  # the chosen start's checkpoint is written, the next save is not
+    with caplog.at_level("INFO"), pytest.raises(Interrupt):
+        run.run()
+    assert kinds == [False, True]
+    assert "continues from start 2 (the most likely): a start that estimates shifts, so every" in caplog.text
+    summary = train.train_and_evaluate(config, tmp_path)
+    assert kinds == [False, True]  # the resumed run does not start again
+    assert summary["shift_error_median_px"] is not None
+    poses = read_particles(tmp_path / "poses.star")
+    assert poses.origin_angstrom is not None and np.abs(poses.origin_angstrom).max() > 0
+    assert np.abs(poses.origin_angstrom).max() <= 0.15 * BOX * PIXEL + 2 * PIXEL
