@@ -22,7 +22,7 @@ def _run_cli(workdir: pathlib.Path, devices: int, extra=()):
             "--config.simulate.pixel_size_angstrom=6.0", "--config.model.n_heads=2", "--config.model.width=0.0625",
             "--config.model.search_candidates=64", "--config.train.batch_size=16", "--config.train.epochs_amortized=1",
             "--config.train.epochs_autodecoding=1", "--config.train.amortized_image_size=0", "--config.train.log_every=1",
-            "--config.train.amortized_starts=1", *extra]
+            "--config.train.amortized_starts=1", "--config.train.amortized_shift_starts=0", *extra]
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -21,7 +21,7 @@ ARGS = ["--config=experiments/quickstart.py", "--config.progress_bar=False", "--
         "--config.model.width=0.0625", "--config.model.search_candidates=64", "--config.train.batch_size=16",
         "--config.train.epochs_amortized=1", "--config.train.epochs_autodecoding=1",
         "--config.train.amortized_image_size=0", "--config.train.log_every=1", "--config.train.research_candidates=64",
-        "--config.train.amortized_starts=1"]
+        "--config.train.amortized_starts=1", "--config.train.amortized_shift_starts=0"]
 
 
 def _start(workdir, devices: int, extra=()):

@@ -20,9 +20,10 @@ def tiny_config(**train_overrides):
     config.progress_bar = False
     config.simulate.update(n_images=96, image_size=48, pixel_size_angstrom=4.0, chunk_size=96)
     config.model.update(n_heads=2, width=1 / 16, search_candidates=64)
-    # one amortized start unless a test asks for more: the starts have their own test below
+    # one amortized start unless a test asks for more: the starts have their own tests
     config.train.update(dict(dict(batch_size=16, epochs_amortized=1, epochs_autodecoding=1, amortized_image_size=32,
-                                  log_every=2, checkpoint_every_steps=2, amortized_starts=1), **train_overrides))
+                                  log_every=2, checkpoint_every_steps=2, amortized_starts=1, amortized_shift_starts=0),
+                             **train_overrides))
     return config
 
 
