@@ -20,7 +20,7 @@ def takes_centred(config) -> bool:
     """Whether a run takes every particle as centred: no shift estimated, none of its amortized starts
     estimating shifts (``train.amortized_shift_starts``) and no origins used."""
     return not (config.model.estimate_shifts or config.data.get("origins_as_shifts", False)
-                or int(config.train.get("amortized_shift_starts", 0)) > 0)
+                or shift_starts(config, known_poses=False) > 0)
 
 
 class RunPlan:

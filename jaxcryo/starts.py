@@ -85,8 +85,7 @@ class AmortizedStarts:
         total = n_starts + self.shift_starts
         for start in range(total):
             shifted = start >= n_starts
-            if shifted != self.estimate_shifts:
-                self.use_shifts(shifted)
+            self.use_shifts(shifted)
             state = self.init_amortized(start)
             for epoch in range(-(-n_steps // spe)):
                 for step, batch in iterate_batches(source, tc.batch_size, self.config.seed + 7919 * start, epoch,
@@ -101,8 +100,7 @@ class AmortizedStarts:
                 best, best_score, chosen = state, score, start
         if self.shift_starts:
             shifted = chosen >= n_starts
-            if shifted != self.estimate_shifts:
-                self.use_shifts(shifted)
+            self.use_shifts(shifted)
             logging.info("amortized stage continues from start %d (the most likely): %s", chosen + 1,
                          "a start that estimates shifts, so every particle's shift is estimated from here on (the "
                          "particles may sit off centre)" if shifted else "the particles are taken as centred")

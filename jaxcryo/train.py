@@ -119,7 +119,10 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
     def use_shifts(self, estimate: bool) -> None:
         """Build the steps for a run that estimates in-plane shifts (``estimate``) or takes the particles as
         centred: the encoder's shift heads, the search's offsets and auto-decoding's shift step. Called
-        again when an amortized start of the other kind is trained or chosen (``jaxcryo.starts``)."""
+        again when an amortized start of the other kind is trained or chosen (``jaxcryo.starts``) or a
+        resumed run's checkpoint says which kind was chosen; a call for the kind already built does nothing."""
+        if getattr(self, "estimate_shifts", None) == estimate:
+            return
         config, mc, tc = self.config, self.config.model, self.config.train
         px, px_coarse, lk = self.data.source.pixel_size_angstrom, self.data.coarse.pixel_size_angstrom, config.loss.kind
         self.estimate_shifts = estimate
@@ -157,8 +160,7 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
             state, progress = self.first_state()
         else:
             logging.info("resuming from %s", progress)
-            if progress.get("estimate_shifts", self.estimate_shifts) != self.estimate_shifts:  # a shift start was chosen
-                self.use_shifts(bool(progress["estimate_shifts"]))
+            self.use_shifts(bool(progress.get("estimate_shifts", self.estimate_shifts)))  # the kind of start chosen
             state = self.restore(progress)
             self.elapsed_before = progress.get("elapsed_s", 0.0)
         self.metrics = runio.MetricsWriter(self.workdir, progress if progress["global_step"] else None)
