@@ -121,6 +121,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.inference_batch_size = 256
     config.train.amortized_image_size = 0  # run the amortized stage on images Fourier-cropped to this box
     config.train.amortized_resolution_angstrom = 0.0  # with amortized_image_size 0: the box whose Nyquist is this
+    # > 0: images that are whitened (data.whiten, or coloured noise under data.whiten_if_coloured) run the
+    # amortized stage on the box whose Nyquist is this instead, whatever the two options above say
+    config.train.amortized_resolution_whitened_angstrom = 0.0
     config.train.epochs_amortized = 7  # with switch='auto': the most auto-encoding epochs
     # > 0: a stage's length in steps, rounded up to whole epochs, at least 2 and at most epochs_* (a cap)
     config.train.amortized_steps = 0

@@ -108,4 +108,7 @@ def get_config() -> ml_collections.ConfigDict:
     # frequency) is whitened, as particles.py always does: on two centred outside sets with issue 11's coloured
     # noise the median went 12.2 -> 10.2 and 10.3 -> 9.3 deg, the maps 1.07 -> 1.05 and 1.08 -> 1.06 x the reference
     config.data.whiten_if_coloured = True
+    # and whitened images run the amortized stage on the box whose Nyquist is 8 A, as particles.py's does:
+    # whitening takes the weight off the low frequencies, where coloured noise is strongest
+    config.train.amortized_resolution_whitened_angstrom = 8.0
     return config

@@ -34,7 +34,8 @@ ADDED_OPTIONS = {
     "model.search_global_radius": 0.0, "model.volume_mask": False,
     "simulate.b_factor_angstrom2": 0.0, "simulate.contrast_spread": 0.0, "simulate.noise_color": 1.0,
     "simulate.offset_std": 0.0, "start_poses": "",
-    "train.amortized_resolution_angstrom": 0.0, "train.amortized_start_epochs": 2, "train.amortized_start_steps": 0,
+    "train.amortized_resolution_angstrom": 0.0, "train.amortized_resolution_whitened_angstrom": 0.0,
+    "train.amortized_start_epochs": 2, "train.amortized_start_steps": 0,
     "train.amortized_starts": 1, "train.amortized_shift_starts": 0,
     "train.amortized_steps": 0, "train.amortized_steps_max": 0, "train.autodecoding_steps": 0,
     "train.autodecoding_volume": "gradient",
@@ -132,7 +133,8 @@ def validate(config) -> None:
     need("train.switch", lambda v: v in ("fixed", "auto"), "'fixed' or 'auto'")
     need("train.autodecoding_volume", lambda v: v in ("gradient", "inversion"), "'gradient' or 'inversion'")
     need("seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
-    for key in ("train.amortized_resolution_angstrom", "data.working_resolution_angstrom"):
+    for key in ("train.amortized_resolution_angstrom", "train.amortized_resolution_whitened_angstrom",
+                "data.working_resolution_angstrom"):
         need(key, lambda v: finite(v) and v >= 0, "a resolution >= 0 in A (0 = the full box)")
     need("data.datadir", lambda v: not v or pathlib.Path(v).is_dir(), "an existing folder (where the stacks are) or ''")
     if not flat.get("data.particles") and "simulate.n_images" in flat:  # the stack to simulate, before it is written

@@ -69,13 +69,17 @@ def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
     if source.image_size % 2:  # XLA:CPU's fast forms of the slice gradients are those of even boxes
         log(f"{particles}: the box is odd ({source.image_size} px), which ran twice as slowly as an even one on a "
             f"CPU; data.image_size={source.image_size - 1} Fourier-crops it to the even box below")
-    coarse_size = amortized_box(config.train, source.image_size, source.pixel_size_angstrom)
+    model = noisemodel.decide(source, config.data, config.seed, log,
+                              need_diameter=bool(config.model.get("volume_mask", False)))
+    coarse_size = amortized_box(config.train, source.image_size, source.pixel_size_angstrom, model.whiten)
     coarse = cropped(source, coarse_size, table, stacks, config.data.invert_contrast)
-    diameter = noisemodel.set_up(source, (coarse, final), config.data, config.seed, log,
-                                 need_diameter=bool(config.model.get("volume_mask", False)))
+    for other in {id(s): s for s in (coarse, final) if s is not source}.values():
+        noisemodel.apply(model, other, config.seed)
+    why = " for whitened images" if model.whiten and whitened_resolution(config.train) else ""
     log(f"{len(table)} particles from {particles}: box {source.input_size} -> {source.image_size} px, "
-        f"{source.pixel_size_angstrom:.3f} A/px (amortized stage at {coarse.image_size} px{final_box_note(source, final)})")
-    return Data(table, source, coarse, final, gt or None, gt_poses or None, diameter)
+        f"{source.pixel_size_angstrom:.3f} A/px (amortized stage at {coarse.image_size} px{why}"
+        f"{final_box_note(source, final)})")
+    return Data(table, source, coarse, final, gt or None, gt_poses or None, model.diameter_angstrom)
 
 
 def final_box_note(source: ImageSource, final: ImageSource) -> str:
@@ -107,10 +111,18 @@ def working_box(data_config, box: int, pixel_size_angstrom: float) -> int:
     return resolution_box(box, pixel_size_angstrom, float(data_config.get("working_resolution_angstrom", 0.0)))
 
 
-def amortized_box(train_config, box: int, pixel_size_angstrom: float) -> int:
+def whitened_resolution(train_config) -> float:
+    return float(train_config.get("amortized_resolution_whitened_angstrom", 0.0))
+
+
+def amortized_box(train_config, box: int, pixel_size_angstrom: float, whitened: bool = False) -> int:
     """The amortized stage's box: ``train.amortized_image_size`` when set, else the ``resolution_box`` of
     ``train.amortized_resolution_angstrom`` (0: ``box``): the stage finds coarse poses, which need no
-    finer detail."""
+    finer detail. Whitened images (coloured noise) take the ``resolution_box`` of
+    ``train.amortized_resolution_whitened_angstrom`` when it is set, before either: whitening takes the
+    weight off the low frequencies, where such noise is strongest, so coarse poses need finer ones."""
+    if whitened and whitened_resolution(train_config) > 0:
+        return resolution_box(box, pixel_size_angstrom, whitened_resolution(train_config))
     size = int(train_config.amortized_image_size)
     if size > 0:
         return min(size, box)

@@ -10,6 +10,7 @@ and the amortized stage's coarse box) gets its own masks and profiles at its own
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import jax.numpy as jnp
@@ -108,35 +109,58 @@ def noise_is_coloured(powers: np.ndarray, size: int, log=logging.info) -> bool:
     return ratio > COLOURED_RATIO
 
 
-def set_up(source: ImageSource, others, data_config, seed: int, log=logging.info,
-           need_diameter: bool = False) -> float | None:
-    """The whole noise model for the working box's images (``source``) and the same images at the
-    ``others``' boxes (the amortized stage's, the final map's); the diameter, the contrast and whether to
-    whiten are decided on ``source``. Returns the particle diameter in A (None when no option, nor
-    ``need_diameter``, needed it)."""
+@dataclasses.dataclass(frozen=True)
+class NoiseModel:
+    """What ``decide`` chose on the working box, for every box of the same images."""
+
+    diameter_angstrom: float | None  # None when no option needed it
+    per_particle: bool = False  # each particle normalised over its background
+    whiten: bool = False  # images and CTFs whitened by each optics group's background spectrum
+
+
+def decide(source: ImageSource, data_config, seed: int, log=logging.info, need_diameter: bool = False) -> NoiseModel:
+    """The noise model of the working box's images (``source``), applied to them: the diameter, the contrast
+    check and whether to whiten are decided here, once, for every box of the same images (``apply``)."""
     if not (need_diameter or needs_diameter(data_config)):
-        return None
+        return NoiseModel(None)
     diameter = particle_diameter_angstrom(source, data_config, seed, log)
     if data_config.get("contrast_check", False):
         check_contrast(source, diameter, bool(data_config.invert_contrast), seed, log)
     per_particle = data_config.get("normalize", "global") == "per_particle"
     whiten = bool(data_config.get("whiten", False))
-    decide = not whiten and bool(data_config.get("whiten_if_coloured", False))
-    if not (whiten or decide or per_particle):
-        return diameter
-    for src in {id(s): s for s in (source, *others)}.values():  # the working box first
-        background = _background(src, diameter)
-        src.use_noise_model(background if per_particle else None)  # the spectra are measured on these images
-        if whiten or (decide and src is source):
-            powers, group_row = group_noise_powers(src, background, seed)
-            if decide and src is source:  # decided once, on the working box, for every source
-                whiten = noise_is_coloured(powers, src.image_size, log)
-        if not whiten:
-            continue
-        profiles = np.stack([noise.whitening_profile(p) for p in powers])
-        src.use_noise_model(background if per_particle else None, profiles, group_row)
-        if src is source:
-            span = profiles[:, 1: source.image_size // 2 + 1]
-            log(f"whitening: {len(profiles)} optics group(s); noise power from low frequency to Nyquist falls "
-                f"{float(np.median((span[:, -1] / span[:, 0]) ** 2)):.2g}x")
-    return diameter
+    if not whiten and data_config.get("whiten_if_coloured", False):
+        background = _background(source, diameter)
+        source.use_noise_model(background if per_particle else None)  # the spectra are measured on these images
+        whiten = noise_is_coloured(group_noise_powers(source, background, seed)[0], source.image_size, log)
+    model = NoiseModel(diameter, per_particle, whiten)
+    apply(model, source, seed, log)
+    return model
+
+
+def apply(model: NoiseModel, src: ImageSource, seed: int, log=None) -> None:
+    """``model`` on the images of one box (its own masks and spectra at its own pixel size); ``log``
+    describes the whitening (given for the working box only)."""
+    if not (model.per_particle or model.whiten):
+        return
+    background = _background(src, model.diameter_angstrom)
+    src.use_noise_model(background if model.per_particle else None)  # the spectra are measured on these images
+    if not model.whiten:
+        return
+    powers, group_row = group_noise_powers(src, background, seed)
+    profiles = np.stack([noise.whitening_profile(p) for p in powers])
+    src.use_noise_model(background if model.per_particle else None, profiles, group_row)
+    if log is not None:
+        span = profiles[:, 1: src.image_size // 2 + 1]
+        log(f"whitening: {len(profiles)} optics group(s); noise power from low frequency to Nyquist falls "
+            f"{float(np.median((span[:, -1] / span[:, 0]) ** 2)):.2g}x")
+
+
+def set_up(source: ImageSource, others, data_config, seed: int, log=logging.info,
+           need_diameter: bool = False) -> float | None:
+    """The whole noise model for the working box's images (``source``) and the same images at the
+    ``others``' boxes; returns the particle diameter in A (None when no option, nor ``need_diameter``,
+    needed it)."""
+    model = decide(source, data_config, seed, log, need_diameter)
+    for src in {id(s): s for s in others if s is not source}.values():
+        apply(model, src, seed)
+    return model.diameter_angstrom

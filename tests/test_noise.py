@@ -177,6 +177,10 @@ def test_the_main_config_whitens_coloured_noise_and_leaves_white_noise_alone(rea
         verdict = [line for line in said if line.startswith("noise: ")]
         assert len(verdict) == 1 and ("so coloured: images and CTFs are whitened" in verdict[0]) == coloured, said
         assert (data.source.profiles is not None) == coloured and (data.coarse.profiles is not None) == coloured
+        # whitened images run the amortized stage at 8 A (the whole 48 px box here), white ones at 32 px
+        assert data.coarse.image_size == (L if coloured else 32), data.coarse.image_size
+        assert [line for line in said if "particles from" in line][0].endswith(
+            f"(amortized stage at {L} px for whitened images)" if coloured else "(amortized stage at 32 px)"), said
     config.data.whiten_if_coloured = False  # the paper's data path: never measured, never whitened
     config.data.particles = str(star)
     said = []
@@ -188,6 +192,7 @@ def test_dark_stack_refused_before_anything_is_written(realistic_stack, tmp_path
     star, _ = realistic_stack
     config = quickstart.get_config()
     config.data.update(particles=str(star), normalize="per_particle", whiten=True, invert_contrast=True)
+    config.train.amortized_resolution_whitened_angstrom = 12.0  # an amortized box of 32 px, whitened on its own
     with pytest.raises(InputError, match=r"particles\.star: the protein looks dark in these images after inversion "
                                          r"\(contrast z = -\d+\.\d over 500 particles\)"):
         prepare_data(config, tmp_path / "w", log=lambda *_: None)
@@ -246,6 +251,12 @@ def test_schedule_in_steps_and_amortized_box():
     assert amortized_box(tc, 24, 6.0) == 24  # never above the full box
     tc.amortized_image_size = 48
     assert amortized_box(tc, 64, 3.0) == 48
+    assert amortized_box(tc, 64, 3.0, whitened=True) == 48  # no whitened resolution set: as before
+    tc.amortized_resolution_whitened_angstrom = 8.0  # whitened images: the box whose Nyquist is 8 A, before either
+    assert amortized_box(tc, 64, 3.0, whitened=True) == 48 and amortized_box(tc, 128, 1.5, whitened=True) == 48
+    assert amortized_box(tc, 256, 1.0, whitened=True) == 64 and amortized_box(tc, 32, 3.0, whitened=True) == 32
+    tc.amortized_image_size = 32
+    assert amortized_box(tc, 64, 3.0, whitened=False) == 32 and amortized_box(tc, 64, 3.0, whitened=True) == 48
     dc = common.base_config().data
     assert working_box(dc, 128, 1.5) == 128  # off by default
     dc.working_resolution_angstrom = 4.0  # the smallest even box whose Nyquist reaches 4 A: 192 A / 2 A
