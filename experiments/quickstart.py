@@ -40,7 +40,8 @@ Beyond the paper's method (each a named option of experiments/common.py; see the
   finer (``data.working_resolution_angstrom``: 128 px at 1.5 A/px runs at 96 px; this phantom's 64 px
   at 3 A/px is left as it is), and the final map is inverted at the stored box from the final poses;
 * noise whose background spectrum is coloured is whitened, images and CTFs alike (``data.whiten_if_coloured``,
-  ``jaxcryo.noisemodel``); white noise, as in the paper's data, is used as it is;
+  ``jaxcryo.noisemodel``), and its amortized stage runs at 8 A instead of 12 A
+  (``train.amortized_resolution_whitened_angstrom``); white noise, as in the paper's data, is used as it is;
 * the final rotations are posterior means around the most likely ones (``train.posterior_mean_poses``,
   ``jaxcryo.posemean``), nearer the truth at this SNR, and the final map is marginalised over each
   image's pose posterior: every image inserted at its 8 heaviest draws, weighted
