@@ -73,8 +73,7 @@ def prepare_data(config, workdir: pathlib.Path, log=logging.info) -> Data:
                               need_diameter=bool(config.model.get("volume_mask", False)))
     coarse_size = amortized_box(config.train, source.image_size, source.pixel_size_angstrom, model.whiten)
     coarse = cropped(source, coarse_size, table, stacks, config.data.invert_contrast)
-    for other in {id(s): s for s in (coarse, final) if s is not source}.values():
-        noisemodel.apply(model, other, config.seed)
+    noisemodel.apply_to_others(model, source, (coarse, final), config.seed)
     why = " for whitened images" if model.whiten and whitened_resolution(config.train) else ""
     log(f"{len(table)} particles from {particles}: box {source.input_size} -> {source.image_size} px, "
         f"{source.pixel_size_angstrom:.3f} A/px (amortized stage at {coarse.image_size} px{why}"

@@ -128,25 +128,28 @@ def decide(source: ImageSource, data_config, seed: int, log=logging.info, need_d
         check_contrast(source, diameter, bool(data_config.invert_contrast), seed, log)
     per_particle = data_config.get("normalize", "global") == "per_particle"
     whiten = bool(data_config.get("whiten", False))
+    measured = None
     if not whiten and data_config.get("whiten_if_coloured", False):
         background = _background(source, diameter)
         source.use_noise_model(background if per_particle else None)  # the spectra are measured on these images
-        whiten = noise_is_coloured(group_noise_powers(source, background, seed)[0], source.image_size, log)
+        measured = group_noise_powers(source, background, seed)
+        whiten = noise_is_coloured(measured[0], source.image_size, log)
     model = NoiseModel(diameter, per_particle, whiten)
-    apply(model, source, seed, log)
+    apply(model, source, seed, log, measured)
     return model
 
 
-def apply(model: NoiseModel, src: ImageSource, seed: int, log=None) -> None:
+def apply(model: NoiseModel, src: ImageSource, seed: int, log=None, measured=None) -> None:
     """``model`` on the images of one box (its own masks and spectra at its own pixel size); ``log``
-    describes the whitening (given for the working box only)."""
+    describes the whitening (given for the working box only); ``measured``: ``group_noise_powers`` of
+    ``src`` when ``decide`` measured them already."""
     if not (model.per_particle or model.whiten):
         return
     background = _background(src, model.diameter_angstrom)
     src.use_noise_model(background if model.per_particle else None)  # the spectra are measured on these images
     if not model.whiten:
         return
-    powers, group_row = group_noise_powers(src, background, seed)
+    powers, group_row = measured if measured is not None else group_noise_powers(src, background, seed)
     profiles = np.stack([noise.whitening_profile(p) for p in powers])
     src.use_noise_model(background if model.per_particle else None, profiles, group_row)
     if log is not None:
@@ -161,6 +164,12 @@ def set_up(source: ImageSource, others, data_config, seed: int, log=logging.info
     ``others``' boxes; returns the particle diameter in A (None when no option, nor ``need_diameter``,
     needed it)."""
     model = decide(source, data_config, seed, log, need_diameter)
+    apply_to_others(model, source, others, seed)
+    return model.diameter_angstrom
+
+
+def apply_to_others(model: NoiseModel, source: ImageSource, others, seed: int) -> None:
+    """``model``, decided on ``source``, on the same images at the ``others``' boxes (each once; ``source``
+    itself, already set up, skipped)."""
     for src in {id(s): s for s in others if s is not source}.values():
         apply(model, src, seed)
-    return model.diameter_angstrom
