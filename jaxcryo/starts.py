@@ -78,10 +78,7 @@ class AmortizedStarts:
         ``train.amortized_shift_starts`` more starts estimate in-plane shifts (a run that takes the particles
         as centred); when one of them is the most likely, the run goes on estimating shifts. On particles
         off centre the centred starts' maps stay blurred; on centred ones the shift starts' maps, with two
-        more unknowns per image, form more slowly (README, 'Inputs'). Every start is then scored with each
-        image at its most likely shift: scored without shifts, a centred start lost by the noise that the
-        shift starts' two extra unknowns per image fit (about 0.1 % of the loss on coloured noise, more
-        than the margins by which shift starts won on centred stacks)."""
+        more unknowns per image, form more slowly (README, 'Inputs')."""
         tc, source, spe = self.config.train, self.data.coarse, self.steps_per_epoch
         rows = np.sort(np.random.default_rng([self.config.seed, 5]).permutation(self.n)[:SAMPLE])
         best, best_score = None, np.inf
@@ -96,10 +93,9 @@ class AmortizedStarts:
                     radius = radius_at(self.config, AMORTIZED, epoch + step / spe)
                     state, _ = self.amortized_step(state, self.training_batch(batch, AMORTIZED), radius)
             score, rotations = self.sample_inference(state, rows, radius_at(self.config, AMORTIZED, n_steps / spe))
-            kind = " (estimating shifts)" if shifted else " (taking the particles as centred)" if self.shift_starts else ""
-            at = " (each at its most likely shift)" if self.shift_starts else ""
-            logging.info("amortized start %d/%d%s: mean loss %.5f on %d images%s after %d steps%s", start + 1, total, kind,
-                         score, len(rows), at, n_steps, self.sample_pose_error(rotations, rows))
+            kind = " (estimating shifts)" if shifted else ""
+            logging.info("amortized start %d/%d%s: mean loss %.5f on %d images after %d steps%s", start + 1, total, kind,
+                         score, len(rows), n_steps, self.sample_pose_error(rotations, rows))
             if score < best_score:
                 best, best_score, chosen = state, score, start
         if self.shift_starts:
@@ -122,18 +118,14 @@ class AmortizedStarts:
         return f" (median pose error {np.median(err):.1f} deg against the ground truth)"
 
     def sample_inference(self, state, rows: np.ndarray, radius: float) -> tuple[float, np.ndarray]:
-        """Mean loss of ``rows``' images at their best pose (encoder heads or a fixed search; with shift heads,
-        or when shift starts compete (``shift_fitted_losses``), at each image's most likely shift), and those
-        rotations (len(rows), 3, 3)."""
+        """Mean loss of ``rows``' images at their best pose (encoder heads or a fixed search; with shift heads
+        at each image's most likely shift), and those poses (len(rows), 3, 3)."""
         total, key = 0.0, jax.random.key(self.config.seed + 13)
         rotations = np.zeros((len(rows), 3, 3), np.float32)
         for start, idx, padded, host in chunks_read_ahead(self.data.coarse, rows, self.inference_batch):
             batch = self.training_batch(host, AMORTIZED)
             out = self.encoder_inference(state["enc_params"], state["batch_stats"], state["vol_params"], batch, radius,
                                          jax.random.fold_in(key, start))
-            loss = out[-1]
-            if self.shift_fitted_losses is not None and not self.estimate_shifts:
-                (loss,) = self.shift_fitted_losses(state["vol_params"], batch, radius, out[0])
             rotations[start:start + len(idx)] = distributed.to_host(out[0])[: len(idx)]
-            total += float(np.sum(distributed.to_host(loss)[: len(idx)]))
+            total += float(np.sum(distributed.to_host(out[-1])[: len(idx)]))
         return total / len(rows), rotations

@@ -156,13 +156,6 @@ def make_amortized_step(encoder: models.PoseEncoder, enc_opt: optax.GradientTran
     return step
 
 
-def _at_best_shift(vol_h, rots, ctf, target, mask, loss_kind: str, max_shift_fraction: float):
-    """Each image's most likely shift (B, 2) at its rotation (B, 3, 3), up to ``max_shift_fraction`` of the
-    box, and its loss (B,) there."""
-    shift = losses.best_shifts(losses.predict(vol_h, rots, ctf), target, mask, max_shift_fraction * target.shape[-1])
-    return shift, losses.loss_at(vol_h, rots, ctf, target, mask, loss_kind, shift)
-
-
 def make_encoder_inference(encoder: models.PoseEncoder, pixel_size_angstrom: float, loss_kind: str, mesh,
                            settings: search.SearchSettings = search.SearchSettings(), max_shift_fraction: float = 0.0):
     """(enc_params, batch_stats, vol_params, batch, radius, key) -> best rotations (B, 3, 3), their
@@ -190,10 +183,9 @@ def make_encoder_inference(encoder: models.PoseEncoder, pixel_size_angstrom: flo
             use_grid = grid_loss < jnp.min(head_losses, axis=1)
             best = jnp.where(use_grid[:, None, None], grid_rot, best)
             winner = jnp.where(use_grid, rots.shape[1], winner)
-        if shifts is None:
-            final_loss = losses.loss_at(vol_h, best, ctf, target, mask, loss_kind)
-        else:
-            shift, final_loss = _at_best_shift(vol_h, best, ctf, target, mask, loss_kind, max_shift_fraction)
+        if shifts is not None:
+            shift = losses.best_shifts(losses.predict(vol_h, best, ctf), target, mask, max_shift_fraction * target.shape[-1])
+        final_loss = losses.loss_at(vol_h, best, ctf, target, mask, loss_kind, None if shifts is None else shift)
         return best, shift, winner, rots, final_loss
 
     return jax.jit(jax.shard_map(core, mesh=mesh, in_specs=(P(), P(), P(), P(AXIS), P(), P()),
@@ -226,20 +218,6 @@ def make_pose_losses(pixel_size_angstrom: float, loss_kind: str, mesh):
         return (losses.loss_at(models.volume_hartley(vol_params), rots, ctf, target, mask, loss_kind, shifts),)
 
     return jax.jit(jax.shard_map(core, mesh=mesh, in_specs=(P(), P(AXIS), P(), P(AXIS), P(AXIS)),
-                                 out_specs=(P(AXIS),), check_vma=False))
-
-
-def make_shift_fitted_losses(pixel_size_angstrom: float, loss_kind: str, mesh, max_shift_fraction: float):
-    """(vol_params, batch, radius, rotations (B, 3, 3)) -> each image's loss (B,) at its most likely shift
-    at that rotation: a map that takes the particles as centred, scored with the freedom a start that
-    estimates shifts is scored with (``jaxcryo.starts``), so neither wins by fitting the noise."""
-
-    def core(vol_params, batch, radius, rots):
-        target, ctf, mask = batch_targets(batch, pixel_size_angstrom, radius)
-        return (_at_best_shift(models.volume_hartley(vol_params), rots, ctf, target, mask, loss_kind,
-                               max_shift_fraction)[1],)
-
-    return jax.jit(jax.shard_map(core, mesh=mesh, in_specs=(P(), P(AXIS), P(), P(AXIS)),
                                  out_specs=(P(AXIS),), check_vma=False))
 
 

@@ -92,9 +92,6 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
         self.contrast_prior_std = 0.0 if self.known_poses else float(mc.get("contrast_prior_std", 0.0))
         self.fits_contrast = self.contrast_prior_std > 0
         self.use_shifts(bool(mc.estimate_shifts) and not self.known_poses)
-        # the centred starts scored at each image's most likely shift, as the shift starts are (jaxcryo.starts)
-        self.shift_fitted_losses = (steps.make_shift_fitted_losses(self.data.coarse.pixel_size_angstrom, lk, self.mesh,
-                                                                   mc.max_shift_fraction) if self.shift_starts else None)
         self.research = make_research(config, px, self.mesh) if not self.known_poses else None
         self.mate_test = make_mate_test(config, px, self.mesh) if self.research is not None else None
         self.research_judge = (steps.make_pose_losses(px, lk, self.mesh) if self.research is not None
