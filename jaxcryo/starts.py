@@ -10,7 +10,7 @@ import logging
 import jax
 import numpy as np
 
-from jaxcryo import distributed, evaluate
+from jaxcryo import distributed, evaluate, slicing
 from jaxcryo.dataset import AMORTIZED
 from jaxcryo.io import read_particles
 from jaxcryo.io.loader import chunks_read_ahead, iterate_batches
@@ -25,6 +25,15 @@ def shift_starts(config, known_poses: bool) -> int:
     if known_poses or config.model.estimate_shifts:
         return 0
     return int(config.train.get("amortized_shift_starts", 0))
+
+
+def noise_fit_allowance(score: float, n_coefficients: int, unknowns: int = 2) -> float:
+    """How much fitting ``unknowns`` more parameters per image lowers a mean loss ``score`` on noise
+    alone (Akaike's correction): the Gaussian loss is 0.5 * mean(r^2) over the mask's n real
+    coefficients, each fitted parameter takes one noise variance sigma^2 out of sum(r^2) on average,
+    and at SNR << 1 the loss is about 0.5 * sigma^2. A start that estimates shifts is scored with this
+    added, so that it does not win on a centred stack by fitting noise with its two shift unknowns."""
+    return unknowns * float(score) / int(n_coefficients)
 
 
 def start_steps(train_config, amortized_epochs: int, steps_per_epoch: int, shift_starts: int = 0) -> int:
@@ -78,7 +87,11 @@ class AmortizedStarts:
         ``train.amortized_shift_starts`` more starts estimate in-plane shifts (a run that takes the particles
         as centred); when one of them is the most likely, the run goes on estimating shifts. On particles
         off centre the centred starts' maps stay blurred; on centred ones the shift starts' maps, with two
-        more unknowns per image, form more slowly (README, 'Inputs')."""
+        more unknowns per image, form more slowly (README, 'Inputs'). A shift start's score carries what its
+        two shift unknowns per image fit of noise alone (``noise_fit_allowance``, about 0.1 % of the loss):
+        more than the margins by which shift starts won on centred stacks, a fraction of those by which they
+        win off centre. (Scoring the centred starts at fitted shifts instead gives their maps real signal
+        back on a stack off centre: it chose a centred start there.)"""
         tc, source, spe = self.config.train, self.data.coarse, self.steps_per_epoch
         rows = np.sort(np.random.default_rng([self.config.seed, 5]).permutation(self.n)[:SAMPLE])
         best, best_score = None, np.inf
@@ -92,10 +105,13 @@ class AmortizedStarts:
                                                    max_steps=min(spe, n_steps - epoch * spe)):
                     radius = radius_at(self.config, AMORTIZED, epoch + step / spe)
                     state, _ = self.amortized_step(state, self.training_batch(batch, AMORTIZED), radius)
-            score, rotations = self.sample_inference(state, rows, radius_at(self.config, AMORTIZED, n_steps / spe))
-            kind = " (estimating shifts)" if shifted else ""
+            radius = radius_at(self.config, AMORTIZED, n_steps / spe)
+            score, rotations = self.sample_inference(state, rows, radius)
+            extra = noise_fit_allowance(score, int(np.sum(slicing.frequency_mask(source.image_size, radius)))) if shifted else 0.0
+            kind = f" (estimating shifts; scored + {extra:.5f}, what its shifts fit of noise alone)" if shifted else ""
             logging.info("amortized start %d/%d%s: mean loss %.5f on %d images after %d steps%s", start + 1, total, kind,
                          score, len(rows), n_steps, self.sample_pose_error(rotations, rows))
+            score += extra
             if score < best_score:
                 best, best_score, chosen = state, score, start
         if self.shift_starts:
