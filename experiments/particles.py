@@ -53,8 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.estimate_shifts = True
     config.model.max_shift_fraction = 0.06  # centred stacks (RELION/cryoSPARC re-extraction): +-6 % of the box
     # the search tries each rotation at +-1 px around the head's shift (9 copies, not radius 2's 25): the
-    # amortized steps 1.6 x faster at 48 px, the same poses (outside seeds 277 and 263, off centre: 9.82 and
-    # 6.28 deg against radius 2's 9.91 and 6.22; docs/options.md)
+    # amortized steps 1.1 x faster at 48 px alone, 1.3-1.6 x beside other work, the same poses (outside seeds
+    # 277 and 263, off centre: 9.82 and 6.28 deg against radius 2's 9.91 and 6.22; docs/options.md)
     config.model.search_shift_radius_px = 1
     config.model.volume_mask = True
     config.model.contrast_prior_std = 0.3  # real particles differ in ice thickness: fit each one's scale

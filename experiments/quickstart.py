@@ -35,7 +35,8 @@ Beyond the paper's method (each a named option of experiments/common.py; see the
   ``jaxcryo.starts``): whether it leaves its first plateau depends on the random draws; two more starts
   estimate in-plane shifts, and when one of them is the most likely the run estimates shifts from then on
   (``train.amortized_shift_starts``): particles off centre leave the centred starts' maps blurred, and on
-  centred particles the shift starts' maps, with two more unknowns per image, form more slowly;
+  centred particles the shift starts' maps, with two more unknowns per image, form more slowly (a shift
+  start is scored with what those unknowns fit of noise alone added, ``starts.noise_fit_allowance``);
 * every stage works on images Fourier-cropped to the box whose Nyquist is 4 A, when the stack's is
   finer (``data.working_resolution_angstrom``: 128 px at 1.5 A/px runs at 96 px; this phantom's 64 px
   at 3 A/px is left as it is), and the final map is inverted at the stored box from the final poses;
