@@ -96,6 +96,8 @@ class AmortizedStarts:
         rows = np.sort(np.random.default_rng([self.config.seed, 5]).permutation(self.n)[:SAMPLE])
         best, best_score = None, np.inf
         total = n_starts + self.shift_starts
+        scored_at = radius_at(self.config, AMORTIZED, n_steps / spe)  # every start is scored on the same disc
+        coefficients = int(np.sum(slicing.frequency_mask(source.image_size, scored_at)))
         for start in range(total):
             shifted = start >= n_starts
             self.use_shifts(shifted)
@@ -105,9 +107,8 @@ class AmortizedStarts:
                                                    max_steps=min(spe, n_steps - epoch * spe)):
                     radius = radius_at(self.config, AMORTIZED, epoch + step / spe)
                     state, _ = self.amortized_step(state, self.training_batch(batch, AMORTIZED), radius)
-            radius = radius_at(self.config, AMORTIZED, n_steps / spe)
-            score, rotations = self.sample_inference(state, rows, radius)
-            extra = noise_fit_allowance(score, int(np.sum(slicing.frequency_mask(source.image_size, radius)))) if shifted else 0.0
+            score, rotations = self.sample_inference(state, rows, scored_at)
+            extra = noise_fit_allowance(score, coefficients) if shifted else 0.0
             kind = f" (estimating shifts; scored + {extra:.5f}, what its shifts fit of noise alone)" if shifted else ""
             logging.info("amortized start %d/%d%s: mean loss %.5f on %d images after %d steps%s", start + 1, total, kind,
                          score, len(rows), n_steps, self.sample_pose_error(rotations, rows))
