@@ -7,7 +7,7 @@ What this config does beyond the quickstart, for real stacks (each a named optio
   does, images and CTFs whitened by each optics group's background noise spectrum, and a stack with dark
   protein refused unless --config.data.invert_contrast=True;
 * in-plane shifts estimated (the encoder's heads, then per image in auto-decoding);
-* a soft spherical mask on the volume (the particle's diameter plus a margin);
+* a soft spherical mask on the volume (the particle's diameter plus a margin), as the quickstart's;
 * a contrast scale per particle fitted in auto-decoding (``model.contrast_prior_std``; written to poses.cs
   as cryoSPARC's per-particle scale): with contrasts spread +-40 % it took the median pose error from
   11.4 to 7.6 deg (docs/options.md);

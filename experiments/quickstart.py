@@ -43,6 +43,8 @@ Beyond the paper's method (each a named option of experiments/common.py; see the
 * noise whose background spectrum is coloured is whitened, images and CTFs alike (``data.whiten_if_coloured``,
   ``jaxcryo.noisemodel``), and its amortized stage runs at 8 A instead of 12 A
   (``train.amortized_resolution_whitened_angstrom``); white noise, as in the paper's data, is used as it is;
+* a soft spherical mask (the particle's estimated diameter x 1.2) on the map after each amortized epoch and
+  on every auto-decoding inversion (``model.volume_mask``), as RELION and cryoSPARC mask each iteration;
 * the final rotations are posterior means around the most likely ones (``train.posterior_mean_poses``,
   ``jaxcryo.posemean``), nearer the truth at this SNR, and the final map is marginalised over each
   image's pose posterior: every image inserted at its 8 heaviest draws, weighted
@@ -113,4 +115,10 @@ def get_config() -> ml_collections.ConfigDict:
     # and whitened images run the amortized stage on the box whose Nyquist is 8 A, as particles.py's does:
     # whitening takes the weight off the low frequencies, where coloured noise is strongest
     config.train.amortized_resolution_whitened_angstrom = 8.0
+    # a soft spherical mask on the map (the particle's estimated diameter x 1.2, 12 A edge) after each amortized
+    # epoch and on every auto-decoding inversion, as RELION and cryoSPARC mask each iteration: the box's solvent
+    # noise no longer enters the slices the poses are judged by. On 8 sets (white and coloured, centred and off
+    # centre, two held back) every median fell (by 0-1 deg) and the re-searches settled sooner (outside seed 211:
+    # 20 -> 7 auto-decoding epochs); the masked final map came 3-14 % nearer the truth, most of it the mask itself
+    config.model.volume_mask = True
     return config
