@@ -117,7 +117,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.amortized_resolution_whitened_angstrom = 8.0
     # a soft spherical mask on the map (the particle's estimated diameter x 1.2, 12 A edge) after each amortized
     # epoch and on every auto-decoding inversion, as RELION and cryoSPARC mask each iteration: the box's solvent
-    # noise no longer enters the slices the poses are judged by. On 8 sets (white and coloured, centred and off
+    # noise no longer enters the slices the poses are judged by. On 9 sets (white and coloured, centred and off
     # centre, two held back) every median fell (by 0-1 deg) and the re-searches settled sooner (outside seed 211:
     # 20 -> 7 auto-decoding epochs); the masked final map came 3-14 % nearer the truth, most of it the mask itself
     config.model.volume_mask = True
