@@ -108,7 +108,7 @@ def bench_steps(config) -> None:
              **steps.init_pose_tables(jnp.broadcast_to(jnp.eye(3), (n, 3, 3)), jnp.zeros((n, 2)))}
     # as a run builds it: a stage whose volume is the direct inversion takes no volume steps (its inversion
     # after each epoch is not in this figure)
-    vol_iters = 0 if tc.get("autodecoding_volume", "gradient") == "inversion" else tc.vol_iters
+    vol_iters = 0 if steps.inverted_volume(tc, known_poses=False) else tc.vol_iters
     step = steps.make_autodecoding_step(vo, px, config.loss.kind, tc.pose_iters, vol_iters, tc.lr_pose, mesh,
                                         tc.lr_shift if shifts else 0.0)
     batches = [_batch(size, bs, n, sharding, rng) for _ in range(_STEPS.value + 1)]

@@ -264,6 +264,13 @@ def init_pose_tables(rotations, shifts_px) -> dict:
             for k, (shape, dtype, fill) in POSE_TABLE_LAYOUT.items()}
 
 
+def inverted_volume(train_config, known_poses: bool) -> bool:
+    """Whether auto-decoding's volume is the direct inversion at the current poses after each epoch
+    (``train.autodecoding_volume='inversion'``; with known poses the volume is fitted): its steps then
+    take no volume iterations."""
+    return train_config.get("autodecoding_volume", "gradient") == "inversion" and not known_poses
+
+
 def make_autodecoding_step(vol_opt: optax.GradientTransformation, pixel_size_angstrom: float, loss_kind: str,
                            pose_iters: int, vol_iters: int, pose_lr: float, mesh, shift_lr: float = 0.0,
                            contrast_prior_std: float = 0.0):

@@ -87,7 +87,7 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
         if config.model.search_candidates and lk != "gaussian":
             raise InputError("config: model.search_candidates needs loss.kind='gaussian'")
         # Beyond the paper: the auto-decoding map from a direct inversion at the current poses (each epoch)
-        self.inverted_volume = tc.get("autodecoding_volume", "gradient") == "inversion" and not self.known_poses
+        self.inverted_volume = steps.inverted_volume(tc, self.known_poses)
         # Beyond the paper: a contrast scale per particle, fitted in auto-decoding (jaxcryo.steps)
         self.contrast_prior_std = 0.0 if self.known_poses else float(mc.get("contrast_prior_std", 0.0))
         self.fits_contrast = self.contrast_prior_std > 0
