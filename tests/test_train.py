@@ -278,8 +278,8 @@ def test_a_working_resolution_runs_on_cropped_images_and_inverts_the_final_map_a
 def test_the_map_written_is_the_inversion_masked_by_the_particle_s_diameter(finished_run, tmp_path):
     """``model.volume_mask`` (the quickstart's): reconstruction.mrc is the inversion at the poses written
     times a soft sphere of the particle's diameter x 1.2 with a 12 A edge. Given 100 A on this 48 px,
-    4 A/px box: the plain inversion within 60 A of the centre, zero beyond 72 A, where the inversion
-    itself is not; the half maps are left as inverted."""
+    4 A/px box (the mask 1 out to 60 A, 0 beyond 72 A): the plain inversion within 58 A of the centre,
+    zero beyond 74 A, where the inversion itself is not; the half maps are left as inverted."""
     reference, _ = finished_run
     config = tiny_config(posterior_mean_poses=False, posterior_map_draws=0)
     config.model.volume_mask = True
