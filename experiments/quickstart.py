@@ -103,7 +103,8 @@ def get_config() -> ml_collections.ConfigDict:
     # particles taken as centred, unless one of two more amortized starts that estimate shifts (+-6 % of the
     # box, the search trying +-1 px) is the most likely (train.amortized_shift_starts, jaxcryo.starts): on a
     # stack +-5 % off centre the centred starts' maps stay blurred (taken as centred it ended at 71 deg), and on
-    # a centred one the shift starts' form more slowly (with shifts always on: +0.5-0.7 deg)
+    # a centred one the shift starts' form more slowly (with shifts always on: +0.5-0.7 deg); none with the heads
+    # alone (model.search_candidates=0), whose starts are all near random when scored (jaxcryo.starts.shift_starts)
     config.model.estimate_shifts = False
     config.train.amortized_shift_starts = 2
     config.model.max_shift_fraction = 0.06

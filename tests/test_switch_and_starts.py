@@ -146,10 +146,14 @@ def test_start_steps_in_epochs_or_steps(n_starts, shifted, epochs_each, steps_ea
     assert start_steps(config.train, planned, spe, shifted) == expected
 
 
-@pytest.mark.parametrize("estimate_shifts, known_poses, expected", [(False, False, 2), (True, False, 0), (False, True, 0)])
-def test_shift_starts_only_where_the_run_would_take_the_particles_as_centred(estimate_shifts, known_poses, expected):
+@pytest.mark.parametrize("estimate_shifts, known_poses, candidates, expected", [
+    (False, False, 64, 2), (True, False, 64, 0), (False, True, 64, 0),
+    (False, False, 0, 0)])  # heads alone: every start near random when scored, so no shift start
+def test_shift_starts_only_where_the_run_would_take_the_particles_as_centred(estimate_shifts, known_poses, candidates,
+                                                                              expected):
     config = tiny_config(amortized_shift_starts=2)
     config.model.estimate_shifts = estimate_shifts  # a run that estimates shifts anyway has none to choose
+    config.model.search_candidates = candidates
     assert starts.shift_starts(config, known_poses) == expected
 
 
