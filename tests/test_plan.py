@@ -75,10 +75,13 @@ def test_the_plan_says_the_amortized_stage_may_go_on(caplog, config_module, know
                       "(until fewer than 50 % of the images moved more than 2 deg in an epoch)"] if said else [])
 
 
-@pytest.mark.parametrize("config_module, particles_given, shift_starts, said", [
-    (quickstart, True, 0, True), (quickstart, True, 2, False), (quickstart, False, 0, False), (particles, True, 0, False)])
-def test_the_plan_says_when_the_particles_are_taken_as_centred(caplog, config_module, particles_given, shift_starts, said):
-    plan = _plan(5_000, 2048, config_module=config_module)
+@pytest.mark.parametrize("config_module, particles_given, shift_starts, candidates, said", [
+    (quickstart, True, 0, 2048, True), (quickstart, True, 2, 2048, False), (quickstart, False, 0, 2048, False),
+    (particles, True, 0, 2048, False),
+    (quickstart, True, 2, 0, True)])  # the heads alone: no shift starts (starts.shift_starts), so taken as centred
+def test_the_plan_says_when_the_particles_are_taken_as_centred(caplog, config_module, particles_given, shift_starts,
+                                                               candidates, said):
+    plan = _plan(5_000, candidates, config_module=config_module)
     plan.config.data.particles = "stack.star" if particles_given else ""  # "": the run simulates its own, centred
     plan.config.train.amortized_shift_starts = shift_starts  # starts that estimate shifts decide it from the data
     with caplog.at_level(logging.INFO):
