@@ -14,8 +14,8 @@ Without estimation the particles are taken as centred (a known-pose star's origi
 stage sees the images re-centred by them (``steps._targets``). ``model.amortized_shifts=False``: the
 amortized stage estimates no shifts and auto-decoding finds them.
 
-Layout: ``Run`` holds the data, the mesh, the jitted steps and the stage loop; one epoch and the
-divergence guard are in ``jaxcryo.epochloop``, each stage's own pieces (the switch among them) in
+Layout: ``Run`` holds the data, the mesh and the stage loop; the jitted steps for the kind of shift
+estimate in ``jaxcryo.runsteps``, one epoch and the divergence guard in ``jaxcryo.epochloop``, each stage's own pieces (the switch among them) in
 ``jaxcryo.stages``, the encoder's poses for every image in ``jaxcryo.encoderposes``, several amortized
 starts in ``jaxcryo.starts``, the plan lines in ``jaxcryo.plan``, the final poses in ``jaxcryo.finalposes``
 and the outputs in ``jaxcryo.outputs`` (mixins of ``Run``).
@@ -30,7 +30,6 @@ import pathlib
 import time
 
 import jax
-import numpy as np
 import optax
 
 from jaxcryo import configcheck, distributed, heldout, models, runio, steps
@@ -42,16 +41,16 @@ from jaxcryo.epochloop import EpochLoop
 from jaxcryo.finalposes import FinalPoses
 from jaxcryo.outputs import RunOutputs
 from jaxcryo.plan import RunPlan
+from jaxcryo.runsteps import RunSteps
 from jaxcryo.posemean import SLICES_PER_CALL, make_posterior_mean
 from jaxcryo.research import log_if_unsettled, make_mate_test, make_research
-from jaxcryo.search import SearchSettings
 from jaxcryo.stages import AUTODECODING, AmortizedStage, AutodecodingStage, stage_epochs
 from jaxcryo.starts import AmortizedStarts, shift_starts, start_steps
 from jaxcryo.volumes import RunVolumes
 
 
-class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, AutodecodingStage, RunVolumes, FinalPoses, RunOutputs,
-          RunPlan):
+class Run(RunSteps, EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, AutodecodingStage, RunVolumes, FinalPoses,
+          RunOutputs, RunPlan):
     """Holds the pieces of one reconstruction; ``run()`` executes or resumes it."""
 
     def __init__(self, config, workdir: pathlib.Path, devices=None):
@@ -115,36 +114,6 @@ class Run(EpochLoop, AmortizedStage, EncoderPoses, AmortizedStarts, Autodecoding
         self.radial = {src.image_size: radial_log_amplitude(src, seed=config.seed)
                        for src in (self.data.coarse, self.data.source)}
         self.start_time = time.perf_counter()
-
-    def use_shifts(self, estimate: bool) -> None:
-        """Build the steps for a run that estimates in-plane shifts (``estimate``) or takes the particles as
-        centred: the encoder's shift heads, the search's offsets and auto-decoding's shift step. Called
-        again when an amortized start of the other kind is trained or chosen (``jaxcryo.starts``) or a
-        resumed run's checkpoint says which kind was chosen; a call for the kind already built does nothing."""
-        if getattr(self, "estimate_shifts", None) == estimate:
-            return
-        config, mc, tc = self.config, self.config.model, self.config.train
-        px, px_coarse, lk = self.data.source.pixel_size_angstrom, self.data.coarse.pixel_size_angstrom, config.loss.kind
-        self.estimate_shifts = estimate
-        # the amortized stage's own shift estimate (shift heads, offsets in its search), or none: it then
-        # takes the particles as centred (or centred by their origins) and auto-decoding finds the shifts
-        self.amortized_shifts = estimate and bool(mc.get("amortized_shifts", True))
-        self.encoder = models.PoseEncoder(mc.n_heads, mc.width, steps.AXIS, self.amortized_shifts)
-        self.infer_encoder = models.PoseEncoder(mc.n_heads, mc.width, None, self.amortized_shifts)
-        settings = SearchSettings.from_config(mc, self.amortized_shifts)
-        self.amortized_step = steps.make_amortized_step(self.encoder, self.enc_opt, self.vol_opt, px_coarse, lk, self.mesh,
-                                                        settings, mc.distill_weight, config.seed, mc.max_shift_fraction,
-                                                        config.loss.wta_relax)
-        self.encoder_inference = steps.make_encoder_inference(self.infer_encoder, px_coarse, lk, self.mesh, settings,
-                                                              mc.max_shift_fraction)
-        self.uses_shifts = (estimate or self.pre_shift_angstrom is not None
-                            or (self.known is not None and bool(np.any(self.known[1]))))
-        pose_iters = 0 if self.known_poses else tc.pose_iters
-        vol_iters = 0 if self.inverted_volume else tc.vol_iters
-        self.autodecoding_step = steps.make_autodecoding_step(self.vol_opt_ad, px, lk, pose_iters, vol_iters,
-                                                              tc.lr_pose, self.mesh, tc.lr_shift if estimate else 0.0,
-                                                              self.contrast_prior_std)
-        self.drop_kept_pass()
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> dict:

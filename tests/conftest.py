@@ -67,3 +67,14 @@ def pytest_configure(config):
         if _xla_accepts("--xla_cpu_use_fusion_emitters=false"):  # a flag of recent XLA only
             flags += " --xla_cpu_use_fusion_emitters=false"
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """(workdir, summary) of the tiny run of ``tinyrun.tiny_config()``, once per test module that asks."""
+    from jaxcryo import train
+    from tinyrun import tiny_config
+
+    workdir = tmp_path_factory.mktemp("run")
+    summary = train.train_and_evaluate(tiny_config(), workdir)
+    return workdir, summary

@@ -10,7 +10,7 @@ import pytest
 
 from jaxcryo import losses, slicing, stages, starts, train
 from jaxcryo.starts import start_steps
-from test_train import tiny_config
+from tinyrun import tiny_config
 
 
 def test_auto_switch_rule():

@@ -11,7 +11,7 @@ import pytest
 from jaxcryo import train
 from jaxcryo.io import InputError, read_particles
 from references import strict_json_loads
-from test_train import Interrupt, _interrupt_after, tiny_config
+from tinyrun import Interrupt, interrupt_after, tiny_config
 
 BOX, PIXEL = 48, 4.0
 
@@ -60,7 +60,7 @@ def test_resume_keeps_the_shift_table(shifted_run, tmp_path):
     (tmp_path / "data").symlink_to(reference / "data")
     config = shifted_config()
     run = train.Run(config, tmp_path)
-    _interrupt_after(run, "autodecoding_step", 3)
+    interrupt_after(run, "autodecoding_step", 3)
     with pytest.raises(Interrupt):
         run.run()
     train.train_and_evaluate(config, tmp_path)
@@ -190,7 +190,7 @@ def test_a_start_that_estimates_shifts_sets_the_run_s_shifts_and_survives_a_resu
 
     monkeypatch.setattr(starts.AmortizedStarts, "sample_inference", fake_score)
     run = train.Run(config, tmp_path)
-    _interrupt_after(run, "save", 1)  # the chosen start's checkpoint is written, the next save is not
+    interrupt_after(run, "save", 1)  # the chosen start's checkpoint is written, the next save is not
     with caplog.at_level("INFO"), pytest.raises(Interrupt):
         run.run()
     assert kinds == [False, True]
