@@ -15,10 +15,11 @@ stage sees the images re-centred by them (``steps._targets``). ``model.amortized
 amortized stage estimates no shifts and auto-decoding finds them.
 
 Layout: ``Run`` holds the data, the mesh and the stage loop; the jitted steps for the kind of shift
-estimate in ``jaxcryo.runsteps``, one epoch and the divergence guard in ``jaxcryo.epochloop``, each stage's own pieces (the switch among them) in
-``jaxcryo.stages``, the encoder's poses for every image in ``jaxcryo.encoderposes``, several amortized
-starts in ``jaxcryo.starts``, the plan lines in ``jaxcryo.plan``, the final poses in ``jaxcryo.finalposes``
-and the outputs in ``jaxcryo.outputs`` (mixins of ``Run``).
+estimate are built in ``jaxcryo.runsteps``, one epoch and the divergence guard are in
+``jaxcryo.epochloop``, each stage's own pieces (the switch among them) in ``jaxcryo.stages``, the
+encoder's poses for every image in ``jaxcryo.encoderposes``, several amortized starts in
+``jaxcryo.starts``, the plan lines in ``jaxcryo.plan``, the final poses in ``jaxcryo.finalposes`` and
+the outputs in ``jaxcryo.outputs`` (mixins of ``Run``).
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ from jaxcryo.epochloop import EpochLoop
 from jaxcryo.finalposes import FinalPoses
 from jaxcryo.outputs import RunOutputs
 from jaxcryo.plan import RunPlan
-from jaxcryo.runsteps import RunSteps
 from jaxcryo.posemean import SLICES_PER_CALL, make_posterior_mean
 from jaxcryo.research import log_if_unsettled, make_mate_test, make_research
+from jaxcryo.runsteps import RunSteps
 from jaxcryo.stages import AUTODECODING, AmortizedStage, AutodecodingStage, stage_epochs
 from jaxcryo.starts import AmortizedStarts, shift_starts, start_steps
 from jaxcryo.volumes import RunVolumes
