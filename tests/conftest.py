@@ -69,9 +69,11 @@ def pytest_configure(config):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
-    """(workdir, summary) of the tiny run of ``tinyrun.tiny_config()``, once per test module that asks."""
+    """(workdir, summary) of the tiny run of ``tinyrun.tiny_config()``, made once per test process and
+    shared by test_train.py and test_final_map.py, as it was by one module before they were split. Tests
+    read it or copy it; the only thing written into it is the evaluation test's eval/ folder."""
     from jaxcryo import train
     from tinyrun import tiny_config
 

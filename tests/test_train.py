@@ -267,15 +267,8 @@ def test_crossval_of_a_run_prefers_the_true_poses_to_random_ones(finished_run, t
     from jaxcryo.io.table import InputError
 
     workdir, _ = finished_run
-    star = starfile.read(workdir / "data" / "ground_truth_poses.star", always_dict=True)
-    block = "particles" if "particles" in star else next(iter(star))
-    rng = np.random.default_rng(0)
-    n = len(star[block])
-    star[block]["rlnAngleRot"] = rng.uniform(-180, 180, n)
-    star[block]["rlnAngleTilt"] = np.degrees(np.arccos(rng.uniform(-1, 1, n)))
-    star[block]["rlnAnglePsi"] = rng.uniform(-180, 180, n)
-    starfile.write(star, tmp_path / "random.star")
-    rows = crossval.score_workdir(workdir, [str(tmp_path / "random.star")], refine=False)
+    random_star = random_pose_star(workdir / "data" / "ground_truth_poses.star", tmp_path, seed=0)
+    rows = crossval.score_workdir(workdir, [str(random_star)], refine=False)
     assert set(rows) == {"run", "truth", "random.star"}
     assert rows["run"]["difference"] == 0.0
     assert rows["truth"]["pose_error_median_deg"] < 1e-3
@@ -287,7 +280,9 @@ def test_crossval_of_a_run_prefers_the_true_poses_to_random_ones(finished_run, t
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(InputError, match="config.json: unreadable"):
         crossval.score_workdir(tmp_path)
+    star = starfile.read(workdir / "data" / "ground_truth_poses.star", always_dict=True)
+    block = "particles" if "particles" in star else next(iter(star))
     star[block] = star[block].iloc[:10]
-    starfile.write(star, tmp_path / "short.star", overwrite=True)
+    starfile.write(star, tmp_path / "short.star")
     with pytest.raises(InputError, match="short.star: need 96 rows"):
         crossval.score_workdir(workdir, [str(tmp_path / "short.star")], refine=False)
