@@ -69,11 +69,11 @@ def pytest_configure(config):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """(workdir, summary) of the tiny run of ``tinyrun.tiny_config()``, made once per test process and
-    shared by test_train.py and test_final_map.py, as it was by one module before they were split. Tests
-    read it or copy it; the only thing written into it is the evaluation test's eval/ folder."""
+    """(workdir, summary) of the tiny run of ``tinyrun.tiny_config()``, once per test module that asks
+    (under ``--dist loadfile`` test_train.py and test_final_map.py run on different workers, where a
+    session-wide run would be made twice as well)."""
     from jaxcryo import train
     from tinyrun import tiny_config
 
